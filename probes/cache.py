@@ -1,0 +1,42 @@
+"""Where probes keeps what it builds once (default corpus, tiny model pair, feature caches) and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$PROBES_CACHE`` if set, else ``~/.cache/probes``."""
+    root = os.environ.get("PROBES_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "probes"
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
+
+    Works for a file or a directory written at the yielded path. A crash leaves no partial ``final``.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    target = tmp / final.name
+    try:
+        yield target
+        if final.is_dir() and target.is_dir():
+            # replace an existing directory: move the old one aside first, then drop it
+            old = tmp / (final.name + ".old")
+            os.replace(final, old)
+        os.replace(target, final)
+    finally:
+        _rmtree(tmp)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
