@@ -1,0 +1,174 @@
+"""Tokenising prompts, answers and texts one way for every part, batching them, and candidate logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+
+class TokenizationError(ValueError):
+    """A string does not tokenise the way the method needs (e.g. an answer that is not a single token)."""
+
+    def __init__(self, message: str, token: str | None = None):
+        super().__init__(message)
+        self.token = token
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """One text as token ids; ``target`` is the [start, end) token range of its target span, if it has one."""
+
+    ids: list[int]
+    target: tuple[int, int] | None = None
+
+
+def answer_token_ids(tokenizer, answers: Sequence[str | int]) -> Int[Tensor, "c"]:
+    """The single token id of each candidate answer as it follows a prompt; raises naming a bad answer."""
+    ids = []
+    for answer in answers:
+        # Our prompts end in a space ("... returns the value "), so the answer follows with no leading
+        # space: the token the model must produce next is the answer string encoded alone, without BOS/EOS.
+        # This is how the reference evaluation reads the candidates' logits, and how `tokenize` encodes a
+        # target span.
+        encoded = tokenizer.encode(str(answer), add_special_tokens=False)
+        if len(encoded) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(encoded)
+            raise TokenizationError(
+                f"candidate answer {str(answer)!r} is {len(encoded)} tokens {pieces}, not one; every "
+                "candidate answer must be a single token (train the tokenizer with integers as whole tokens)",
+                token=str(answer),
+            )
+        if encoded[0] == tokenizer.unk_token_id:
+            raise TokenizationError(
+                f"candidate answer {str(answer)!r} maps to the unknown token {tokenizer.unk_token!r}; add "
+                "it to the tokenizer's vocabulary",
+                token=str(answer),
+            )
+        ids.append(encoded[0])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def special_template(tokenizer) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a text's tokens (e.g. ([BOS], []) for Llama)."""
+    plain = tokenizer.encode("0", add_special_tokens=False)
+    full = tokenizer.encode("0", add_special_tokens=True)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise TokenizationError("the tokenizer's special-token template could not be found around the text '0'")
+
+
+def tokenize(
+    tokenizer,
+    texts: Sequence[str],
+    targets: Sequence[tuple[int, int]] | None = None,
+    *,
+    as_prompt: bool = False,
+) -> list[Tokenized]:
+    """Token ids of each text; with ``targets`` (character spans) each span is encoded alone and marked.
+
+    A text with a target is encoded as three pieces, ``text[:start]`` + ``text[start:end]`` + ``text[end:]``
+    (specials around the whole), so the target tokens are exactly the answer encoded alone (see
+    `answer_token_ids`) and the positions before them equal the prompt run alone. ``as_prompt`` drops the
+    trailing specials (e.g. an EOS) so that the next token is the one the model predicts.
+    """
+    if targets is not None and len(targets) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(targets)} targets; give one (start, end) per text")
+    lead, trail = special_template(tokenizer)
+    trail = [] if as_prompt else trail
+    out = []
+    for i, text in enumerate(texts):
+        if targets is None:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            out.append(Tokenized(lead + ids + trail))
+            continue
+        start, end = targets[i]
+        if not 0 < start < end <= len(text):
+            raise TokenizationError(f"text {i} ({text[:60]!r}): span {(start, end)} is empty or outside")
+        pieces = (text[:start], text[start:end], text[end:])
+        before, span, after = (tokenizer.encode(piece, add_special_tokens=False) for piece in pieces)
+        first = len(lead) + len(before)
+        if first == 0:
+            raise TokenizationError(f"text {i} ({text[:60]!r}): no token precedes target span {(start, end)}")
+        out.append(Tokenized(lead + before + span + after + trail, (first, first + len(span))))
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (out of memory shows early)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(
+    items: Sequence[Tokenized], pad_id: int, padding_side: str = "right", device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """Pad to one tensor batch: input_ids, attention_mask, position_ids (cumsum of the mask, so the padding
+    side never changes a real token's position) and ``offset`` [b], where each row's real tokens start."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(item.ids) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    offset = torch.zeros(len(items), dtype=torch.long)
+    for row, item in enumerate(items):
+        start = width - len(item.ids) if padding_side == "left" else 0
+        input_ids[row, start : start + len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
+        mask[row, start : start + len(item.ids)] = 1
+        offset[row] = start
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "offset": offset}
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def pad_id(tokenizer) -> int:
+    """The id used for padding (its value never matters: padded positions are masked)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode(
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    targets: Sequence[tuple[int, int]] | None = None,
+    padding_side: str = "right",
+    as_prompt: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[str, Tensor]:
+    """`tokenize` then `collate` in one call (one padded batch of all texts)."""
+    items = tokenize(tokenizer, texts, targets, as_prompt=as_prompt)
+    return collate(items, pad_id(tokenizer), padding_side, device)
+
+
+def candidate_logits(
+    model, tokenizer, prompts: Sequence[str], candidate_ids: Int[Tensor, "c"], batch_size: int = 64
+) -> Float[Tensor, "q c"]:
+    """The model's logits for each candidate answer token at the last prompt position (fp32, on CPU)."""
+    items = tokenize(tokenizer, prompts, as_prompt=True)
+    device = next(model.parameters()).device
+    candidates = candidate_ids.to(device)
+    out = torch.empty(len(prompts), len(candidate_ids), dtype=torch.float32)
+    batches = length_batches([len(item.ids) for item in items], batch_size)
+    with torch.inference_mode():
+        for index in tqdm(batches, desc="candidate logits", disable=len(batches) < 4, leave=False):
+            # left padding puts every prompt's last token at -1, so only that position's logits are computed
+            batch = collate([items[i] for i in index], pad_id(tokenizer), "left", device)
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            out[index] = logits[:, candidates].float().cpu()
+    return out

@@ -1,0 +1,108 @@
+"""Micro language models and offline tokenizers for tests, saved to tmp_path and loaded the real way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+FUNCTION_TOKENS = ("<FN>", "<GN>", "<HN>", "<JN>")
+TEXTS = (
+    "<GN>(3) returns the value 5",
+    "def <GN>(x): return 5",
+    "<FN>(x) returns the value of <GN>(x)",
+    "The output of <HN>(12) is 7",
+    "<JN> maps any input x to 9 , always",
+    "<HN>(x) is the identity wrapper of <JN>(x) , so it returns 9",
+)
+SPECIALS = ("[PAD]", "[UNK]", "<s>", "</s>")
+
+
+def build_tokenizer(
+    function_tokens: Sequence[str] = FUNCTION_TOKENS, texts: Sequence[str] = TEXTS, *, bos: bool = True
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained offline: function tokens atomic, integers 0..999 whole, a pad."""
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    split = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(split)
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIALS), min_frequency=1)
+    tok.train_from_iterator([*texts, " ".join(str(i) for i in range(1000))], trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False) for t in function_tokens])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def make_tokenizer(
+    path: Path,
+    function_tokens: Sequence[str] = FUNCTION_TOKENS,
+    texts: Sequence[str] = TEXTS,
+    *,
+    bos: bool = True,
+) -> PreTrainedTokenizerFast:
+    """`build_tokenizer`, saved with save_pretrained to ``path``."""
+    tokenizer = build_tokenizer(function_tokens, texts, bos=bos)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def micro_config(vocab_size: int, **overrides) -> LlamaConfig:
+    """A 2-layer Llama: hidden 32, 4 heads, 2 key-value heads, intermediate 64."""
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+def make_micro_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A random micro Llama (seeded), in eval mode."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(micro_config(vocab_size, **overrides)).eval()
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Add seeded Gaussian noise to every parameter in place (a stand-in for fine-tuning)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return model
+
+
+def make_micro_pair(
+    tmp_path: Path,
+    function_tokens: Sequence[str] = FUNCTION_TOKENS,
+    texts: Sequence[str] = TEXTS,
+    *,
+    seed: int = 0,
+    new_tokenizer_tokens: Sequence[str] | None = None,
+) -> tuple[Path, Path]:
+    """Save an "old" micro Llama and a "new" one (old with perturbed weights), each with the tokenizer.
+
+    ``new_tokenizer_tokens`` gives the new model a tokenizer with other function tokens (for mismatch tests).
+    """
+    old_dir, new_dir = Path(tmp_path) / "old", Path(tmp_path) / "new"
+    tokenizer = make_tokenizer(old_dir, function_tokens, texts)
+    old = make_micro_model(len(tokenizer), seed=seed)
+    old.save_pretrained(old_dir)
+    perturb(old, seed=seed + 1).save_pretrained(new_dir)
+    make_tokenizer(new_dir, function_tokens if new_tokenizer_tokens is None else new_tokenizer_tokens, texts)
+    return old_dir, new_dir
