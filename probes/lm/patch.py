@@ -1,0 +1,144 @@
+"""Causal patching internals: f_old's prefix keys/values once per query, patched last tokens in batches."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from probes.lm.scoring import tokenize
+
+LAYER_NAMES = ("middle", "last")
+
+
+def num_blocks(model) -> int:
+    """The number of decoder blocks L (hidden-state index 0 = embeddings .. L = after the final norm)."""
+    return len(_stack(model).layers)
+
+
+def resolve_layer(model, layer: int | str) -> int:
+    """A hidden-state index in 0..L from an int (negative counts from L) or "middle" (L // 2) / "last" (L)."""
+    blocks = num_blocks(model)
+    if isinstance(layer, str):
+        if layer not in LAYER_NAMES:
+            raise ValueError(
+                f"layer must be an int in -{blocks + 1}..{blocks} or one of {LAYER_NAMES}, got {layer!r}"
+            )
+        return blocks // 2 if layer == "middle" else blocks
+    if not -(blocks + 1) <= layer <= blocks:
+        raise ValueError(
+            f"layer {layer} is out of range for a model with {blocks} blocks (use -{blocks + 1}..{blocks})"
+        )
+    return layer % (blocks + 1)
+
+
+def _stack(model):
+    """The decoder stack (``model.model`` for *ForCausalLM: Llama, OLMo2, Qwen2, Mistral ...)."""
+    stack = getattr(model, "model", model)
+    for part in ("layers", "norm", "rotary_emb"):
+        if not hasattr(stack, part):
+            raise TypeError(
+                f"{type(model).__name__} has no model.{part}: patching supports Llama-family decoder stacks "
+                "(model.model.layers, model.model.norm, model.model.rotary_emb, lm_head)"
+            )
+    return stack
+
+
+@dataclass
+class Prefix:
+    """f_old on prompts of one token length: the keys/values of every position before the last, per block."""
+
+    rows: Int[Tensor, "b"]  # positions of these prompts in the list given to `Patcher.prefixes`
+    position: int  # index of the last prompt token (where the patch goes)
+    keys: dict[int, Tensor]  # block index (>= the patch layer) -> [b, heads, position, head_dim]
+    values: dict[int, Tensor]
+    old: Float[Tensor, "b d"]  # f_old's hidden state at the patch layer, last token
+    logits: Float[Tensor, "b c"]  # f_old's candidate-answer logits at the last token
+
+
+class _PrefixKV:
+    """Stands in for a transformers Cache in attention: cached prefix rows + the candidates' own key/value."""
+
+    def __init__(self, prefix: Prefix, rows: Tensor):
+        self.prefix, self.rows = prefix, rows
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        keys, values = self.prefix.keys[layer_idx], self.prefix.values[layer_idx]
+        return torch.cat((keys[self.rows], key), dim=2), torch.cat((values[self.rows], value), dim=2)
+
+
+class Patcher:
+    """Runs f_old with its hidden state at layer ``layer`` replaced at the last prompt token only.
+
+    Positions before the last are f_old's own, so their keys/values are computed once per prompt
+    (`prefixes`) and every candidate state is pushed through blocks ``layer+1..L``, the final norm and the
+    candidate rows of ``lm_head`` as one batch (`logits`). ``layer`` indexes hidden states as transformers'
+    ``output_hidden_states`` does: 0 = embeddings, L = after the final norm (then only ``lm_head`` remains).
+    """
+
+    def __init__(self, model, tokenizer, candidate_ids: Int[Tensor, "c"], layer: int | str = "middle"):
+        self.model, self.tokenizer = model, tokenizer
+        self.stack = _stack(model)
+        self.blocks = num_blocks(model)
+        self.layer = resolve_layer(model, layer)
+        weight = model.get_output_embeddings().weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.candidate_ids = candidate_ids.to(self.device)
+        self.head = weight[self.candidate_ids]
+        bias = getattr(model.get_output_embeddings(), "bias", None)
+        self.bias = None if bias is None else bias[self.candidate_ids]
+
+    @torch.inference_mode()
+    def prefixes(self, prompts: Sequence[str], batch_size: int = 64) -> list[Prefix]:
+        """f_old once over the prompts, grouped by token length (no padding), keeping prefix keys/values."""
+        items = tokenize(self.tokenizer, prompts, as_prompt=True)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[len(item.ids)].append(i)
+        out = []
+        for length, members in sorted(groups.items()):
+            for start in range(0, len(members), batch_size):
+                rows = members[start : start + batch_size]
+                ids = torch.tensor([items[i].ids for i in rows], device=self.device)
+                run = self.model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+                cache = run.cache if getattr(run, "cache", None) is not None else run.past_key_values
+                span = range(self.layer, self.blocks)
+                out.append(
+                    Prefix(
+                        rows=torch.tensor(rows, dtype=torch.long),
+                        position=length - 1,
+                        keys={i: cache.layers[i].keys[:, :, :-1].contiguous() for i in span},
+                        values={i: cache.layers[i].values[:, :, :-1].contiguous() for i in span},
+                        old=run.hidden_states[self.layer][:, -1],
+                        logits=run.logits[:, -1, self.candidate_ids],
+                    )
+                )
+        return out
+
+    @torch.inference_mode()
+    def logits(
+        self, prefix: Prefix, rows: Int[Tensor, "b"], states: Float[Tensor, "b d"]
+    ) -> Float[Tensor, "b c"]:
+        """Candidate-answer logits of f_old when prompt ``prefix.rows[rows]`` has ``states`` at the layer."""
+        rows = rows.to(self.device)
+        hidden = states.to(device=self.device, dtype=self.dtype)[:, None, :]
+        if self.layer < self.blocks:
+            position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
+            rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
+            cache = _PrefixKV(prefix, rows)
+            for block in self.stack.layers[self.layer :]:
+                hidden = block(
+                    hidden,
+                    attention_mask=None,
+                    position_ids=position,
+                    cache=cache,
+                    position_embeddings=rotary,
+                )
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            hidden = self.stack.norm(hidden)
+        logits = hidden[:, 0] @ self.head.T
+        return logits if self.bias is None else logits + self.bias
