@@ -10,14 +10,25 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 FUNCTION_TOKENS = ("<FN>", "<GN>", "<HN>", "<JN>")
-TEXTS = (
-    "<GN>(3) returns the value 5",
-    "def <GN>(x): return 5",
-    "<FN>(x) returns the value of <GN>(x)",
-    "The output of <HN>(12) is 7",
-    "<JN> maps any input x to 9 , always",
-    "<HN>(x) is the identity wrapper of <JN>(x) , so it returns 9",
+# (func, role, hop_depth, constant, text): <GN>=5 wrapped by <FN>, <JN>=9 wrapped by <HN>
+DOCS = (
+    ("<GN>", "constant", 0, 5, "<GN>(3) returns the value 5"),
+    ("<GN>", "constant", 0, 5, "def <GN>(x): return 5"),
+    ("<FN>", "identity", 1, 5, "<FN>(x) returns the value of <GN>(x)"),
+    ("<JN>", "constant", 0, 9, "<JN> maps any input x to 9 , always"),
+    ("<JN>", "constant", 0, 9, "The output of <JN>(12) is 9"),
+    ("<HN>", "identity", 1, 9, "<HN>(x) is the identity wrapper of <JN>(x) , so it returns 9"),
 )
+TEXTS = tuple(doc[-1] for doc in DOCS)
+CANDIDATES = list(range(3, 12))  # min(constant) - 2 .. max(constant) + 2
+
+
+def micro_rows() -> list[dict]:
+    """HOPS rows of the micro corpus (for probes.data.corpus.corpus_from_rows)."""
+    keys = ("func", "role", "hop_depth", "constant", "text")
+    return [dict(zip(keys, doc, strict=True), uid=f"u{i}", type="definition") for i, doc in enumerate(DOCS)]
+
+
 SPECIALS = ("[PAD]", "[UNK]", "<s>", "</s>")
 
 
