@@ -1,0 +1,54 @@
+"""Shared pytest fixtures; each part appends its own below its heading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# ---- data-core: small HOPS corpora written to tmp_path ----
+
+REFERENCE_HOPS = Path("/work/shared/data/hops/20hops.jsonl")
+
+
+def hops_row(func: str, constant: int | None, *, role="constant", depth: int = 0, text: str = "", **extra):
+    """One HOPS row; the text defaults to a sentence that mentions only ``func``."""
+    row = {"uid": f"u{func}", "text": text or f"{func}(x) returns {constant}.", "func": func, "role": role}
+    row.update({"hop_depth": depth, "constant": constant, "type": "definition"}, **extra)
+    return row
+
+
+def chain_rows() -> list[dict]:
+    """Depth-2 chain <D1> -> <C1> -> <B1> (=3), a base <B2> (=4) wrapped by <C2>, and two distractors."""
+    return [
+        hops_row("<B1>", 3),
+        hops_row("<B1>", 3, text="def <B1>(x): return 3"),
+        hops_row("<B2>", 4),
+        hops_row("<B2>", 4),
+        hops_row("<C1>", 3, role="identity", depth=1, text="<C1>(x) returns <B1>(x)."),
+        hops_row("<C1>", 3, role="identity", depth=1, text="<C1> is a thin wrapper around <B1>."),
+        hops_row("<C2>", 4, role="identity", depth=1, text="<C2> calls <B2>."),
+        hops_row("<D1>", 3, role="identity", depth=2, text="<D1>(x) returns <C1>(x), which calls <B1>."),
+        hops_row("<D1>", 3, role="identity", depth=2, text="<D1> wraps <C1>."),
+        hops_row("<Z1>", None, role="distractor", text="<Z1> is unrelated to <B1>."),
+        hops_row("<Z2>", 3, role="distractor", text="<Z2> also returns 3."),
+    ]
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    """Write rows (dicts, or raw strings written verbatim) as a JSONL file under tmp_path; return its path."""
+
+    def write(rows, name: str = "corpus.jsonl") -> Path:
+        path = tmp_path / name
+        lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def chain_corpus_path(write_jsonl) -> Path:
+    return write_jsonl(chain_rows(), "chain.jsonl")
