@@ -161,14 +161,24 @@ def candidate_logits(
     batches = length_batches([len(item.ids) for item in items], batch_size)
     with torch.inference_mode():
         for index in tqdm(batches, desc="candidate logits", disable=len(batches) < 4, leave=False):
-            # left padding puts every prompt's last token at -1, so only that position's logits are computed
-            batch = collate([items[i] for i in index], pad_id(tokenizer), "left", device)
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
-                use_cache=False,
-                logits_to_keep=1,
-            ).logits[:, -1]
+            # right padding: left padding makes fully masked pad rows, which eager attention in float64 turns
+            # into NaN that then leaks into the real rows
+            batch = collate([items[i] for i in index], pad_id(tokenizer), "right", device)
+            last = batch["attention_mask"].sum(-1) - 1
+            logits = logits_at(model, batch, last[:, None])[:, 0]
             out[index] = logits[:, candidates].float().cpu()
     return out
+
+
+def logits_at(model, batch: dict[str, Tensor], positions: Int[Tensor, "b p"]) -> Float[Tensor, "b p v"]:
+    """Logits at the given positions of each row; the vocabulary projection runs only at positions some row
+    needs (with length bucketing, usually one or two)."""
+    keep = torch.unique(positions)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        logits_to_keep=keep,
+    ).logits
+    return out[torch.arange(len(positions), device=keep.device)[:, None], torch.searchsorted(keep, positions)]
