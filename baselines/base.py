@@ -1,0 +1,263 @@
+"""The interface every attribution method implements, its context, and the registry that builds them."""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from baselines.layers import LayerScorer
+from probes.data.corpus import Corpus
+from probes.data.queries import Query
+
+if TYPE_CHECKING:
+    from probes.lm.store import FeatureStore
+
+    from probes.lm.load import ModelPair
+
+
+@dataclass
+class AttributionContext:
+    """Everything a method may use: the training corpus, ALL queries (methods index them by query id), the
+    model pair and its shared FeatureStore, and the validation split's relevance. Never test relevance."""
+
+    corpus: Corpus
+    queries: list[Query]
+    candidate_ids: Int[Tensor, "c"] | None
+    pair: ModelPair | None
+    features: FeatureStore | None
+    val_ids: Int[Tensor, "q_val"]
+    val_relevant: Bool[Tensor, "q_val n"]
+
+    def require(self, field: str, method: str):
+        """``getattr(self, field)``, or an error saying that ``method`` needs it."""
+        value = getattr(self, field)
+        if value is None:
+            raise ValueError(
+                f"method {method!r} needs AttributionContext.{field}, which is None; build the context "
+                f"with a model pair and a FeatureStore (see compare.py)"
+            )
+        return value
+
+
+class Method(abc.ABC):
+    """An attribution method: ``prepare`` once over the training corpus, then ``score`` batches of queries.
+
+    Subclasses call ``super().__init__(**settings)`` with their validated settings, which ``hparams`` reports.
+    """
+
+    name: str = ""
+
+    def __init__(self, **settings: object) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def prepare(self, ctx: AttributionContext) -> None:
+        """Compute everything that does not depend on the scored queries (plus any val-only fitting)."""
+
+    @abc.abstractmethod
+    def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
+        """Scores of the queries with these ids against every training document; higher = more influential."""
+
+    def hparams(self) -> dict[str, float | int | str | bool]:
+        """The method's settings as flat scalars (lists and None as strings), for tables and TensorBoard."""
+        out: dict[str, float | int | str | bool] = {"method": self.name}
+        for key, value in self.settings.items():
+            out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        return out
+
+
+METHODS: dict[str, type[Method]] = {}
+# Built-in methods, imported on first use so a method's heavy dependencies load only when it is asked for.
+BUILTIN: dict[str, str] = {
+    "random": "baselines.random",
+    "bm25": "baselines.bm25",
+    "edit_distance": "baselines.edit_distance",
+    "repsim": "baselines.repsim",
+    "delta_h": "baselines.delta_h",
+    "act_grad": "baselines.act_grad",
+    "attr_weighted": "baselines.attr_weighted",
+    "patching": "baselines.patching",
+    "grad_sim": "baselines.grad_sim",
+    "dlp": "probes.models.method",
+}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a Method buildable as ``build_method(name, ...)``."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__qualname__}")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def method_names() -> list[str]:
+    """Every name ``build_method`` accepts."""
+    return sorted(set(METHODS) | set(BUILTIN))
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``, importing a built-in method's module on first use."""
+    if name not in METHODS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    return METHODS[name]
+
+
+def accepted_options(cls: type[Method]) -> list[str]:
+    """The options ``cls`` accepts: its own and, where ``__init__`` forwards ``**kwargs``, its bases'."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is Method or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [
+            p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def build_method(name: str, **options: object) -> Method:
+    """An instance of the method ``name`` with ``options``; raises naming an unknown name or option."""
+    cls = method_class(name)
+    accepted = accepted_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no option(s) {unknown}; its options are: {', '.join(accepted)}"
+        )
+    return cls(**options)
+
+
+def check_choice(method: str, option: str, value: object, choices: tuple) -> None:
+    """Raise naming the method and option when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"method {method!r}: option {option}={value!r} is not one of {list(choices)}")
+
+
+POOLINGS = ("last", "mean", "span")
+QUERY_LOSSES = ("ce", "margin")
+KNOB_DEFAULTS = dict(
+    layers="all",
+    query_pooling="last",
+    doc_pooling="last",
+    similarity="cosine",
+    normalize="none",
+    aggregate="mean",
+)
+
+
+class FeatureMethod(Method):
+    """A method scoring by per-layer similarity of pooled ``[l, d]`` features of queries and documents.
+
+    Subclasses implement ``features``; the knobs (see `baselines.layers.LayerScorer`) are shared by all.
+
+    Args:
+        query_pooling: "last" (the position predicting the answer), "mean" (all real tokens), "span" (answer).
+        doc_pooling: "last", "mean" (all real tokens, BOS included) or "span" (same as mean for documents).
+        layers, similarity, normalize, aggregate, topk, fit_steps, chunk_size: see LayerScorer.
+    """
+
+    def __init__(
+        self,
+        *,
+        query_pooling="last",
+        doc_pooling="last",
+        layers="all",
+        similarity="cosine",
+        normalize="none",
+        aggregate="mean",
+        topk=3,
+        fit_steps=300,
+        chunk_size=4096,
+        **settings,
+    ):
+        for option, value in (("query_pooling", query_pooling), ("doc_pooling", doc_pooling)):
+            check_choice(self.name, option, value, POOLINGS)
+        try:
+            self.scorer = LayerScorer(layers, similarity, normalize, aggregate, topk, fit_steps, chunk_size)
+        except ValueError as err:
+            raise ValueError(f"method {self.name!r}: {err}") from None
+        super().__init__(
+            **settings,
+            query_pooling=query_pooling,
+            doc_pooling=doc_pooling,
+            layers=layers,
+            similarity=similarity,
+            normalize=normalize,
+            aggregate=aggregate,
+            topk=topk,
+            fit_steps=fit_steps,
+            chunk_size=chunk_size,
+        )
+
+    @abc.abstractmethod
+    def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
+        """(document features, features of ALL ctx.queries in order)."""
+
+    def prepare(self, ctx: AttributionContext) -> None:
+        docs, queries = self.features(ctx)
+        if len(queries) != len(ctx.queries) or len(docs) != len(ctx.corpus):
+            raise ValueError(
+                f"method {self.name!r}: got features for {len(queries)} queries and {len(docs)} documents,"
+                f" but the context has {len(ctx.queries)} queries and {len(ctx.corpus)} documents"
+            )
+        learned = self.scorer.aggregate == "learned"
+        self.queries = queries
+        # the layer weights see the validation queries' features and relevance, nothing else
+        self.scorer.fit(
+            docs, queries[ctx.val_ids] if learned else None, ctx.val_relevant if learned else None
+        )
+
+    def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
+        return self.scorer.score(self.queries[query_ids])
+
+
+def reference_knobs(method: str, preset: str | None, reference_layer: str, knobs: dict) -> dict:
+    """``knobs`` with the reference preset applied: the reference scripts' layer ("last" or "middle"),
+    queries pooled at the last token, documents by the mean over all real tokens (BOS included), cosine."""
+    if preset is None:
+        return knobs
+    check_choice(method, "preset", preset, ("reference",))
+    check_choice(method, "reference_layer", reference_layer, ("last", "middle"))
+    fixed = dict(
+        layers=reference_layer,
+        query_pooling="last",
+        doc_pooling="mean",
+        similarity="cosine",
+        normalize="none",
+        aggregate="mean",
+    )
+    for key, value in fixed.items():
+        if knobs[key] not in (KNOB_DEFAULTS[key], value):
+            raise ValueError(
+                f"method {method!r}: preset='reference' fixes {key}={value!r}; drop {key}={knobs[key]!r}"
+            )
+    return {**knobs, **fixed}
+
+
+QUERY_TEXTS = ("prompt_answer", "prompt")
+
+
+def query_texts(queries: list[Query], mode: str = "prompt_answer") -> list[str]:
+    """The text a text-matching method sees for a query: prompt followed by answer, or the prompt alone."""
+    return [q.prompt + q.answer if mode == "prompt_answer" else q.prompt for q in queries]
+
+
+def text_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The model tokenizer's ids of each text with no special tokens (function tokens stay one id each)."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

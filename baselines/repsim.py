@@ -1,0 +1,33 @@
+"""RepSim: per-layer similarity of f_new's hidden states of a query and of a training document."""
+
+from __future__ import annotations
+
+from jaxtyping import Float
+from torch import Tensor
+
+from baselines.base import KNOB_DEFAULTS, AttributionContext, FeatureMethod, reference_knobs, register
+
+
+@register("repsim")
+class RepSim(FeatureMethod):
+    """Similarity of ``h_l^new(query)`` and ``h_l^new(doc)``, per layer, aggregated over layers.
+
+    ``preset="reference"`` reproduces the reference experiments' RepSim script: one hidden state (the last, or
+    ``num_hidden_layers // 2`` with ``reference_layer="middle"``), queries pooled at their last prompt token,
+    documents by the mean over all real tokens including BOS, cosine, no normalisation.
+
+    Args:
+        preset: None (use the knobs) or "reference".
+        reference_layer: "last" or "middle", for preset="reference".
+        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
+    """
+
+    def __init__(self, preset: str | None = None, reference_layer: str = "last", **knobs):
+        knobs = reference_knobs("repsim", preset, reference_layer, {**KNOB_DEFAULTS, **knobs})
+        super().__init__(preset=str(preset), reference_layer=reference_layer, **knobs)
+
+    def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
+        store, s = ctx.require("features", self.name), self.settings
+        return store.hidden("new", "docs", s["doc_pooling"]), store.hidden(
+            "new", "queries", s["query_pooling"]
+        )

@@ -1,0 +1,84 @@
+"""Shared builders for the baselines tests (micro corpus, queries, contexts); tests of the method registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_fixtures import CANDIDATES, micro_rows
+
+from baselines.base import AttributionContext, build_method, method_names
+from probes.data.corpus import corpus_from_rows
+from probes.data.queries import Query, make_queries, relevance
+
+
+def micro_corpus():
+    return corpus_from_rows(micro_rows())
+
+
+def doc_queries(corpus) -> list[Query]:
+    """One query per document whose prompt + answer IS the document's text (answer = its last word)."""
+    out = []
+    for doc in corpus.documents:
+        cut = doc.text.rindex(" ") + 1
+        func = corpus.functions[doc.func]
+        out.append(
+            Query(doc.index, doc.func, 0, doc.text[:cut], doc.text[cut:], func.constant, func.hop_depth)
+        )
+    return out
+
+
+def make_ctx(corpus, queries, pair=None, features=None, val_ids=(0, 1)) -> AttributionContext:
+    val_ids = torch.tensor(list(val_ids), dtype=torch.long)
+    candidate_ids = None
+    if pair is not None:
+        candidate_ids = torch.tensor(pair.tokenizer.convert_tokens_to_ids([str(c) for c in CANDIDATES]))
+    return AttributionContext(
+        corpus=corpus,
+        queries=queries,
+        candidate_ids=candidate_ids,
+        pair=pair,
+        features=features,
+        val_ids=val_ids,
+        val_relevant=relevance(corpus, [queries[i] for i in val_ids.tolist()]),
+    )
+
+
+def test_every_builtin_name_is_listed():
+    assert {
+        "random",
+        "bm25",
+        "edit_distance",
+        "repsim",
+        "delta_h",
+        "act_grad",
+        "attr_weighted",
+        "grad_sim",
+    } <= set(method_names())
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "needle"),
+    [
+        ("no_such_method", {}, "no_such_method"),
+        ("repsim", {"no_such_option": 1}, "no_such_option"),
+        ("delta_h", {"normalize": "sphere"}, "normalize='sphere'"),
+        ("act_grad", {"loss": "mse"}, "loss='mse'"),
+        ("repsim", {"preset": "reference", "layers": [0, 1]}, "layers"),
+        ("delta_h", {"preset": "paper"}, "preset='paper'"),
+        ("bm25", {"variant": "bm99"}, "bm99"),
+        ("edit_distance", {"metric": "hamming"}, "hamming"),
+        ("repsim", {"aggregate": "median"}, "median"),
+    ],
+)
+def test_unknown_name_or_option_is_named(name, options, needle):
+    with pytest.raises(ValueError, match=needle):
+        build_method(name, **options)
+
+
+def test_bad_layer_is_named_at_prepare():
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    method = build_method("repsim", layers=[7])
+    method.features = lambda ctx: (torch.zeros(len(corpus), 3, 4), torch.zeros(len(queries), 3, 4))
+    with pytest.raises(ValueError, match="index 7"):
+        method.prepare(make_ctx(corpus, queries))
