@@ -72,7 +72,8 @@ class RetrievalSuite(Metric):
         if len(query_ids) and not 0 <= int(query_ids.min()) <= int(query_ids.max()) < len(self.functions):
             raise ValueError(f"query_ids must lie in [0, {len(self.functions)}): ids into suite.functions")
         per_query = per_query_metrics(scores, relevant, ks=self.ks, chunk_size=self.chunk_size)
-        self.values.append(torch.stack(list(per_query.values()), dim=1))
+        # flat 1-D states: a rank that saw no batch syncs an empty 1-D tensor, which must gather with these
+        self.values.append(torch.stack(list(per_query.values()), dim=1).flatten())
         self.query_ids.append(query_ids.long().to(scores.device))
 
     def compute(self) -> dict[str, float]:
@@ -81,7 +82,8 @@ class RetrievalSuite(Metric):
         if isinstance(self.query_ids, list) and not self.query_ids:
             ids, values = torch.zeros(0, dtype=torch.long), torch.zeros(0, len(names), dtype=torch.float64)
         else:
-            ids, values = dim_zero_cat(self.query_ids).cpu(), dim_zero_cat(self.values).cpu()
+            ids = dim_zero_cat(self.query_ids).cpu().long()
+            values = dim_zero_cat(self.values).cpu().double().reshape(len(ids), len(names))
         ids, inverse = torch.unique(ids, return_inverse=True)
         seen = torch.arange(len(inverse))
         first = torch.full_like(ids, len(inverse)).scatter_reduce(0, inverse, seen, "amin")
