@@ -1,0 +1,129 @@
+"""Causal patching: how far patching z's top attribution dimensions moves f_old's margin towards f_new's."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from baselines.base import AttributionContext, Method, check_choice, register
+from probes.lm.patch import Patcher
+from probes.lm.scoring import answer_token_ids
+
+POOLINGS = ("last", "mean", "span")
+
+
+def gate_masks(attribution: Float[Tensor, "n d"], percentile: float) -> Bool[Tensor, "n d"]:
+    """Per document, the top ``percentile``% of dimensions by |attribution| (0 -> none, 100 -> all)."""
+    count = round(percentile / 100 * attribution.shape[1])
+    mask = torch.zeros(attribution.shape, dtype=torch.bool)
+    if count:
+        mask.scatter_(1, attribution.abs().topk(count, dim=1).indices, True)
+    return mask
+
+
+def margins(logits: Float[Tensor, "b c"], answer: Int[Tensor, "b"]) -> Float[Tensor, "b"]:
+    """Correct-answer logit minus the largest logit among the other candidate answers."""
+    correct = logits.gather(1, answer[:, None])[:, 0]
+    others = logits.scatter(1, answer[:, None], float("-inf"))
+    return correct - others.max(dim=1).values
+
+
+@register("patching")
+class Patching(Method):
+    """Score (query, z) = (margin with z's gate patched - f_old's margin) / (f_new's margin - f_old's margin).
+
+    The gate of training document z is the top ``percentile``% dimensions of |Δh_ℓ(z) ⊙ g_ℓ(z)| (both
+    checkpoints' states and f_new's gradient of z's own next-token loss, from the shared FeatureStore). Per
+    query f_old runs once on the prompt with its keys/values kept; the state at layer ℓ of the last prompt
+    token is f_old's with the gated dimensions set to f_new's (from the FeatureStore's query states), and all
+    documents' patched states are pushed through the remaining blocks in batches of ``batch_size``. A query
+    whose two margins are equal gets its raw change.
+    """
+
+    def __init__(
+        self,
+        layer: int | str = "middle",
+        percentile: float = 10.0,
+        pooling: str = "last",
+        batch_size: int = 1024,
+        prefix_batch_size: int = 64,
+    ):
+        """
+        Args:
+            layer: patch layer as a hidden-state index (0 = embeddings, L = after the final norm; negative
+                from the end) or "middle" / "last".
+            percentile: share of hidden dimensions patched per document, 0..100.
+            pooling: how documents' Δh and gradients are pooled for the gate: last | mean | span.
+            batch_size: (query, document) candidates pushed through the remaining blocks at once.
+            prefix_batch_size: queries run through f_old at once to build their prefix caches.
+        """
+        if not 0 <= percentile <= 100:
+            raise ValueError(f"method 'patching': option percentile={percentile!r} is not in 0..100")
+        check_choice("patching", "pooling", pooling, POOLINGS)
+        if batch_size < 1 or prefix_batch_size < 1:
+            raise ValueError(
+                f"method 'patching': batch sizes must be >= 1, got {batch_size}, {prefix_batch_size}"
+            )
+        self.layer, self.percentile, self.pooling = layer, percentile, pooling
+        self.batch_size, self.prefix_batch_size = batch_size, prefix_batch_size
+        super().__init__(layer=layer, percentile=percentile, pooling=pooling)
+
+    def prepare(self, ctx: AttributionContext) -> None:
+        pair, features = ctx.require("pair", "patching"), ctx.require("features", "patching")
+        candidate_ids = ctx.require("candidate_ids", "patching")
+        self.ctx = ctx
+        self.patcher = Patcher(pair.old, pair.tokenizer, candidate_ids, self.layer)
+        layer = self.patcher.layer
+        delta = (
+            features.hidden("new", "docs", self.pooling)[:, layer]
+            - features.hidden("old", "docs", self.pooling)[:, layer]
+        )
+        attribution = delta * features.grads("docs", self.pooling)[:, layer]
+        self.masks = gate_masks(attribution.float(), self.percentile).to(self.patcher.device)
+        # f_new's state at the patch layer and its candidate logits (head on the final-norm state), per query
+        new_states = features.hidden("new", "queries", "last")
+        self.new_states = new_states[:, layer]
+        head = pair.new.get_output_embeddings()
+        rows = candidate_ids.to(head.weight.device)
+        final = new_states[:, -1].to(device=head.weight.device, dtype=head.weight.dtype)
+        self.new_logits = (final @ head.weight[rows].T).float().cpu()
+        if getattr(head, "bias", None) is not None:
+            self.new_logits += head.bias[rows].float().cpu()
+        answers = answer_token_ids(pair.tokenizer, [q.answer for q in ctx.queries])
+        position = {int(token): i for i, token in enumerate(candidate_ids)}
+        self.answers = torch.tensor([position[int(token)] for token in answers], dtype=torch.long)
+
+    def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
+        n = self.masks.shape[0]
+        out = torch.empty(len(query_ids), n, dtype=torch.float32)
+        prompts = [self.ctx.queries[int(i)].prompt for i in query_ids]
+        prefixes = self.patcher.prefixes(prompts, self.prefix_batch_size)
+        device = self.patcher.device
+        bar = tqdm(
+            total=len(query_ids) * n,
+            desc="patching",
+            unit="cand",
+            leave=False,
+            disable=len(query_ids) * n < 1e5,
+        )
+        for prefix in prefixes:
+            ids = query_ids[prefix.rows]
+            answer = self.answers[ids].to(device)
+            old_margin = margins(prefix.logits.float(), answer)
+            new_margin = margins(self.new_logits[ids].to(device), answer)
+            span = new_margin - old_margin
+            span = torch.where(span.abs() > 1e-6, span, torch.ones_like(span))
+            old, new = prefix.old, self.new_states[ids].to(device=device, dtype=prefix.old.dtype)
+            flat = torch.empty(len(ids) * n, dtype=torch.float32, device=device)
+            for start in range(0, len(ids) * n, self.batch_size):
+                pairs = torch.arange(start, min(start + self.batch_size, len(ids) * n), device=device)
+                rows, docs = pairs // n, pairs % n
+                states = torch.where(self.masks[docs], new[rows], old[rows])
+                patched = margins(self.patcher.logits(prefix, rows, states).float(), answer[rows])
+                flat[pairs] = (patched - old_margin[rows]) / span[rows]
+                bar.update(len(pairs))
+            out[prefix.rows] = flat.view(len(ids), n).cpu()
+        bar.close()
+        return out
