@@ -192,7 +192,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     rows = generate_rows(cfg)
     path = _write_rows(Path(args.out), rows)
-    n_functions = len({row["func"] for row in rows})
+    n_functions = len({row["func"] for row in rows if row["role"] != "distractor"})
     n_distractors = sum(row["role"] == "distractor" for row in rows)
-    print(f"wrote {len(rows)} documents ({n_functions} functions, {n_distractors} distractors) to {path}")
+    print(f"wrote {len(rows)} documents ({n_functions} functions, {n_distractors} distractor docs) to {path}")
     return 0
