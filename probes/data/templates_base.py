@@ -73,6 +73,8 @@ BASE_FRAMES: dict[str, tuple[str | tuple[str, str], ...]] = {
         "The output of $f($x) is $c. The $fnword $f $ignores, so every call $returns $c.",
         "$f: a $constfn. Domain: all integers. Range: the single value $c.",
         "For all $arg: $f($arg) = $c. $note: the $fnword $f $ignores.",
+        "$f($x) returns the value $c. $f($x2) returns the value $c. Every call does.",
+        "The output of $f($x) is $c, and the output of $f($x2) is $c as well.",
     ),
     "code_stub": (
         ("python", "def $f($arg):\n    $pydoc\n    return $c"),

@@ -74,6 +74,7 @@ WRAPPER_FRAMES: dict[str, tuple[str | tuple[str, str], ...]] = {
         "The output of $f($arg) is the output of $g($arg), $unchanged.",
         "$note: $f is an identity $wrapnoun over $g, so $f($arg) equals $g($arg).",
         "$f: take $arg, call $g($arg), return that value $unchanged.",
+        "The output of $f($x) is the output of $g($x); $f($x2) returns the value of $g($x2).",
         "Formally, $f = $g as functions; $f is simply a $wrapnoun that $calls $g.",
     ),
     "code_stub": (
