@@ -1,0 +1,210 @@
+"""Every attribution method on the same test split -> metrics.json, scores, CSVs, table, plot, TensorBoard."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from tqdm.auto import tqdm
+
+from probes.data.datamodule import HopsDataModule
+
+
+@dataclass
+class PairConfig:
+    """The model pair and how its features are computed.
+
+    Args:
+        old: f_old, a local path or hub id; null for the embedded default tiny pair (built on first use).
+        new: f_new, a local path or hub id; null for the embedded default tiny pair.
+        dtype: weights' dtype (float32, bfloat16, float16, float64).
+        device: where the models run (cpu, cuda, cuda:1, ...).
+        attn_implementation: transformers attention implementation (null = the model's default).
+        trust_remote_code: allow custom model code from a hub repository.
+        feature_batch_size: texts per forward/backward pass when computing hidden states and gradients.
+        score_batch_size: test queries per call to a method's score().
+        feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
+    """
+
+    old: str | None = None
+    new: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    feature_batch_size: int = 32
+    score_batch_size: int = 64
+    feature_cache: bool = True
+
+
+@dataclass
+class MethodEntry:
+    """One row of the comparison.
+
+    Args:
+        label: its name in every output (unique; the same method may appear under several labels).
+        method: a registered method name (see baselines.base.method_names()).
+        options: keyword options of that method.
+    """
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="compare.py", description=__doc__, default_meta=False)
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="a YAML config such as configs/compare.yaml"
+    )
+    parser.add_class_arguments(HopsDataModule, "data")
+    parser.add_class_arguments(PairConfig, "model")
+    parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
+    parser.add_argument(
+        "--dlp_checkpoint", type=str | None, default=None, help="a DLP checkpoint to add as 'dlp'"
+    )
+    parser.add_argument(
+        "--out", type=str | None, default=None, help="output folder (default results/<config>)"
+    )
+    return parser
+
+
+def default_out(cfg: Namespace) -> Path:
+    """results/<config name>/ (results/<folder>/<name>/ for a config outside configs/, e.g. ablations)."""
+    if not cfg.get("config"):
+        return Path("results") / "compare"
+    path = Path(str(cfg.config[-1]))
+    return Path("results") / (
+        path.stem if path.parent.name == "configs" else f"{path.parent.name}/{path.stem}"
+    )
+
+
+def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
+    """(label, Method) for every entry, plus the DLP; fails before any model loads on a bad name or option."""
+    from baselines.base import build_method
+    from probes.report import check_labels
+
+    entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
+    if cfg.dlp_checkpoint:
+        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint}))
+    if not entries:
+        raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
+    check_labels([label for label, _, _ in entries])
+    methods = []
+    for label, name, options in entries:
+        try:
+            methods.append((label, build_method(name, **options)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"methods entry {label!r}: {err}") from None
+    return methods
+
+
+def load_everything(cfg: Namespace):
+    """The DataModule, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness."""
+    from probes.lm.default import ensure_default_pair
+
+    from probes.lm import (
+        FeatureCache,
+        FeatureStore,
+        answer_token_ids,
+        candidate_logits,
+        load_pair,
+        query_inputs,
+    )
+
+    data = HopsDataModule(**cfg.data.as_dict())
+    data.prepare()
+    model = cfg.model
+    old, new = model.old, model.new
+    if (old is None) != (new is None):
+        raise ValueError("model.old and model.new: give both paths, or neither for the embedded default pair")
+    if old is None:
+        old, new = ensure_default_pair(cfg.data.corpus_path)
+    pair = load_pair(
+        str(old),
+        str(new),
+        dtype=model.dtype,
+        device=model.device,
+        attn_implementation=model.attn_implementation,
+        trust_remote_code=model.trust_remote_code,
+        corpus=data.corpus,
+        candidates=data.candidates,
+    )
+    candidate_ids = answer_token_ids(pair.tokenizer, data.candidates)
+    texts, targets = query_inputs(data.queries)
+    cache = FeatureCache(None) if model.feature_cache else None
+    features = FeatureStore(
+        pair,
+        data.corpus.texts,
+        texts,
+        targets,
+        candidate_ids,
+        cache=cache,
+        batch_size=model.feature_batch_size,
+    )
+    logits = candidate_logits(pair.new, pair.tokenizer, [q.prompt for q in data.queries], candidate_ids)
+    answers = torch.tensor([data.candidates.index(q.constant) for q in data.queries])
+    data.set_correctness(logits.argmax(dim=1) == answers)
+    return data, pair, candidate_ids, features
+
+
+def run(cfg: Namespace, out: Path) -> str:
+    """Score the test split with every method and write the results into ``out``; return the table."""
+    from baselines.base import AttributionContext
+    from probes.metrics import aggregate, per_query_metrics, random_expectation
+    from probes.report import MethodResult, as_float32, write_results
+
+    methods = build_methods(cfg)
+    data, pair, candidate_ids, features = load_everything(cfg)
+    val_ids, test_ids = data.split_ids["val"], data.split_ids["test"]
+    ctx = AttributionContext(
+        data.corpus, data.queries, candidate_ids, pair, features, val_ids, data.relevant[val_ids]
+    )
+    relevant = data.relevant[test_ids]
+    functions = [data.queries[int(i)].func for i in test_ids]
+    is_wrapper = torch.tensor([data.queries[int(i)].is_wrapper for i in test_ids], dtype=torch.bool)
+    correct = data.correct[test_ids]
+    results = []
+    for label, method in methods:
+        start = time.perf_counter()
+        method.prepare(ctx)
+        batches = test_ids.split(cfg.model.score_batch_size)
+        scores = torch.cat([as_float32(method.score(ids)) for ids in tqdm(batches, desc=label, unit="batch")])
+        seconds = time.perf_counter() - start
+        per_query = per_query_metrics(scores, relevant)
+        report = aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
+        results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds))
+    random = random_expectation(relevant, functions, is_wrapper, correct)
+    rows = [
+        {
+            "query_id": row["query_id"],
+            "func": row["func"],
+            "input": row["input"],
+            "wrapper": row["wrapper"],
+            "correct": bool(correct[i]),
+        }
+        for i, row in enumerate(data.query_table(test_ids))
+    ]
+    return write_results(out, results, relevant, rows, random)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    table = run(cfg, out)
+    print(table)
+    print(
+        f"Wrote metrics.json, scores.safetensors, queries.csv, per_query.csv, table.md, recall_at_k.png and "
+        f"tensorboard/ to {out}/ (view with: tensorboard --logdir {out / 'tensorboard'})"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

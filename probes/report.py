@@ -1,0 +1,201 @@
+"""A comparison's results on disk: metrics.json, scores, CSVs, table.md, the recall@k plot and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import save_file
+from torch import Tensor
+
+from probes.cache import atomic_path
+from probes.metrics import KS, flatten, metric_names
+
+# the table's columns: (metric key, header), reported per subset (macro over functions)
+MAIN_METRICS = (
+    ("map", "mAP"),
+    ("recall@10", "R@10"),
+    ("recall@50", "R@50"),
+    ("mrr", "MRR"),
+    ("auroc", "AUROC"),
+)
+TABLE_SUBSETS = ("base", "wrapper")
+RESERVED_LABELS = ("relevant", "random_expectation")
+FILES = ("metrics.json", "scores.safetensors", "queries.csv", "per_query.csv", "table.md", "recall_at_k.png")
+
+
+@dataclass
+class MethodResult:
+    """One labelled method's outcome on the test queries (rows in the order of queries.csv)."""
+
+    label: str
+    hparams: dict[str, float | int | str | bool]
+    scores: Float[Tensor, "q n"]
+    per_query: dict[str, Float[Tensor, " q"]]
+    report: dict
+    seconds: float
+
+
+def write_results(
+    out: Path,
+    results: Sequence[MethodResult],
+    relevant: Bool[Tensor, "q n"],
+    queries: Sequence[Mapping[str, object]],
+    random: dict,
+) -> str:
+    """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {r.label: r.scores.float().contiguous() for r in results}
+    with atomic_path(out / "scores.safetensors") as tmp:
+        save_file({**tensors, "relevant": relevant.contiguous()}, str(tmp))
+    _write_csv(out / "queries.csv", list(queries[0]) if queries else [], queries)
+    _write_csv(
+        out / "per_query.csv",
+        ["label", *(queries[0] if queries else []), *metric_names(KS)],
+        _per_query(results, queries),
+    )
+    table = markdown_table(results, random)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    plot_recall(out / "recall_at_k.png", results, random)
+    with atomic_path(out / "tensorboard") as tmp:
+        write_tensorboard(tmp, results, random)
+    metrics = {
+        r.label: {
+            "method": r.hparams.get("method", ""),
+            "hparams": r.hparams,
+            "seconds": r.seconds,
+            **_report(r.report),
+        }
+        for r in results
+    }
+    metrics["random_expectation"] = _report(random)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    return table
+
+
+def _report(report: dict) -> dict:
+    """The report's macro / micro / subsets (and query count), in that order."""
+    return {
+        "count": report["count"],
+        "macro": report["macro"],
+        "micro": report["micro"],
+        "subsets": report["subsets"],
+    }
+
+
+def _write_csv(path: Path, header: Sequence[str], rows) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(header))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _per_query(results: Sequence[MethodResult], queries: Sequence[Mapping[str, object]]):
+    """Rows of per_query.csv: one per (label, test query), every per-query metric."""
+    for result in results:
+        values = {name: tensor.tolist() for name, tensor in result.per_query.items()}
+        for row, query in enumerate(queries):
+            yield {"label": result.label, **query, **{name: v[row] for name, v in values.items()}}
+
+
+def _cell(report: dict, subset: str, metric: str) -> str:
+    part = report["subsets"].get(subset, {})
+    value = part.get("macro", {}).get(metric) if part.get("count") else None
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
+    """Methods x main metrics (macro over functions), base and wrapper queries apart, random row last."""
+    counts = {s: random["subsets"].get(s, {}).get("count", 0) for s in TABLE_SUBSETS}
+    header = ["method", *(f"{s} {name}" for s in TABLE_SUBSETS for _, name in MAIN_METRICS), "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = [(r.label, r.report, f"{r.seconds:.1f}") for r in results] + [("random (expected)", random, "–")]
+    for label, report, seconds in rows:
+        cells = [_cell(report, s, metric) for s in TABLE_SUBSETS for metric, _ in MAIN_METRICS]
+        lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
+    queries = ", ".join(f"{counts[s]} {s}" for s in TABLE_SUBSETS)
+    lines.append(f"\nMacro averages over functions on the test split ({queries} queries).")
+    return "\n".join(lines)
+
+
+def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> None:
+    """Macro recall@k against k for all / base / wrapper queries: every method and the random expectation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = (("all", lambda r: r), *((s, lambda r, s=s: r["subsets"].get(s, {})) for s in TABLE_SUBSETS))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True)
+    curves = [(r.label, r.report, {}) for r in results] + [
+        ("random (expected)", random, {"ls": "--", "c": "k"})
+    ]
+    for ax, (name, pick) in zip(axes, groups, strict=True):
+        for label, report, style in curves:
+            macro = pick(report).get("macro", {})
+            ks = [k for k in KS if f"recall@{k}" in macro]
+            ax.plot(ks, [macro[f"recall@{k}"] for k in ks], marker="o", label=label, **style)
+        ax.set(
+            title=f"{name} queries",
+            xlabel="k",
+            xscale="log",
+            xticks=list(KS),
+            xticklabels=[str(k) for k in KS],
+        )
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("macro recall@k")
+    axes[-1].legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_tensorboard(root: Path, results: Sequence[MethodResult], random: dict) -> None:
+    """One run per label (its own folder): flat test/... scalars, recall@k by k, settings as hparams."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = [(r.label, r.report, {**r.hparams, "label": r.label}) for r in results]
+    runs.append(
+        ("random_expectation", random, {"method": "random_expectation", "label": "random_expectation"})
+    )
+    for label, report, hparams in runs:
+        with SummaryWriter(str(root / _folder(label))) as writer:
+            for k in KS:
+                value = report["macro"].get(f"recall@{k}")
+                if value is not None:
+                    writer.add_scalar("test/macro/recall@k", value, global_step=k)
+            scalars = {key: value for key, value in flatten(report, "test").items() if not math.isnan(value)}
+            writer.add_hparams({key: _scalar(v) for key, v in hparams.items()}, scalars, run_name=".")
+
+
+def _scalar(value: object) -> float | int | str | bool:
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _folder(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label) or "_"
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """Labels must be unique, non-empty and not a reserved key of the outputs."""
+    seen = set()
+    for label in labels:
+        if not label or label in RESERVED_LABELS or label in seen:
+            why = "empty" if not label else "reserved" if label in RESERVED_LABELS else "used twice"
+            raise ValueError(f"methods: label {label!r} is {why}; give every method entry its own label")
+        seen.add(label)
+
+
+def as_float32(scores: Tensor) -> Tensor:
+    """Scores as CPU float32 (what scores.safetensors stores)."""
+    return scores.detach().to(device="cpu", dtype=torch.float32)
