@@ -120,22 +120,27 @@ def test_suite_over_batches_equals_the_whole_report():
     assert suite.compute() == flatten(subset, "val")
 
 
-@pytest.mark.parametrize("other_rank", ["same queries", "no queries"])
-def test_suite_syncs_list_states_across_ranks(other_rank):
-    """Fake all-gather: a second rank saw the same queries (padding) or nothing; the result must not move."""
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
+@pytest.mark.parametrize("this_rank", ["same queries", "no batch"])
+def test_suite_syncs_list_states_across_ranks(this_rank):
+    """Fake all-gather with a second rank that saw every query; this one saw them too (padding) or none."""
     scores, relevant, functions, is_wrapper, _ = make_case(5)
     ids = torch.arange(len(functions))
-
-    def gather(tensor, group=None):
-        return [tensor, tensor if other_rank == "same queries" else torch.tensor([])]
-
-    suite = RetrievalSuite(
-        functions, is_wrapper, ks=KS, dist_sync_fn=gather, distributed_available_fn=lambda: True
-    )
+    other = RetrievalSuite(functions, is_wrapper, ks=KS)
     for batch in ids.split(8):
-        suite.update(scores[batch], relevant[batch], batch)
+        other.update(scores[batch], relevant[batch], batch)
+    other_states = {torch.long: dim_zero_cat(other.query_ids), torch.float64: dim_zero_cat(other.values)}
+
+    def gather(tensor, group=None):  # a KeyError here: a state of another dtype would break a real all-gather
+        assert tensor.ndim == 1
+        return [tensor, other_states[tensor.dtype]]
+
+    ddp = {"dist_sync_fn": gather, "distributed_available_fn": lambda: True}
+    suite = RetrievalSuite(functions, is_wrapper, ks=KS, **ddp)
+    if this_rank == "same queries":
+        suite.update(scores, relevant, ids)
     assert suite.compute() == flatten(retrieval_report(scores, relevant, functions, is_wrapper, ks=KS))
-    assert len(dim_zero_cat(suite.query_ids)) == len(ids)  # unsynced again after compute
+    assert len(dim_zero_cat(suite.query_ids)) == (len(ids) if this_rank == "same queries" else 0)  # unsynced
 
 
 def test_bad_arguments_are_named():

@@ -72,9 +72,20 @@ class RetrievalSuite(Metric):
         if len(query_ids) and not 0 <= int(query_ids.min()) <= int(query_ids.max()) < len(self.functions):
             raise ValueError(f"query_ids must lie in [0, {len(self.functions)}): ids into suite.functions")
         per_query = per_query_metrics(scores, relevant, ks=self.ks, chunk_size=self.chunk_size)
-        # flat 1-D states: a rank that saw no batch syncs an empty 1-D tensor, which must gather with these
+        # 1-D states: all-gather needs one number of dimensions on every rank, also one that saw no batch
         self.values.append(torch.stack(list(per_query.values()), dim=1).flatten())
         self.query_ids.append(query_ids.long().to(scores.device))
+
+    def sync(self, *args, **kwargs) -> None:
+        """Gather the states across ranks (torchmetrics' ``Metric.sync``), also from a rank that saw no batch.
+
+        torchmetrics stands in an empty tensor of the metric's default dtype for an empty list state, which
+        all-gather cannot mix with our long ids and float64 values: put in empty tensors of the right dtypes.
+        """
+        if isinstance(self.query_ids, list) and not self.query_ids:
+            self.query_ids.append(torch.zeros(0, dtype=torch.long, device=self.device))
+            self.values.append(torch.zeros(0, dtype=torch.float64, device=self.device))
+        super().sync(*args, **kwargs)
 
     def compute(self) -> dict[str, float]:
         """The flat report over every query seen since the last reset (each query id once, in id order)."""
@@ -82,8 +93,8 @@ class RetrievalSuite(Metric):
         if isinstance(self.query_ids, list) and not self.query_ids:
             ids, values = torch.zeros(0, dtype=torch.long), torch.zeros(0, len(names), dtype=torch.float64)
         else:
-            ids = dim_zero_cat(self.query_ids).cpu().long()
-            values = dim_zero_cat(self.values).cpu().double().reshape(len(ids), len(names))
+            ids = dim_zero_cat(self.query_ids).cpu()
+            values = dim_zero_cat(self.values).cpu().reshape(len(ids), len(names))
         ids, inverse = torch.unique(ids, return_inverse=True)
         seen = torch.arange(len(inverse))
         first = torch.full_like(ids, len(inverse)).scatter_reduce(0, inverse, seen, "amin")
