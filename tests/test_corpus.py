@@ -180,3 +180,16 @@ def test_missing_file_and_empty_corpus(tmp_path, write_jsonl):
         load_corpus(tmp_path / "nope.jsonl")
     msg = _error([json.dumps(hops_row("<Z1>", None, role="distractor"))], write_jsonl)
     assert "no non-distractor documents" in msg
+
+
+def test_raw_line_separators_and_bad_utf8(write_jsonl):
+    text = "<B1> returns 3.\u2028Really\u0085."
+    good = json.dumps(hops_row("<B1>", 3, text=text), ensure_ascii=False)
+    path = write_jsonl([good, good])
+    corpus = load_corpus(path)
+    assert corpus.texts[0] == text and corpus.documents[1].line == 2
+    path.write_bytes(good.encode() + b"\n\xff\xfe\n" + good.encode() + b"\r\n")
+    with pytest.raises(CorpusError, match=r":2: field '\(row\)': not UTF-8"):
+        load_corpus(path)
+    with pytest.warns(UserWarning, match="line 2"):
+        assert [d.line for d in load_corpus(path, skip_invalid=True).documents] == [1, 3]

@@ -93,16 +93,20 @@ def load_corpus(path: str | os.PathLike[str], *, skip_invalid: bool = False) -> 
     """Load a HOPS-family JSONL file (blank lines ignored); see :func:`corpus_from_rows` for the checks."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as e:
         msg = f"{path}: cannot read the corpus file ({e.strerror or e}); pass an existing JSONL path"
         raise CorpusError(msg) from e
     items: list[tuple[int, object]] = []
-    for number, raw in enumerate(lines, start=1):
+    # split on "\n" only: str.splitlines also splits on U+2028 and friends, which JSON strings may hold raw
+    for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
-            items.append((number, json.loads(raw)))
+            items.append((number, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as e:
+            msg = f"{path}:{number}: field '(row)': not UTF-8 text (byte {e.start + 1} of the line)"
+            items.append((number, CorpusError(msg)))
         except json.JSONDecodeError as e:
             msg = f"{path}:{number}: field '(row)': invalid JSON ({e.msg}, column {e.colno})"
             items.append((number, CorpusError(msg)))
