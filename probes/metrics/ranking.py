@@ -96,8 +96,8 @@ def _chunk_metrics(scores: Tensor, relevant: Tensor, ks: tuple[int, ...]) -> dic
     n = scores.shape[1]
     # a stable sort of -scores keeps equal scores in document order: the lower index ranks first
     order = torch.sort(-scores, dim=1, stable=True).indices
-    ranked = relevant.gather(1, order)
-    found = ranked.cumsum(dim=1, dtype=torch.float64)  # relevant documents among the top i+1
+    ranked = relevant.gather(1, order).double()  # 1 where the document at that position is relevant
+    found = ranked.cumsum(dim=1)  # relevant documents among the top i+1
     total = found[:, -1]
     position = torch.arange(1, n + 1, dtype=torch.float64, device=scores.device)
     out = {}
@@ -106,10 +106,11 @@ def _chunk_metrics(scores: Tensor, relevant: Tensor, ks: tuple[int, ...]) -> dic
         out[f"recall@{k}"] = top / total
         out[f"precision@{k}"] = top / k
         out[f"hit@{k}"] = (top > 0).double()
-    out["mrr"] = 1.0 / position[ranked.byte().argmax(dim=1)]
-    out["map"] = torch.where(ranked, found / position, 0.0).sum(dim=1) / total
-    # a relevant document at position p (found[p] relevant up to it) has p - found[p] irrelevant ones above
-    misordered = torch.where(ranked, position - found, 0.0).sum(dim=1)
+    out["mrr"] = 1.0 / position[ranked.argmax(dim=1)]  # argmax: the first maximum
+    # row-wise sums, not matmuls: a row's result must not depend on the chunk it sits in
+    out["map"] = (found * ranked / position).sum(dim=1) / total  # mean precision at relevant positions
+    # the j-th relevant document, at position p_j, has p_j - j irrelevant ones above it: sum p_j - R(R+1)/2
+    misordered = (ranked * position).sum(dim=1) - total * (total + 1) / 2
     out["auroc"] = 1.0 - misordered / (total * (n - total))
     empty = total == 0
     return {name: torch.where(empty, torch.nan, value) for name, value in out.items()}
