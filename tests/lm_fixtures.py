@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import MethodType
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
@@ -87,6 +88,21 @@ def make_micro_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCau
     """A random micro Llama (seeded), in eval mode."""
     torch.manual_seed(seed)
     return LlamaForCausalLM(micro_config(vocab_size, **overrides)).eval()
+
+
+def _rms_norm_exact(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+
+
+def exact_float64(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in float64 throughout: Llama's RMSNorm otherwise rounds through float32, which would limit
+    finite-difference checks to ~1e-7."""
+    model.double()
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = MethodType(_rms_norm_exact, module)
+    return model
 
 
 def perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:

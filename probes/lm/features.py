@@ -1,0 +1,211 @@
+"""Per-layer pooled hidden states h_l and activation gradients g_l = dL/dh_l of texts, batched by length.
+
+Layer index l runs over what Hugging Face returns with ``output_hidden_states=True``: 0 = the embeddings
+(the first block's input), l = the output of block l, and the last index L = the final hidden state AFTER
+the model's final norm (the tensor the LM head reads; transformers ties ``hidden_states[-1]`` to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probes.lm.losses import ce_loss, check_loss, lm_loss, margin_loss, target_layout
+from probes.lm.pooling import Pooler, check_pooling
+from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What to compute: ``kind`` "hidden" or "grad", pooling, loss (grads only), layers (None = all)."""
+
+    kind: str
+    pooling: str = "last"
+    loss: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("hidden", "grad"):
+            raise ValueError(f"FeatureSpec.kind must be 'hidden' or 'grad', got {self.kind!r}")
+        check_pooling(self.pooling)
+        if (self.kind == "grad") != (self.loss is not None):
+            raise ValueError(f"FeatureSpec: kind 'grad' needs a loss, kind 'hidden' takes none: {self}")
+        if self.loss is not None:
+            check_loss(self.loss)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def query_inputs(queries) -> tuple[list[str], list[tuple[int, int]]]:
+    """Queries as teacher-forced texts ``prompt + answer`` with the answer's character span as target."""
+    texts = [q.prompt + q.answer for q in queries]
+    return texts, [(len(q.prompt), len(q.prompt) + len(q.answer)) for q in queries]
+
+
+def hidden_features(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    targets: Sequence[tuple[int, int]] | None = None,
+    pooling: str = "last",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> Float[Tensor, "n l d"]:
+    """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings)."""
+    acc = _out_dtype(model, dtype)
+
+    def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
+        with torch.inference_mode():
+            pool = Pooler(items, batch["offset"], pooling, acc)
+            states = _forward(model, batch, logits_to_keep=1).hidden_states
+            return torch.stack([pool(states[i]) for i in _layer_ids(layers, len(states))], 1)
+
+    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, "hidden", step)
+
+
+def gradient_features(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    targets: Sequence[tuple[int, int]] | None = None,
+    loss: str = "lm",
+    candidate_ids: Int[Tensor, "c"] | None = None,
+    pooling: str = "last",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> Float[Tensor, "n l d"]:
+    """Pooled activation gradients dL/dh_l of each text's own loss (see `probes.lm.losses`), at least fp32.
+
+    The batch loss is the SUM of per-text losses; attention never crosses texts, so each text's slice of
+    dL/dh is its own gradient. Gradients flow in the model's dtype: load it in float32 for exact fp32 grads.
+    """
+    check_loss(loss)
+    if loss != "lm" and targets is None:
+        raise ValueError(f"loss {loss!r} needs targets (the answer's character span in each text)")
+    if loss == "margin" and candidate_ids is None:
+        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
+    acc = _out_dtype(model, dtype)
+
+    def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
+        pool = Pooler(items, batch["offset"], pooling, acc)
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+            if loss == "lm":
+                out = _forward(model, batch, inputs_embeds=embeds)
+                per_text = lm_loss(out.logits, batch["input_ids"], batch["attention_mask"])
+            else:
+                positions, tokens, valid = target_layout(items, batch["offset"])
+                keep = torch.unique(positions)
+                out = _forward(model, batch, inputs_embeds=embeds, logits_to_keep=keep)
+                rows = torch.arange(len(items), device=keep.device)[:, None]
+                logits = out.logits[rows, torch.searchsorted(keep, positions)]
+                if loss == "ce":
+                    per_text = ce_loss(logits, tokens, valid)
+                else:
+                    per_text = margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device))
+            states = out.hidden_states
+            wanted = _layer_ids(layers, len(states))
+            grads = torch.autograd.grad(per_text.sum(), [states[i] for i in wanted])
+        return torch.stack([pool(g) for g in grads], 1)
+
+    if loss == "margin":
+        _check_answers_are_candidates(tokenizer, texts, targets, candidate_ids)
+    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, f"grad ({loss})", step)
+
+
+def compute_features(
+    model, tokenizer, texts: Sequence[str], spec: FeatureSpec, **options
+) -> Float[Tensor, "n l d"]:
+    """`hidden_features` or `gradient_features` as ``spec`` says; ``options`` go to that function."""
+    common = dict(pooling=spec.pooling, layers=spec.layers, **options)
+    if spec.kind == "hidden":
+        common.pop("candidate_ids", None)
+        return hidden_features(model, tokenizer, texts, **common)
+    return gradient_features(model, tokenizer, texts, loss=spec.loss, **common)
+
+
+def _forward(model, batch: dict[str, Tensor], **kwargs):
+    if "inputs_embeds" not in kwargs:
+        kwargs["input_ids"] = batch["input_ids"]
+    return model(
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        output_hidden_states=True,
+        use_cache=False,
+        **kwargs,
+    )
+
+
+def _run(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    targets: Sequence[tuple[int, int]] | None,
+    batch_size: int,
+    padding_side: str,
+    progress: bool,
+    what: str,
+    step: Callable[[dict[str, Tensor], list[Tokenized]], Tensor],
+) -> Tensor:
+    """Tokenise, batch by length, run ``step`` per batch ([b l d] on the model's device), restore order."""
+    items = tokenize(tokenizer, texts, targets)
+    device = next(model.parameters()).device
+    out = None
+    batches = length_batches([len(item.ids) for item in items], batch_size)
+    for index in tqdm(
+        batches, desc=f"{what} features", disable=not progress or len(batches) < 4, leave=False
+    ):
+        chunk = [items[i] for i in index]
+        rows = step(collate(chunk, pad_id(tokenizer), padding_side, device), chunk).cpu()
+        finite = torch.isfinite(rows).flatten(1).all(-1)
+        if not bool(finite.all()):
+            i = index[int((~finite).nonzero()[0, 0])]
+            raise FloatingPointError(
+                f"{what} features of text {i} ({texts[i][:60]!r}) contain NaN or inf; check the model's "
+                "weights and dtype (bf16/fp16 can overflow; try float32)"
+            )
+        if out is None:
+            out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
+        out[index] = rows
+    if out is None:
+        raise ValueError(f"no texts to compute {what} features for")
+    return out
+
+
+def _layer_ids(layers: Sequence[int] | None, count: int) -> list[int]:
+    if layers is None:
+        return list(range(count))
+    bad = [layer for layer in layers if not -count <= layer < count]
+    if bad:
+        raise ValueError(f"layers {bad} are out of range: the model has hidden states 0..{count - 1}")
+    return [layer % count for layer in layers]
+
+
+def _out_dtype(model, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
+def _check_answers_are_candidates(tokenizer, texts, targets, candidate_ids) -> None:
+    allowed = set(candidate_ids.tolist())
+    for i, item in enumerate(tokenize(tokenizer, texts, targets)):
+        if item.ids[item.target[0]] not in allowed:
+            raise ValueError(
+                f"text {i} ({texts[i][:60]!r}): its answer token is not a candidate answer, so the margin "
+                "loss is undefined; include it in candidate_ids"
+            )

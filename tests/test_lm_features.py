@@ -1,0 +1,179 @@
+"""Hidden and gradient features on a float64 micro Llama: invariances and independent references."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_fixtures import CANDIDATES, TEXTS, build_tokenizer, exact_float64, make_micro_model
+
+from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
+from probes.lm.losses import margin_loss
+from probes.lm.scoring import answer_token_ids, tokenize
+
+QUERIES = [
+    SimpleNamespace(prompt="<FN>(3) returns the value ", answer="5"),
+    SimpleNamespace(prompt="The output of <JN>(12) is ", answer="9"),
+    SimpleNamespace(prompt="<HN>(100) returns the value ", answer="9"),
+    SimpleNamespace(prompt="<GN>(7) is ", answer="5"),
+]
+MULTI = ("<GN>(3) returns the value 5", (8, 27))  # a 3-token target "the value 5"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = exact_float64(make_micro_model(len(tokenizer), initializer_range=0.2))
+    return model, tokenizer, answer_token_ids(tokenizer, CANDIDATES)
+
+
+def queries():
+    texts, spans = query_inputs(QUERIES)
+    return texts, spans
+
+
+def reference_hidden(model, item, pooling):
+    """One text, no padding, no position_ids: the model's own forward, pooled by hand."""
+    states = model(input_ids=torch.tensor([item.ids]), output_hidden_states=True).hidden_states
+    start, end = item.target or (0, len(item.ids))
+    if pooling == "last":
+        return torch.stack([h[0, (item.target[0] if item.target else len(item.ids)) - 1] for h in states])
+    if pooling == "span":
+        return torch.stack([h[0, start:end].mean(0) for h in states])
+    return torch.stack([h[0].mean(0) for h in states])
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "span"])
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_hidden_matches_one_text_at_a_time(lm, pooling, with_targets):
+    model, tokenizer, _ = lm
+    texts, targets = queries() if with_targets else (list(TEXTS), None)
+    items = tokenize(tokenizer, texts, targets)
+    expected = torch.stack([reference_hidden(model, item, pooling) for item in items])
+    for side in ("right", "left"):
+        got = hidden_features(
+            model, tokenizer, texts, targets=targets, pooling=pooling, batch_size=3, padding_side=side
+        )
+        assert got.dtype == torch.float64 and got.shape == (len(texts), 3, 32)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_query_last_equals_prompt_alone(lm):
+    model, tokenizer, _ = lm
+    texts, targets = queries()
+    teacher_forced = hidden_features(model, tokenizer, texts, targets=targets)
+    prompts = hidden_features(model, tokenizer, [q.prompt for q in QUERIES])
+    torch.testing.assert_close(teacher_forced, prompts, rtol=0, atol=1e-10)
+
+
+def test_permuting_texts_permutes_rows_and_layers_subset(lm):
+    model, tokenizer, _ = lm
+    full = hidden_features(model, tokenizer, list(TEXTS), pooling="mean", batch_size=4)
+    perm = torch.randperm(len(TEXTS)).tolist()
+    permuted = hidden_features(model, tokenizer, [TEXTS[i] for i in perm], pooling="mean", batch_size=4)
+    torch.testing.assert_close(permuted, full[perm], rtol=0, atol=1e-10)
+    subset = hidden_features(model, tokenizer, list(TEXTS), pooling="mean", layers=(0, -1))
+    torch.testing.assert_close(subset, full[:, [0, 2]], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"layers \[5\]"):
+        hidden_features(model, tokenizer, list(TEXTS), layers=(5,))
+
+
+def test_mean_of_one_token_text_is_last(lm):
+    model, _, _ = lm
+    tokenizer = build_tokenizer(bos=False)
+    assert len(tokenizer.encode("5")) == 1
+    mean, last = (hidden_features(model, tokenizer, ["5", "<GN>"], pooling=p) for p in ("mean", "last"))
+    torch.testing.assert_close(mean, last, rtol=0, atol=0)
+
+
+def test_nan_names_the_text(lm):
+    model, tokenizer, _ = lm
+    broken = copy.deepcopy(model)
+    broken.get_input_embeddings().weight.data[tokenizer.convert_tokens_to_ids("always")] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"text 3 \('<JN> maps any input"):
+        hidden_features(broken, tokenizer, list(TEXTS), batch_size=2)
+
+
+def _loss(model, item, loss, candidates, module, shift):
+    """The loss of one text with ``shift`` added to ``module``'s output, computed directly from the logits."""
+    ids, target = item.ids, item.target
+    handle = module.register_forward_hook(lambda _module, _args, out: out + shift)
+    try:
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    finally:
+        handle.remove()
+    if loss == "lm":
+        return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]))
+    first, end = target
+    if loss == "ce":
+        return F.cross_entropy(logits[first - 1 : end - 1], torch.tensor(ids[first:end]))
+    row = logits[first - 1]
+    others = [c for c in candidates.tolist() if c != ids[first]]
+    return row[others].max() - row[ids[first]]
+
+
+@pytest.mark.parametrize("loss", ["lm", "ce", "margin"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "span"])
+def test_gradients_match_finite_differences(lm, loss, pooling):
+    model, tokenizer, candidates = lm
+    texts, targets = queries()
+    texts, targets = texts[:2], targets[:2]
+    grads = gradient_features(
+        model, tokenizer, texts, targets=targets, loss=loss, candidate_ids=candidates, pooling=pooling
+    )
+    assert grads.dtype == torch.float64
+    # the module whose output is h_l: embeddings, blocks 1..L-1, then the final norm (h_L is post-norm)
+    blocks = [model.model.embed_tokens, *model.model.layers[:-1], model.model.norm]
+    generator = torch.Generator().manual_seed(0)
+    for i, item in enumerate(tokenize(tokenizer, texts, targets)):
+        weights = torch.zeros(len(item.ids), dtype=torch.float64)
+        start, end = item.target if pooling == "span" else (0, len(item.ids))
+        weights[start:end] = 1.0 / (end - start)
+        if pooling == "last":
+            weights = torch.zeros_like(weights).index_fill_(0, torch.tensor(item.target[0] - 1), 1.0)
+        for layer, block in enumerate(blocks):
+            direction = torch.randn(32, generator=generator, dtype=torch.float64)
+
+            eps = 1e-5
+            shifts = [sign * eps * weights[None, :, None] * direction for sign in (1, -1)]
+            up, down = (_loss(model, item, loss, candidates, block, shift) for shift in shifts)
+            numeric = (up - down) / (2 * eps)
+            torch.testing.assert_close(grads[i, layer] @ direction, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["lm", "ce", "margin"])
+def test_gradients_independent_of_batching_and_padding(lm, loss):
+    model, tokenizer, candidates = lm
+    texts, targets = queries()
+    if loss != "margin":
+        texts, targets = [*texts, MULTI[0]], [*targets, MULTI[1]]
+    options = dict(targets=targets, loss=loss, candidate_ids=candidates, pooling="span")
+    alone = gradient_features(model, tokenizer, texts, batch_size=1, **options)
+    for side in ("right", "left"):
+        batched = gradient_features(model, tokenizer, texts, batch_size=3, padding_side=side, **options)
+        torch.testing.assert_close(batched, alone, rtol=0, atol=1e-10)
+    spec = FeatureSpec("grad", pooling="span", loss=loss)
+    again = compute_features(model, tokenizer, texts, spec, targets=targets, candidate_ids=candidates)
+    torch.testing.assert_close(again, alone, rtol=0, atol=1e-10)
+
+
+def test_margin_loss_sign_and_requirements(lm):
+    logits = torch.zeros(2, 10, dtype=torch.float64)
+    logits[0, 3], logits[0, 4] = 2.0, 0.5  # answer 3 wins by 1.5
+    logits[1, 3], logits[1, 4] = 0.5, 2.0  # answer 3 loses by 1.5
+    loss = margin_loss(logits, torch.tensor([3, 3]), torch.tensor([3, 4, 5]))
+    torch.testing.assert_close(loss, torch.tensor([-1.5, 1.5], dtype=torch.float64))
+    model, tokenizer, candidates = lm
+    texts, targets = queries()
+    with pytest.raises(ValueError, match="needs targets"):
+        gradient_features(model, tokenizer, texts, loss="ce")
+    with pytest.raises(ValueError, match="text 0 .* not a candidate"):
+        gradient_features(
+            model, tokenizer, texts, targets=targets, loss="margin", candidate_ids=candidates[:1]
+        )
+    with pytest.raises(ValueError, match="kind 'grad' needs a loss"):
+        FeatureSpec("grad")
