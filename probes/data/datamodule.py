@@ -32,6 +32,8 @@ class _Prepared:
     relevant: Tensor
     candidates: list[int]
     split_ids: dict[str, Tensor]
+    query_functions: list[str]
+    is_wrapper: Tensor
 
 
 class _QueryBatches(Dataset):
@@ -142,7 +144,10 @@ class HopsDataModule(L.LightningDataModule):
             queries = make_queries(corpus, inputs, hp.query_format)
             split_ids = split_queries(corpus, queries, hp.split, hp.val_fraction, hp.test_fraction, hp.seed)
             relevant = relevance_matrix(corpus, queries, hp.relevance)
-            self._prepared = _Prepared(corpus, queries, relevant, candidate_answers(corpus), split_ids)
+            is_wrapper = torch.tensor([q.is_wrapper for q in queries], dtype=torch.bool)
+            functions = [q.func for q in queries]
+            answers = candidate_answers(corpus)
+            self._prepared = _Prepared(corpus, queries, relevant, answers, split_ids, functions, is_wrapper)
         return self
 
     def setup(self, stage: str | None = None) -> None:
@@ -181,11 +186,11 @@ class HopsDataModule(L.LightningDataModule):
     @property
     def query_functions(self) -> list[str]:
         """The function of each query, by query id (for macro metrics)."""
-        return [q.func for q in self.queries]
+        return self._state.query_functions
 
     @property
     def is_wrapper(self) -> Bool[Tensor, " q"]:
-        return torch.tensor([q.is_wrapper for q in self.queries], dtype=torch.bool)
+        return self._state.is_wrapper
 
     def set_correctness(self, correct: Bool[Tensor, " q"]) -> None:
         """Record per query whether f_new answers it correctly (for the correct/incorrect metric subsets)."""
