@@ -30,11 +30,13 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 def warn_no_relevant(relevant: Bool[Tensor, "q n"]) -> None:
     """Warn about rows with no relevant document (all metrics NaN) or only relevant ones (auroc NaN)."""
     counts = relevant.sum(dim=1)
-    cases = ((counts == 0, "no relevant document"), (counts == relevant.shape[1], "only relevant documents"))
-    for bad, what in cases:
+    cases = (
+        (counts == 0, "no relevant document", "every metric is"),
+        (counts == relevant.shape[1], "only relevant documents", "auroc is"),
+    )
+    for bad, what, metrics in cases:
         rows = bad.nonzero().flatten().tolist()
         if rows:
-            metrics = "every metric is" if counts[rows[0]] == 0 else "auroc is"
             warnings.warn(
                 f"{len(rows)} of {len(counts)} queries have {what} (rows {rows[:10]}"
                 f"{' ...' if len(rows) > 10 else ''}): {metrics} NaN there and excluded from aggregates",
