@@ -1,0 +1,149 @@
+"""Integrated gradients along h_old -> h_new at one layer: f_new run on from a replaced hidden state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probes.lm.losses import ce_loss, check_loss, lm_loss, margin_loss, target_layout
+from probes.lm.pooling import Pooler
+from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
+
+
+def riemann_path_mean(grad_fn: Callable[[Tensor], Tensor], start: Tensor, end: Tensor, steps: int) -> Tensor:
+    """``(1/K) sum_{k=1..K} grad_fn(start + (k/K)(end - start))``: the right Riemann sum of the path
+    integral ``int_0^1 grad(start + a(end - start)) da``. Times ``end - start`` it is integrated gradients;
+    K = 1 is the plain gradient at ``end``; exact for any K when the gradient is constant along the path."""
+    if steps < 1:
+        raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
+    total = torch.zeros_like(start)
+    for k in range(1, steps + 1):
+        total += grad_fn(start + (k / steps) * (end - start))
+    return total / steps
+
+
+def _stack(model):
+    """The decoder stack ``model.model`` with its blocks ``layers`` and final ``norm``."""
+    stack = getattr(model, "model", model)
+    if not hasattr(stack, "layers") or not hasattr(stack, "norm"):
+        raise TypeError(
+            f"{type(model).__name__} has no model.layers / model.norm: integrated gradients supports decoder "
+            "stacks laid out like Llama / OLMo2 / Qwen2 / Mistral"
+        )
+    return stack
+
+
+@contextmanager
+def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]) -> Iterator[None]:
+    """Inside the block, the model's hidden state ``layer`` (as in ``output_hidden_states``: 0 = embeddings,
+    L = after the final norm) is ``state``; everything above runs from it, everything below is ignored."""
+    stack = _stack(model)
+    if not 0 <= layer <= len(stack.layers):
+        raise ValueError(f"layer {layer} is out of range: hidden states run 0..{len(stack.layers)}")
+
+    def swap_input(module, args, kwargs):
+        if args:
+            return (state, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": state}
+
+    if layer < len(stack.layers):
+        handle = stack.layers[layer].register_forward_pre_hook(swap_input, with_kwargs=True)
+    else:  # the final norm's output: the LM head may read only some positions of it (logits_to_keep)
+        handle = stack.norm.register_forward_hook(lambda module, args, output: state)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def text_loss(
+    model,
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    loss: str,
+    candidate_ids: Int[Tensor, "c"] | None = None,
+) -> Float[Tensor, "b"]:
+    """Each text's own loss, as `probes.lm.features.gradient_features` defines it ("lm", "ce" or "margin")."""
+    check_loss(loss)
+    kwargs = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
+    if loss == "lm":
+        logits = model(input_ids=batch["input_ids"], **kwargs).logits
+        return lm_loss(logits, batch["input_ids"], batch["attention_mask"])
+    positions, tokens, valid = target_layout(items, batch["offset"])
+    keep = torch.unique(positions)
+    logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, **kwargs).logits
+    logits = logits[
+        torch.arange(len(items), device=keep.device)[:, None], torch.searchsorted(keep, positions)
+    ]
+    if loss == "ce":
+        return ce_loss(logits, tokens, valid)
+    if candidate_ids is None:
+        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
+    return margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device))
+
+
+def path_gradient(
+    model,
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    layer: int,
+    start: Float[Tensor, "b s d"],
+    end: Float[Tensor, "b s d"],
+    steps: int,
+    loss: str,
+    candidate_ids: Int[Tensor, "c"] | None = None,
+) -> Float[Tensor, "b s d"]:
+    """Mean gradient of each text's loss w.r.t. hidden state ``layer`` along ``start -> end`` (all tokens)."""
+
+    def grad_at(state: Tensor) -> Tensor:
+        state = state.detach().requires_grad_(True)
+        with torch.enable_grad(), replaced_hidden_state(model, layer, state):
+            (grad,) = torch.autograd.grad(text_loss(model, batch, items, loss, candidate_ids).sum(), state)
+        return grad
+
+    return riemann_path_mean(grad_at, start, end, steps)
+
+
+def integrated_gradients(
+    old,
+    new,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    layers: Sequence[int],
+    steps: int,
+    targets: Sequence[tuple[int, int]] | None = None,
+    loss: str = "lm",
+    candidate_ids: Int[Tensor, "c"] | None = None,
+    pooling: str = "last",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Float[Tensor, "n l d"]:
+    """Pooled path-mean gradients ``g_IG`` of f_new's loss at each of ``layers``, where hidden state l runs
+    from f_old's to f_new's (all positions) while f_new computes everything above it. ``Δh̄_l ⊙ g_IG_l`` is the
+    K-step integrated-gradients attribution; K = 1 gives f_new's plain activation gradient."""
+    items = tokenize(tokenizer, texts, targets)
+    device = next(new.parameters()).device
+    out_dtype = torch.float64 if next(new.parameters()).dtype == torch.float64 else torch.float32
+    out = torch.empty(len(texts), len(layers), new.config.hidden_size, dtype=out_dtype)
+    batches = length_batches([len(item.ids) for item in items], batch_size)
+    for index in tqdm(batches, desc=f"integrated gradients (K={steps})", disable=not progress, leave=False):
+        chunk = [items[i] for i in index]
+        batch = collate(chunk, pad_id(tokenizer), "right", device)
+        kwargs = dict(
+            attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False
+        )
+        with torch.inference_mode():
+            h_old = old(input_ids=batch["input_ids"], output_hidden_states=True, **kwargs).hidden_states
+            h_new = new(input_ids=batch["input_ids"], output_hidden_states=True, **kwargs).hidden_states
+        pool = Pooler(chunk, batch["offset"], pooling, out_dtype)
+        for j, layer in enumerate(layers):
+            start, end = h_old[layer].clone(), h_new[layer].clone()  # out of inference mode for autograd
+            grad = path_gradient(new, batch, chunk, layer, start, end, steps, loss, candidate_ids)
+            out[index, j] = pool(grad).cpu()
+    return out
