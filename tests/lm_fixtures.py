@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import MethodType
+from types import MethodType, SimpleNamespace
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
@@ -22,6 +22,13 @@ DOCS = (
 )
 TEXTS = tuple(doc[-1] for doc in DOCS)
 CANDIDATES = list(range(3, 12))  # min(constant) - 2 .. max(constant) + 2
+# query-like objects (prompt, answer) for teacher-forced features
+QUERIES = [
+    SimpleNamespace(prompt="<FN>(3) returns the value ", answer="5"),
+    SimpleNamespace(prompt="The output of <JN>(12) is ", answer="9"),
+    SimpleNamespace(prompt="<HN>(100) returns the value ", answer="9"),
+    SimpleNamespace(prompt="<GN>(7) is ", answer="5"),
+]
 
 
 def micro_rows() -> list[dict]:

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, TEXTS, build_tokenizer, exact_float64, make_micro_model
+from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model
 
 from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
 from probes.lm.losses import margin_loss
 from probes.lm.scoring import answer_token_ids, tokenize
 
-QUERIES = [
-    SimpleNamespace(prompt="<FN>(3) returns the value ", answer="5"),
-    SimpleNamespace(prompt="The output of <JN>(12) is ", answer="9"),
-    SimpleNamespace(prompt="<HN>(100) returns the value ", answer="9"),
-    SimpleNamespace(prompt="<GN>(7) is ", answer="5"),
-]
 MULTI = ("<GN>(3) returns the value 5", (8, 27))  # a 3-token target "the value 5"
 
 
@@ -116,8 +109,9 @@ def _loss(model, item, loss, candidates, module, shift):
     return row[others].max() - row[ids[first]]
 
 
-@pytest.mark.parametrize("loss", ["lm", "ce", "margin"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "span"])
+@pytest.mark.parametrize(
+    "loss, pooling", [("lm", "last"), ("lm", "mean"), ("ce", "last"), ("ce", "span"), ("margin", "mean")]
+)
 def test_gradients_match_finite_differences(lm, loss, pooling):
     model, tokenizer, candidates = lm
     texts, targets = queries()

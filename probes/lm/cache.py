@@ -1,0 +1,107 @@
+"""On-disk feature cache keyed by (model fingerprint, texts, spec), written atomically as safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from probes.cache import atomic_path, cache_dir
+
+log = logging.getLogger(__name__)
+SAMPLE = 256  # strided elements per parameter hashed exactly, besides its float64 sum and norm
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the model's config, path, dtype and weights: any fine-tuning step changes it.
+
+    Every parameter contributes its float64 sum, its norm and a strided sample of its values; all are
+    gathered on the model's device and moved to the CPU once, so a 1B model on a GPU hashes in milliseconds.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+        digest.update(str(getattr(config, "_attn_implementation", None)).encode())
+        digest.update(str(getattr(config, "_name_or_path", "")).encode())
+    parts = []
+    for name, param in model.named_parameters():
+        flat = param.detach().flatten()
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        parts.append(flat.sum(dtype=torch.float64)[None])
+        parts.append(torch.linalg.vector_norm(flat, dtype=torch.float64)[None])
+        parts.append(flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].double())
+    digest.update(torch.cat(parts).cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def content_hash(value: object) -> str:
+    """A hash of texts, targets, ids, specs: anything JSON-serialisable (dataclasses and tensors included)."""
+
+    def plain(obj):
+        if dataclasses.is_dataclass(obj):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, Tensor):
+            return obj.tolist()
+        raise TypeError(f"cannot hash a {type(obj).__name__} into a feature cache key")
+
+    return hashlib.sha256(json.dumps(value, default=plain, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Feature tensors on disk under ``root`` (default ``cache_dir()/"features"``), one safetensors file each.
+
+    The key covers the model's weights (`model_fingerprint`), the texts, the spec and ``extra`` (targets,
+    candidate ids, the tokenizer), so a stale entry is never found; files appear atomically, so a crash
+    mid-write leaves nothing behind, and an unreadable file is recomputed.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else cache_dir() / "features"
+
+    def key(self, model: torch.nn.Module, texts: Sequence[str], spec: object, extra: object = None) -> str:
+        return content_hash([model_fingerprint(model), content_hash(list(texts)), spec, extra])
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def get_or_compute(
+        self,
+        model: torch.nn.Module,
+        texts: Sequence[str],
+        spec: object,
+        fn: Callable[[], Tensor],
+        *,
+        extra: object = None,
+    ) -> Tensor:
+        """The cached tensor for this key, else ``fn()`` (no arguments), stored before it is returned."""
+        path = self.path(self.key(model, texts, spec, extra))
+        if path.exists():
+            try:
+                features = load_file(path)["features"]
+            except (OSError, SafetensorError, KeyError) as error:
+                warnings.warn(f"feature cache file {path} is unreadable ({error}); recomputing", stacklevel=2)
+            else:
+                if features.shape[0] == len(texts):
+                    return features
+                rows = features.shape[0]
+                message = f"feature cache file {path} has {rows} rows, not {len(texts)}; recomputing"
+                warnings.warn(message, stacklevel=2)
+        features = fn()
+        self.write(path, features, {"spec": str(spec), "rows": str(len(texts))})
+        log.info("features cached in %s", path)
+        return features
+
+    @staticmethod
+    def write(path: Path, features: Tensor, metadata: dict[str, str]) -> None:
+        with atomic_path(path) as tmp:
+            save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)

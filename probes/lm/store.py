@@ -1,0 +1,109 @@
+"""The one place LM features are computed and shared: each (model, side, kind, pooling, loss) at most once."""
+
+from __future__ import annotations
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from probes.lm.cache import FeatureCache, content_hash
+from probes.lm.features import FeatureSpec, compute_features
+from probes.lm.load import ModelPair
+
+SIDES = ("docs", "queries")
+# DESIGN.md: a document's loss is its own next-token loss, a query's the cross-entropy of its answer
+AUTO_LOSS = {"docs": "lm", "queries": "ce"}
+
+
+class FeatureStore:
+    """Pooled per-layer features of the training documents and of ALL queries (methods index rows by id).
+
+    Memoised in memory and, when ``cache`` is given, on disk; hidden states for f_old or f_new, activation
+    gradients at f_new. Queries are teacher-forced texts ``prompt + answer`` with the answer span as target.
+
+    Args:
+        pair: the loaded, checked model pair.
+        doc_texts: training document texts, in corpus order.
+        query_texts: query texts (see `probes.lm.features.query_inputs`), in query id order.
+        query_targets: the answer's character span in each query text.
+        candidate_ids: token ids of the candidate answers (for the margin loss).
+        cache: optional on-disk cache shared across runs.
+        batch_size: texts per forward pass (gradients use ``grad_batch_size``, default half of it).
+        grad_batch_size: texts per forward+backward pass.
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        pair: ModelPair,
+        doc_texts: list[str],
+        query_texts: list[str],
+        query_targets: list[tuple[int, int]],
+        candidate_ids: Int[Tensor, "c"],
+        cache: FeatureCache | None = None,
+        batch_size: int = 32,
+        grad_batch_size: int | None = None,
+        progress: bool = True,
+    ):
+        if len(query_targets) != len(query_texts):
+            raise ValueError(f"{len(query_texts)} query texts but {len(query_targets)} query_targets")
+        self.pair, self.cache, self.progress = pair, cache, progress
+        self.texts = {"docs": list(doc_texts), "queries": list(query_texts)}
+        self.targets = {"docs": None, "queries": [tuple(t) for t in query_targets]}
+        self.candidate_ids = candidate_ids
+        self.batch_size = batch_size
+        self.grad_batch_size = grad_batch_size or max(1, batch_size // 2)
+        self._memo: dict[tuple, Tensor] = {}
+        self._tokenizer_hash: str | None = None
+
+    def hidden(self, model: str, side: str, pooling: str = "last") -> Float[Tensor, "N l d"]:
+        """Hidden states h_l of f_old or f_new (``model`` "old"|"new"), all layers, index 0 = embeddings."""
+        return self._get(model, side, FeatureSpec("hidden", pooling))
+
+    def grads(self, side: str, pooling: str = "last", loss: str = "auto") -> Float[Tensor, "N l d"]:
+        """Activation gradients g_l = dL/dh_l at f_new; ``loss="auto"`` is lm for docs and ce for queries."""
+        self._check_side(side)
+        return self._get(
+            "new", side, FeatureSpec("grad", pooling, AUTO_LOSS[side] if loss == "auto" else loss)
+        )
+
+    def _get(self, which: str, side: str, spec: FeatureSpec) -> Tensor:
+        self._check_side(side)
+        model = self.pair.model(which)
+        key = (which, side, spec)
+        if key not in self._memo:
+            texts, targets = self.texts[side], self.targets[side]
+            batch_size = self.batch_size if spec.kind == "hidden" else self.grad_batch_size
+
+            def compute() -> Tensor:
+                return compute_features(
+                    model,
+                    self.pair.tokenizer,
+                    texts,
+                    spec,
+                    targets=targets,
+                    candidate_ids=self.candidate_ids,
+                    batch_size=batch_size,
+                    progress=self.progress,
+                )
+
+            if self.cache is None:
+                self._memo[key] = compute()
+            else:
+                extra = {"targets": targets, "tokenizer": self.tokenizer_hash()}
+                if spec.loss == "margin":
+                    extra["candidates"] = self.candidate_ids.tolist()
+                self._memo[key] = self.cache.get_or_compute(model, texts, spec, compute, extra=extra)
+        return self._memo[key]
+
+    def tokenizer_hash(self) -> str:
+        """A hash of the tokenizer's vocabulary and special tokens (part of every cache key)."""
+        if self._tokenizer_hash is None:
+            tokenizer = self.pair.tokenizer
+            vocab = sorted(tokenizer.get_vocab().items())
+            self._tokenizer_hash = content_hash([vocab, tokenizer.all_special_ids, type(tokenizer).__name__])
+        return self._tokenizer_hash
+
+    @staticmethod
+    def _check_side(side: str) -> None:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
