@@ -64,7 +64,8 @@ class Patching(Method):
         check_choice("patching", "pooling", pooling, POOLINGS)
         if batch_size < 1 or prefix_batch_size < 1:
             raise ValueError(
-                f"method 'patching': batch sizes must be >= 1, got {batch_size}, {prefix_batch_size}"
+                f"method 'patching': options batch_size={batch_size} and "
+                f"prefix_batch_size={prefix_batch_size} must both be >= 1"
             )
         self.layer, self.percentile, self.pooling = layer, percentile, pooling
         self.batch_size, self.prefix_batch_size = batch_size, prefix_batch_size
