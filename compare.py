@@ -106,8 +106,6 @@ def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
 
 def load_everything(cfg: Namespace):
     """The DataModule, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness."""
-    from probes.lm.default import ensure_default_pair
-
     from probes.lm import (
         FeatureCache,
         FeatureStore,
@@ -124,6 +122,8 @@ def load_everything(cfg: Namespace):
     if (old is None) != (new is None):
         raise ValueError("model.old and model.new: give both paths, or neither for the embedded default pair")
     if old is None:
+        from probes.lm.default import ensure_default_pair  # builds the tiny pair on first use
+
         old, new = ensure_default_pair(cfg.data.corpus_path)
     pair = load_pair(
         str(old),

@@ -1,0 +1,137 @@
+"""compare.py end to end on a micro pair and corpus: every output file with its documented keys and shapes."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lm_fixtures import make_micro_pair, micro_rows
+from safetensors.torch import load_file
+
+from probes.report import MAIN_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("random_a", "random_b", "patching")
+
+
+def load_compare():
+    """compare.py is a script at the repository root, not part of the package: import it from its path."""
+    if "compare" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["compare"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["compare"]
+
+
+compare = load_compare()
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch, write_jsonl):
+    """A config over the micro corpus and a float64 micro pair, all under tmp_path; returns a writer."""
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
+    corpus = write_jsonl(micro_rows(), "micro.jsonl")
+    old, new = make_micro_pair(tmp_path / "pair")
+
+    def write(**overrides) -> Path:
+        cfg = {
+            "data": {"corpus_path": str(corpus), "inputs": list(range(1, 11)), "test_fraction": 0.4},
+            "model": {"old": str(old), "new": str(new), "dtype": "float64", "score_batch_size": 5},
+            "methods": [
+                {"label": "random_a", "method": "random", "options": {"seed": 0}},
+                {"label": "random_b", "method": "random", "options": {"seed": 1}},
+                {"label": "patching", "method": "patching", "options": {"percentile": 25.0, "batch_size": 8}},
+            ],
+        }
+        for key, value in overrides.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        path = tmp_path / "micro.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_every_file(config, tmp_path, capsys):
+    out = compare.main(["--config", str(config()), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert out == tmp_path / "out"
+    for label in (*LABELS, "random (expected)"):
+        assert f"| {label} |" in printed
+    assert str(out) in printed.splitlines()[-1]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == [*LABELS, "random_expectation"]
+    for entry in metrics.values():
+        assert {"macro", "micro", "subsets"} <= set(entry)
+        assert {"map", "mrr", "auroc", "recall@10", "precision@5", "hit@1"} <= set(entry["macro"])
+        assert {"base", "wrapper", "correct", "incorrect"} == set(entry["subsets"])
+    assert metrics["patching"]["hparams"]["percentile"] == 25.0
+
+    with (out / "queries.csv").open() as handle:
+        queries = list(csv.DictReader(handle))
+    q, n = len(queries), len(micro_rows())
+    assert q == metrics["random_a"]["count"] > 0
+    assert list(queries[0]) == ["query_id", "func", "input", "wrapper", "correct"]
+    scores = load_file(str(out / "scores.safetensors"))
+    assert set(scores) == {*LABELS, "relevant"}
+    for label in LABELS:
+        assert scores[label].dtype == torch.float32 and scores[label].shape == (q, n)
+    assert scores["relevant"].dtype == torch.bool and scores["relevant"].shape == (q, n)
+    assert not torch.equal(scores["random_a"], scores["random_b"])
+
+    with (out / "per_query.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(LABELS) * q
+    assert [r["query_id"] for r in rows[:q]] == [r["query_id"] for r in queries]
+    assert {"label", "map", "mrr", "auroc", "recall@50"} <= set(rows[0])
+
+    table = (out / "table.md").read_text()
+    for subset in ("base", "wrapper"):
+        for _, name in MAIN_METRICS:
+            assert f"{subset} {name}" in table
+    assert (out / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.relative_to(out / "tensorboard").parts[0] for p in events} == {*LABELS, "random_expectation"}
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_unknown_config_key_is_named(config, capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--config", str(config(data={"corpus_pth": "x"}))])
+    assert "corpus_pth" in capsys.readouterr().err
+
+
+def test_unknown_method_option_is_named_before_loading(config):
+    bad = [{"label": "p", "method": "patching", "options": {"percentil": 5.0}}]
+    parser = compare.build_parser()
+    cfg = parser.parse_args(["--config", str(config(methods=bad))])
+    with pytest.raises(ValueError, match="'p'.*percentil"):
+        compare.build_methods(cfg)
+
+
+def test_duplicate_label_is_refused(config):
+    twice = [{"label": "r", "method": "random"}, {"label": "r", "method": "bm25"}]
+    cfg = compare.build_parser().parse_args(["--config", str(config(methods=twice))])
+    with pytest.raises(ValueError, match="'r' is used twice"):
+        compare.build_methods(cfg)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("configs/compare.yaml", "results/compare"),
+        ("configs/ablations/gating.yaml", "results/ablations/gating"),
+    ],
+)
+def test_default_out_follows_the_config_name(path, expected):
+    cfg = compare.build_parser().parse_args(["--config", str(ROOT / path)])
+    assert compare.default_out(cfg) == Path(expected)
