@@ -5,7 +5,8 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.base import QUERY_LOSSES, AttributionContext, FeatureMethod, check_choice, register
+from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
+from baselines.feature_method import FeatureMethod
 
 
 @register("act_grad")

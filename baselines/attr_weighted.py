@@ -6,8 +6,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.base import QUERY_LOSSES, AttributionContext, FeatureMethod, check_choice, register
+from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
 from baselines.delta_h import delta_hidden
+from baselines.feature_method import FeatureMethod
 from baselines.layers import select_layers
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import integrated_gradients

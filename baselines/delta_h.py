@@ -5,7 +5,8 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.base import KNOB_DEFAULTS, AttributionContext, FeatureMethod, reference_knobs, register
+from baselines.base import AttributionContext, register
+from baselines.feature_method import KNOB_DEFAULTS, FeatureMethod, reference_knobs
 
 
 def delta_hidden(store, side: str, pooling: str) -> Float[Tensor, "b l d"]:

@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from test_baselines_fixtures import make_ctx, micro_corpus
 
-from baselines.base import FeatureMethod, register
+from baselines.base import register
+from baselines.feature_method import FeatureMethod
 from baselines.layers import (
     LayerScorer,
     Normaliser,

@@ -1,0 +1,104 @@
+"""GradSim: exact full-dimension cosine against per-example autograd; projection invariances and accuracy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_fixtures import CANDIDATES, make_micro_pair
+from test_baselines_fixtures import make_ctx, micro_corpus
+
+from baselines.base import build_method
+from baselines.grad_sim import RandomProjection
+from probes.data.queries import make_queries
+from probes.lm.load import load_pair
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    corpus = micro_corpus()
+    pair = load_pair(
+        *make_micro_pair(tmp_path_factory.mktemp("pair")),
+        dtype="float64",
+        corpus=corpus,
+        candidates=CANDIDATES,
+    )
+    queries = make_queries(corpus, inputs=[1, 2])
+    return corpus, queries, pair
+
+
+def reference_gradients(pair, corpus, queries, param_filter: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example parameter gradients by plain autograd on a trainable copy of f_new (no probes code)."""
+    model = copy.deepcopy(pair.new).requires_grad_(True)
+    params = [p for n, p in model.named_parameters() if param_filter in n]
+    tok = pair.tokenizer
+
+    def flat(loss):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    docs = []
+    for text in corpus.texts:
+        ids = torch.tensor([tok.encode(text)])
+        logits = model(input_ids=ids).logits[0]
+        docs.append(flat(F.cross_entropy(logits[:-1], ids[0, 1:])))
+    qs = []
+    for q in queries:
+        ids = torch.tensor([tok.encode(q.prompt)])
+        (answer,) = tok.encode(q.answer, add_special_tokens=False)
+        qs.append(flat(-model(input_ids=ids).logits[0, -1].log_softmax(-1)[answer]))
+    return torch.stack(docs), torch.stack(qs)
+
+
+def scores_of(setup, **options):
+    corpus, queries, pair = setup
+    method = build_method("grad_sim", **options)
+    method.prepare(make_ctx(corpus, queries, pair=pair))
+    return method, method.score(torch.arange(len(queries)))
+
+
+def cosine(a, b):
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def test_full_dimension_equals_exact_gradient_cosine(setup):
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries)
+    _, scores = scores_of(setup, projection_dim=0, batch_size=3)
+    torch.testing.assert_close(scores, cosine(qs, docs))
+    _, head = scores_of(setup, projection_dim=None, param_filter="lm_head")
+    docs, qs = reference_gradients(pair, corpus, queries, "lm_head")
+    torch.testing.assert_close(head, cosine(qs, docs))
+
+
+def test_projection_preserves_cosines(setup):
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries)
+    _, scores = scores_of(setup, projection_dim=2048)
+    assert (scores - cosine(qs, docs)).abs().max() < 0.15  # Johnson-Lindenstrauss, ~sqrt(2 / 2048) per entry
+
+
+def test_batching_chunking_and_caching_do_not_change_scores(setup):
+    method, scores = scores_of(setup, projection_dim=128, batch_size=4)
+    _, again = scores_of(setup, projection_dim=128, batch_size=3, cache_mb=0, chunk_size=2)
+    torch.testing.assert_close(again, scores)
+    ids = torch.arange(len(scores))
+    torch.testing.assert_close(torch.cat([method.score(ids[:3]), method.score(ids[3:])]), scores)
+
+
+def test_random_projection_blocks_and_scaling():
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(3, 10_000, generator=g, dtype=torch.float64)
+    for kind in ("rademacher", "gaussian"):
+        project = RandomProjection(10_000, 512, kind, seed=1)
+        matrix = torch.cat([project.block(i) for i in range(3)]).double() / 512**0.5
+        torch.testing.assert_close(project(grads), grads @ matrix)
+        assert not torch.equal(RandomProjection(10_000, 512, kind, seed=2)(grads), project(grads))
+    norms = RandomProjection(10_000, 4096, "rademacher")(grads).norm(dim=-1) / grads.norm(dim=-1)
+    assert ((norms - 1).abs() < 0.1).all()
+
+
+def test_unknown_parameter_filter_is_named(setup):
+    with pytest.raises(ValueError, match="no_such_param"):
+        scores_of(setup, param_filter="no_such_param")
