@@ -52,3 +52,8 @@ def write_jsonl(tmp_path):
 @pytest.fixture
 def chain_corpus_path(write_jsonl) -> Path:
     return write_jsonl(chain_rows(), "chain.jsonl")
+
+
+# ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see test_dlp_fixtures.py) ----
+
+from test_dlp_fixtures import in_tmp, micro_world  # noqa: E402, F401

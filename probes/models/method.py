@@ -1,0 +1,71 @@
+"""DLPMethod: a trained DLP checkpoint as compare.py's attribution method ``build_method("dlp", ...)``."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from baselines.base import AttributionContext, Method, register
+from probes.models.lm import preloaded
+from probes.models.module import ProbeModule
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+@register("dlp")
+class DLPMethod(Method):
+    """Scores queries with the probes of a ProbeModule checkpoint (trained by ``train_probe.py fit``).
+
+    The checkpoint holds only the probe generator and head; f_new is the context's model pair's when it is
+    the same checkpoint (so it is not loaded twice), else loaded from the path recorded in the checkpoint.
+
+    Args:
+        checkpoint: the ProbeModule checkpoint, e.g. lightning_logs/dlp/checkpoints/best.ckpt.
+        batch_size: queries per scoring pass.
+        device: where the probes and f_new run ("cpu", "cuda", ...).
+    """
+
+    def __init__(self, checkpoint: str, batch_size: int = 32, device: str = "cpu"):
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"method 'dlp': checkpoint {checkpoint!r} is not a file; train one with "
+                "`python train_probe.py fit --config configs/dlp.yaml` (into lightning_logs/dlp/checkpoints/)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"method 'dlp': batch_size={batch_size} must be >= 1")
+        super().__init__(checkpoint=checkpoint, batch_size=batch_size, device=device)
+
+    def prepare(self, ctx: AttributionContext) -> None:
+        pair = ctx.pair
+        share = preloaded(pair.new_path, pair.new, pair.tokenizer) if pair is not None else nullcontext()
+        with share:
+            module = ProbeModule.load_from_checkpoint(self.settings["checkpoint"], map_location="cpu")
+        self._check_corpus(module, ctx)
+        self.module = module.to(self.settings["device"]).eval()
+        self.module.set_documents(ctx.corpus.texts)
+        self.prompts = [q.prompt for q in ctx.queries]
+
+    def _check_corpus(self, module: ProbeModule, ctx: AttributionContext) -> None:
+        """The multi-hot head's outputs are this corpus's document indices: refuse another corpus."""
+        from probes.data.datamodule import HopsDataModule
+
+        trained_on = HopsDataModule.resolve_corpus_path(module.hparams.corpus_path)
+        if ctx.corpus.path is not None and not _same_file(trained_on, ctx.corpus.path):
+            raise ValueError(
+                f"method 'dlp': checkpoint {self.settings['checkpoint']} was trained on corpus {trained_on}, "
+                f"but the comparison uses {ctx.corpus.path}; train a probe on that corpus "
+                "(train_probe.py fit --data.corpus_path ...)"
+            )
+
+    @torch.no_grad()
+    def score(self, query_ids: Int[Tensor, " q"]) -> Float[Tensor, "q n"]:
+        rows = []
+        for chunk in query_ids.split(self.settings["batch_size"]):
+            rows.append(self.module.score([self.prompts[i] for i in chunk.tolist()]).float().cpu())
+        return torch.cat(rows) if rows else torch.zeros(0, len(self.module.documents))

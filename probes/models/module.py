@@ -1,0 +1,225 @@
+"""ProbeModule: the DLP as a thin LightningModule around its parts; the frozen f_new is held, never saved."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from jaxtyping import Float
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probes.metrics import RetrievalSuite, flatten, random_expectation
+from probes.models.conditioning import ProbeReader
+from probes.models.generator import ProbeGenerator
+from probes.models.heads import Head, MultiHotHead
+from probes.models.lm import frozen_lm
+from probes.models.plots import log_recall_figure
+
+GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
+HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """What is logged: every all-query metric; per subset (base/wrapper/...) the macro mAP and recall@10."""
+    keep = ("/macro/map", "/macro/recall@10")
+    every = {k: v for k, v in metrics.items() if "/subsets/" not in k and not k.endswith("/count")}
+    return every | {k: v for k, v in metrics.items() if k.endswith(keep)}
+
+
+class ProbeModule(L.LightningModule):
+    def __init__(
+        self,
+        model: str | None = None,
+        generator: GeneratorFactory = ProbeGenerator,
+        head: HeadFactory = MultiHotHead,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        position: Literal["prefix", "suffix"] = "prefix",
+        layer: int = -1,
+        response: Literal["hidden", "logprobs"] = "hidden",
+        dtype: str = "float32",
+        document_batch_size: int = 64,
+        n_documents: int = 0,
+        candidates: list[int] | None = None,
+        corpus_path: str | None = None,
+        split: str = "by_input",
+    ):
+        """Deep-linear probe generator (DLP) over a frozen f_new, trained to rank influential training docs.
+
+        Args:
+            model: f_new, a local directory or hub id; null = the embedded tiny pair's f_new (built and
+                cached on first use for the data's corpus).
+            generator: the probe generator (class_path/init_args); ProbeModule gives it the LM's hidden size.
+            head: the head (class_path/init_args): probes.models.MultiHotHead or probes.models.PairwiseHead;
+                ProbeModule gives it the response size, number of probes and number of documents.
+            optimizer: optimiser of the probe parameters (class_path/init_args, e.g. torch.optim.AdamW).
+            position: where the probe goes: "prefix" (concat(p, x), after a BOS) or "suffix" (concat(x, p)).
+            layer: hidden-state index of the response (-1 = final hidden state; 0 = embeddings).
+            response: "hidden" (hidden state at the last position) or "logprobs" (log-probabilities of the
+                candidate answers there).
+            dtype: dtype of f_new ("float32"; "bfloat16" for a 1B model on a GPU).
+            document_batch_size: documents per LM pass when scoring against every document (pairwise).
+            n_documents: training documents (linked from data by train_probe.py).
+            candidates: candidate answers (linked from data; used by response="logprobs").
+            corpus_path: the data's corpus (linked from data; picks the default tiny pair's corpus).
+            split: the data's split (linked from data; "by_function" needs the pairwise head).
+        """
+        super().__init__()
+        if n_documents < 1:
+            raise ValueError(
+                f"n_documents={n_documents}: give the number of training documents (train_probe.py links "
+                "it from data.num_documents)"
+            )
+        self.save_hyperparameters()
+        self._make_generator, self._make_head, self._make_optimizer = generator, head, optimizer
+        self.generator: ProbeGenerator | None = None
+        self.head: Head | None = None
+        self._reader: ProbeReader | None = None  # a plain object: f_new is never a submodule
+        self.documents: list[str] | None = None
+        self._doc_cache: Float[Tensor, "n k r"] | None = None
+        self._last_val: dict[str, float] = {}
+
+    @property
+    def reader(self) -> ProbeReader:
+        """The frozen f_new behind its conditioning, moved to this module's device on first use there."""
+        if self._reader is None:
+            raise RuntimeError("ProbeModule has no LM yet: call configure_model() (the Trainer does)")
+        if self._reader.lm.device != self.device:
+            self._reader.lm.to(self.device)
+        return self._reader
+
+    def configure_model(self) -> None:
+        """Load f_new frozen and build the generator and head for its sizes (idempotent)."""
+        if self._reader is not None:
+            return
+        hp = self.hparams
+        lm, tokenizer = frozen_lm(hp.model, hp.corpus_path, hp.dtype)
+        candidate_ids = None
+        if hp.response == "logprobs":
+            from probes.lm.scoring import answer_token_ids
+
+            candidate_ids = answer_token_ids(tokenizer, hp.candidates or [])
+        self._reader = ProbeReader(lm, tokenizer, hp.position, hp.layer, hp.response, candidate_ids)
+        self.generator = self._make_generator(lm.config.hidden_size)
+        self.generator.set_token_norm(lm.get_input_embeddings().weight)
+        self.head = self._make_head(self._reader.response_dim, self.generator.num_probes, hp.n_documents)
+        if isinstance(self.head, MultiHotHead) and hp.split == "by_function":
+            raise ValueError(
+                "model.head MultiHotHead cannot rank documents of held-out functions (data.split="
+                "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
+                "configs/dlp-heldout-functions.yaml)"
+            )
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.set_documents(dm.corpus.texts)
+        for name in ("val", "test"):
+            suite = RetrievalSuite(dm.query_functions, dm.is_wrapper, dm.correct, prefix=name)
+            setattr(self, f"{name}_retrieval", suite)
+
+    def set_documents(self, texts: Sequence[str]) -> None:
+        """The training documents' texts, in corpus order (the pairwise head runs the probes on them)."""
+        if len(texts) != self.hparams.n_documents:
+            raise ValueError(
+                f"got {len(texts)} documents; this probe was built for {self.hparams.n_documents}"
+            )
+        self.documents, self._doc_cache = list(texts), None
+
+    def configure_optimizers(self):
+        return self._make_optimizer(self.parameters())
+
+    def _document_responses(self, probes: Float[Tensor, "k m d"]) -> Float[Tensor, "n k r"]:
+        """Every document's responses, computed once per evaluation (probes fixed there), shortest first."""
+        if self._doc_cache is None:
+            order = sorted(range(len(self.documents)), key=lambda i: len(self.documents[i]))
+            size = self.hparams.document_batch_size
+            out = None
+            for start in tqdm(range(0, len(order), size), desc="document responses", leave=False):
+                ids = order[start : start + size]
+                rows = self.reader([self.documents[i] for i in ids], probes, as_prompt=False)
+                out = rows.new_empty(len(order), *rows.shape[1:]) if out is None else out
+                out[torch.tensor(ids, device=rows.device)] = rows
+            self._doc_cache = out
+        return self._doc_cache
+
+    def score(self, prompts: Sequence[str]) -> Float[Tensor, "b n"]:
+        """Influence scores of every training document for each query prompt (higher = more influential)."""
+        probes = self.generator()
+        queries = self.reader(prompts, probes)
+        if self.head.uses_documents:
+            return self.head(queries, self._document_responses(probes))
+        return self.head(queries)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        probes = self.generator()
+        queries = self.reader(batch["prompts"], probes)
+        relevant = batch["relevant"]
+        if self.head.uses_documents:
+            ids = self.head.sample_documents(relevant)
+            docs = self.reader([self.documents[i] for i in ids.tolist()], probes, as_prompt=False)
+            loss = self.head.loss(self.head(queries, docs), relevant[:, ids])
+        else:
+            loss = self.head.loss(self.head(queries), relevant)
+        size = len(batch["prompts"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        norms = self.generator.raw().detach().norm(dim=-1).mean(-1)  # per probe, before the norm scaling
+        self.log_dict({f"probes/norm_{i}": v for i, v in enumerate(norms)}, on_epoch=True, batch_size=size)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._doc_cache = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._doc_cache = None
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.val_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_retrieval.compute()
+        self.val_retrieval.reset()
+        self.log_dict({k: v for k, v in headline(metrics).items() if k != "val/macro/map"})
+        self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self._last_val = metrics
+
+    def on_fit_end(self) -> None:
+        if self._last_val and self.trainer.is_global_zero:
+            dm = self.trainer.datamodule
+            ids = dm.split_ids["val"]
+            functions = [dm.query_functions[i] for i in ids.tolist()]
+            chance = flatten(random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "val")
+            log_recall_figure(self.trainer, self._last_val, chance, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._doc_cache = None
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.test_retrieval.compute()
+        self.test_retrieval.reset()
+        self.log_dict(headline(metrics))
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            dm = self.trainer.datamodule
+            ids = dm.split_ids["test"]
+            functions = [dm.query_functions[i] for i in ids.tolist()]
+            chance = flatten(
+                random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "random/test"
+            )
+            path = Path(self.trainer.log_dir) / "test_metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**metrics, **chance}, indent=1, sort_keys=True) + "\n")
+            print(f"test metrics written to {path}")
+
+    def on_predict_epoch_start(self) -> None:
+        self._doc_cache = None
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return {"query_ids": batch["query_ids"], "scores": self.score(batch["prompts"])}

@@ -1,0 +1,66 @@
+"""Every DLP config (configs/dlp*.yaml, configs/pairs/*.yaml) instantiates through train_probe.py, untrained.
+
+compare/ablation YAMLs are not LightningCLI configs: compare.py's tests cover those.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from test_dlp_fixtures import REPO, load_train_probe, micro_args, run_cli
+
+from probes.models import MultiHotHead, PairwiseHead
+
+DLP_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("dlp*.yaml"))
+PAIR_CONFIGS = sorted(p.name for p in (REPO / "configs" / "pairs").glob("*.yaml"))
+HEADS = {"dlp.yaml": MultiHotHead, "dlp-heldout-functions.yaml": PairwiseHead}
+
+
+def test_the_configs_exist():
+    assert {"dlp.yaml", "dlp-heldout-functions.yaml"} <= set(DLP_CONFIGS)
+    assert {"olmo2-1b.yaml", "llama3.2-1b.yaml"} <= set(PAIR_CONFIGS)
+
+
+@pytest.mark.parametrize("name", DLP_CONFIGS)
+def test_dlp_config_instantiates(micro_world, in_tmp, name):
+    cli = run_cli(micro_world, None, config=f"configs/{name}")
+    model, data = cli.model, cli.datamodule
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    assert model.hparams.n_documents == micro_world.n_documents  # linked from the data at instantiation
+    assert model.hparams.split == data.hparams.split == raw["data"]["split"]
+    assert model.hparams.corpus_path == str(micro_world.corpus)
+    model.configure_model()  # loads the micro f_new and builds the parts the YAML names
+    assert isinstance(model.head, HEADS.get(name, (MultiHotHead, PairwiseHead)))
+    assert model.generator.num_probes == raw["model"]["generator"]["init_args"]["num_probes"]
+
+
+@pytest.mark.parametrize("name", PAIR_CONFIGS)
+def test_pair_config_parses_on_top_of_dlp(micro_world, in_tmp, name):
+    # the hub model is never loaded (f_new loads lazily in configure_model); the corpus and accelerator are
+    # swapped for the micro ones so that this runs offline on a CPU
+    raw = yaml.safe_load((REPO / "configs" / "pairs" / name).read_text())
+    args = [*micro_args(micro_world), f"--config={REPO / 'configs' / 'pairs' / name}"]
+    args += [f"--data.corpus_path={micro_world.corpus}", "--trainer.accelerator=cpu"]
+    cli = load_train_probe().main(args=args, run=False)
+    assert cli.model.hparams.model == raw["model"]["model"] and raw["model"]["model"].startswith(
+        "Lamsheeper/"
+    )
+    assert cli.model.hparams.dtype == "bfloat16"
+    assert raw["data"]["corpus_path"] == "../shared/data/hops/20hops.jsonl"  # the reference corpus
+    assert raw["trainer"]["accelerator"] == "gpu"
+
+
+def test_wrong_key_on_the_command_line_fails_naming_it(micro_world, in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(micro_world, None, "--model.generator.init_args.num_probez=3")
+    assert "num_probez" in capsys.readouterr().err
+
+
+def test_wrong_key_in_a_config_file_fails_naming_it(micro_world, in_tmp, capsys):
+    config = yaml.safe_load((REPO / "configs" / "dlp.yaml").read_text())
+    config["model"]["head"]["init_args"]["dropuot"] = 0.5
+    bad = in_tmp / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        load_train_probe().main(args=[*micro_args(micro_world), f"--config={bad}"], run=False)
+    assert "dropuot" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""ProbeModule via train_probe.py on a micro f_new: it runs, learns, keeps f_new frozen and unsaved."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from test_dlp_fixtures import run_cli
+
+from probes.data.datamodule import HopsDataModule
+from probes.models import MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule
+
+FAST = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0")
+
+
+def test_fast_dev_run(micro_world, in_tmp):
+    cli = run_cli(micro_world, "fit", "--trainer.fast_dev_run=true")
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_step"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", [MultiHotHead, PairwiseHead])
+def test_overfit_one_batch_loss_falls(micro_world, in_tmp, head):
+    L.seed_everything(0)
+    data = HopsDataModule(str(micro_world.corpus), inputs=list(range(1, 11)), batch_size=16)
+    options = {"negatives": 8} if head is PairwiseHead else {}
+    model = ProbeModule(
+        str(micro_world.new),
+        generator=lambda d: ProbeGenerator(d, num_probes=2, probe_tokens=2, latent_dim=8, width=16),
+        head=lambda r, k, n: head(r, k, n, projection_dim=16, dropout=0.0, **options),
+        optimizer=lambda params: torch.optim.Adam(params, lr=3e-2),
+        n_documents=micro_world.n_documents,
+    )
+    excess = []  # loss above its minimum: the soft-label entropy log(#relevant) for multi_hot, 0 for InfoNCE
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            floor = batch["relevant"].sum(-1).double().log().mean() if head is MultiHotHead else 0.0
+            excess.append(float(outputs["loss"] - floor))
+
+    trainer = L.Trainer(
+        overfit_batches=1, max_epochs=15, logger=False, enable_checkpointing=False, callbacks=[Record()],
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert sum(excess[-3:]) / 3 < 0.75 * sum(excess[:3]) / 3, excess
+
+
+def test_lm_frozen_outside_state_and_checkpoint_and_resume(micro_world, in_tmp):
+    cli = run_cli(micro_world, "fit", *FAST)
+    module = cli.model
+    lm = module.reader.lm
+    assert all(not p.requires_grad for p in lm.parameters()) and not lm.training
+    assert not any(m is lm for m in module.modules())
+    own = {f"generator.{k}" for k in module.generator.state_dict()} | {
+        f"head.{k}" for k in module.head.state_dict()
+    }
+    ckpt_dir = in_tmp / "lightning_logs" / "dlp" / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        state = torch.load(ckpt_dir / name, weights_only=False)["state_dict"]
+        assert set(state) == own  # nothing of f_new (embed_tokens, layers, lm_head, ...)
+    assert sum(p.numel() for p in module.parameters()) < sum(p.numel() for p in lm.parameters())
+
+    resumed = run_cli(micro_world, "fit", *FAST[1:], "--trainer.max_epochs=2", "--ckpt_path=last")
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 4
+
+    loaded = ProbeModule.load_from_checkpoint(ckpt_dir / "best.ckpt")
+    prompts = ["<GN>(3) returns the value ", "<HN>(7) returns the value "]
+    loaded.set_documents(cli.datamodule.corpus.texts)
+    with torch.no_grad():
+        scores = loaded.eval().score(prompts)
+    assert scores.shape == (2, micro_world.n_documents) and torch.isfinite(scores).all()
+
+
+def test_seeded_runs_repeat(micro_world, in_tmp):
+    states = []
+    for run in range(2):
+        quiet = ("--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
+        cli = run_cli(micro_world, "fit", *FAST, *quiet, f"--trainer.default_root_dir=run{run}")
+        states.append({k: v.clone() for k, v in cli.model.state_dict().items()})
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+
+
+def test_test_writes_flat_metrics_and_fit_logs_the_recall_figure(micro_world, in_tmp):
+    run_cli(micro_world, "fit", *FAST)
+    assert (in_tmp / "lightning_logs" / "dlp" / "version_0" / "recall_at_k.png").is_file()
+    run_cli(micro_world, "test", "--ckpt_path=best")
+    metrics = json.loads((in_tmp / "lightning_logs" / "dlp" / "version_1" / "test_metrics.json").read_text())
+    for key in ("test/macro/map", "test/macro/recall@10", "test/micro/mrr", "random/test/macro/map"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_multi_hot_with_by_function_split_is_refused(micro_world, in_tmp):
+    cli = run_cli(micro_world, None, "--data.split=by_function")
+    with pytest.raises(ValueError, match="PairwiseHead"):
+        cli.model.configure_model()
