@@ -6,7 +6,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
-from baselines.feature_method import FeatureMethod
+from baselines.feature_method import FeatureMethod, gradient_doc_pooling
 
 
 @register("act_grad")
@@ -16,12 +16,13 @@ class ActGrad(FeatureMethod):
     Args:
         loss: the query loss: "ce" (cross-entropy of the answer) or "margin" (minus the correct-logit margin
             against the other candidate answers).
-        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
+        doc_pooling: "mean" (default) or "span" over the document's tokens ("last" is refused: zero gradient).
+        **knobs: FeatureMethod's (query pooling, layers, similarity, normalize, aggregate, ...).
     """
 
-    def __init__(self, loss: str = "ce", **knobs):
+    def __init__(self, loss: str = "ce", doc_pooling: str = "mean", **knobs):
         check_choice("act_grad", "loss", loss, QUERY_LOSSES)
-        super().__init__(loss=loss, **knobs)
+        super().__init__(loss=loss, doc_pooling=gradient_doc_pooling("act_grad", doc_pooling), **knobs)
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
         store, s = ctx.require("features", self.name), self.settings

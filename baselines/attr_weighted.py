@@ -8,7 +8,7 @@ from torch import Tensor
 
 from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
 from baselines.delta_h import delta_hidden
-from baselines.feature_method import FeatureMethod
+from baselines.feature_method import FeatureMethod, gradient_doc_pooling
 from baselines.layers import select_layers
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import integrated_gradients
@@ -28,17 +28,23 @@ class AttrWeighted(FeatureMethod):
         loss: the query loss, "ce" or "margin".
         ig_steps: 0 for the plain gradient, else the number of integrated-gradient steps K.
         ig_batch_size: texts per batch in the integrated-gradient passes.
+        doc_pooling: "mean" (default) or "span" over the document's tokens ("last" is refused: zero gradient).
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """
 
-    def __init__(self, loss: str = "ce", ig_steps: int = 0, ig_batch_size: int = 16, **knobs):
+    def __init__(
+        self, loss: str = "ce", ig_steps: int = 0, ig_batch_size: int = 16, doc_pooling: str = "mean", **knobs
+    ):
         check_choice("attr_weighted", "loss", loss, QUERY_LOSSES)
         if ig_steps < 0 or ig_batch_size < 1:
             raise ValueError(
                 f"method 'attr_weighted': ig_steps ({ig_steps}) must be >= 0 and ig_batch_size "
                 f"({ig_batch_size}) >= 1"
             )
-        super().__init__(loss=loss, ig_steps=ig_steps, ig_batch_size=ig_batch_size, **knobs)
+        doc_pooling = gradient_doc_pooling("attr_weighted", doc_pooling)
+        super().__init__(
+            loss=loss, ig_steps=ig_steps, ig_batch_size=ig_batch_size, doc_pooling=doc_pooling, **knobs
+        )
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
         store, s = ctx.require("features", self.name), self.settings

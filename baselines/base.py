@@ -7,17 +7,14 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from probes.data.corpus import Corpus
 from probes.data.queries import Query
-
-if TYPE_CHECKING:
-    from probes.lm.load import ModelPair
-    from probes.lm.store import FeatureStore
+from probes.lm.load import ModelPair
+from probes.lm.store import FeatureStore
 
 
 @dataclass

@@ -108,3 +108,14 @@ def reference_knobs(method: str, preset: str | None, reference_layer: str, knobs
                 f"method {method!r}: preset='reference' fixes {key}={value!r}; drop {key}={knobs[key]!r}"
             )
     return {**knobs, **fixed}
+
+
+def gradient_doc_pooling(method: str, doc_pooling: str) -> str:
+    """``doc_pooling`` for a method using document gradients, refusing "last": a document's last token
+    predicts nothing under its own LM loss, so its gradient there is exactly zero (every score would be 0)."""
+    if doc_pooling == "last":
+        raise ValueError(
+            f"method {method!r}: doc_pooling='last' gives all-zero document gradients (the last "
+            "token predicts nothing under the document's own LM loss); use 'mean' (the default)"
+        )
+    return doc_pooling

@@ -75,8 +75,8 @@ def test_full_dimension_equals_exact_gradient_cosine(setup):
 def test_projection_preserves_cosines(setup):
     corpus, queries, pair = setup
     docs, qs = reference_gradients(pair, corpus, queries)
-    _, scores = scores_of(setup, projection_dim=2048)
-    assert (scores - cosine(qs, docs)).abs().max() < 0.15  # Johnson-Lindenstrauss, ~sqrt(2 / 2048) per entry
+    _, scores = scores_of(setup, projection_dim=1024)
+    assert (scores - cosine(qs, docs)).abs().max() < 0.2  # Johnson-Lindenstrauss: ~sqrt(2 / 1024) per entry
 
 
 def test_batching_chunking_and_caching_do_not_change_scores(setup):

@@ -1,0 +1,163 @@
+"""Feature methods (repsim, delta_h, act_grad, attr_weighted) on a micro pair via the real FeatureStore."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_fixtures import CANDIDATES, make_micro_pair
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
+
+from baselines.base import build_method
+from probes.data.corpus import corpus_from_rows
+from probes.data.queries import make_queries
+from probes.lm.features import query_inputs
+from probes.lm.load import load_pair
+from probes.lm.store import FeatureStore
+
+FEATURE_METHODS = ["repsim", "delta_h", "act_grad", "attr_weighted"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return make_micro_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="module")
+def pair(dirs):
+    return load_pair(*dirs, dtype="float64", corpus=micro_corpus(), candidates=CANDIDATES)
+
+
+def context(corpus, queries, pair, batch_size=4):
+    ctx = make_ctx(corpus, queries, pair=pair)
+    texts, targets = query_inputs(queries)
+    ctx.features = FeatureStore(
+        pair, corpus.texts, texts, targets, ctx.candidate_ids, batch_size=batch_size, progress=False
+    )
+    return ctx
+
+
+def run(name, ctx, ids=None, **options):
+    method = build_method(name, **options)
+    method.prepare(ctx)
+    return method, method.score(torch.arange(len(ctx.queries)) if ids is None else ids)
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_batch_size_chunking_and_query_batching_invariance(name, pair):
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2, 3])
+    method, scores = run(name, context(corpus, queries, pair, batch_size=5), aggregate="topk", topk=2)
+    assert scores.shape == (len(queries), len(corpus)) and torch.isfinite(scores).all()
+    _, other = run(name, context(corpus, queries, pair, batch_size=1), aggregate="topk", topk=2, chunk_size=2)
+    torch.testing.assert_close(other, scores)
+    ids = torch.arange(len(queries))
+    torch.testing.assert_close(torch.cat([method.score(ids[:4]), method.score(ids[4:])]), scores)
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_permuting_documents_permutes_columns(name, pair):
+    corpus = micro_corpus()
+    rows = [
+        dict(
+            uid=d.uid,
+            text=d.text,
+            func=d.func,
+            role=d.role,
+            type=d.type,
+            hop_depth=d.hop_depth,
+            constant=d.constant,
+        )
+        for d in corpus.documents
+    ]
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
+    shuffled = corpus_from_rows([rows[i] for i in perm.tolist()])
+    queries = make_queries(corpus, inputs=[1, 2])
+    options = dict(normalize="whiten", layers=[1, 2])
+    _, base = run(name, context(corpus, queries, pair), **options)
+    _, moved = run(name, context(shuffled, make_queries(shuffled, inputs=[1, 2]), pair), **options)
+    torch.testing.assert_close(moved, base[:, perm])
+
+
+def test_repsim_query_equal_to_document_ranks_it_first(pair):
+    corpus = micro_corpus()
+    queries = doc_queries(corpus)
+    _, scores = run("repsim", context(corpus, queries, pair), query_pooling="mean", doc_pooling="mean")
+    others = scores.masked_fill(torch.eye(len(corpus), dtype=torch.bool), float("-inf"))
+    assert (scores.diagonal() > others.max(1).values).all()
+    torch.testing.assert_close(scores.diagonal(), torch.ones(len(corpus), dtype=scores.dtype))
+
+
+@pytest.mark.parametrize("normalize", ["none", "zscore", "whiten"])
+def test_delta_h_with_identical_checkpoints_is_zero_and_deterministic(dirs, normalize):
+    corpus = micro_corpus()
+    same = load_pair(dirs[0], dirs[0], dtype="float64", corpus=corpus, candidates=CANDIDATES)
+    queries = make_queries(corpus, inputs=[1, 2])
+    _, scores = run("delta_h", context(corpus, queries, same), normalize=normalize)
+    assert not scores.isnan().any() and (scores == 0).all()
+    _, again = run("delta_h", context(corpus, queries, same), normalize=normalize)
+    assert torch.equal(again, scores)  # all ties: the metrics rank them by document index
+
+
+@pytest.mark.parametrize("layer", ["last", "middle"])
+def test_reference_preset_reproduces_the_reference_scripts(pair, layer):
+    """The reference Δh / RepSim scripts, re-done by hand: right-padded batches, doc = mean of h over the
+    attention mask (BOS included), query = the prompt's last non-pad token, one hidden state, cosine."""
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    index = -1 if layer == "last" else pair.new.config.num_hidden_layers // 2
+    tok = pair.tokenizer
+
+    def states(model, texts):
+        enc = tok(texts, padding=True, return_tensors="pt")
+        hidden = model(**enc, output_hidden_states=True).hidden_states[index]
+        mask = enc["attention_mask"]
+        mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return mean, hidden[torch.arange(len(texts)), mask.sum(1) - 1]
+
+    prompts = [q.prompt for q in queries]
+    (doc_new, _), (_, q_new) = states(pair.new, corpus.texts), states(pair.new, prompts)
+    (doc_old, _), (_, q_old) = states(pair.old, corpus.texts), states(pair.old, prompts)
+    expected = {
+        "repsim": F.normalize(q_new, dim=-1) @ F.normalize(doc_new, dim=-1).T,
+        "delta_h": F.normalize(q_new - q_old, dim=-1) @ F.normalize(doc_new - doc_old, dim=-1).T,
+    }
+    for name, reference in expected.items():
+        _, scores = run(name, context(corpus, queries, pair), preset="reference", reference_layer=layer)
+        torch.testing.assert_close(scores, reference)
+
+
+def test_attr_weighted_is_delta_h_times_grad_and_one_ig_step_is_plain(pair):
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    ctx = context(corpus, queries, pair)
+    store = ctx.features
+    method, plain = run("attr_weighted", ctx, layers=[0, 2], similarity="dot", aggregate="mean")
+    docs, qs = method.features(ctx)
+    delta_d = store.hidden("new", "docs", "mean") - store.hidden("old", "docs", "mean")
+    torch.testing.assert_close(docs, delta_d * store.grads("docs", "mean"))
+    delta_q = store.hidden("new", "queries") - store.hidden("old", "queries")
+    torch.testing.assert_close(qs, delta_q * store.grads("queries"))
+    _, one_step = run("attr_weighted", ctx, layers=[0, 2], similarity="dot", ig_steps=1, ig_batch_size=3)
+    torch.testing.assert_close(one_step, plain)
+    _, more = run("attr_weighted", ctx, layers=[0, 2], ig_steps=4)
+    assert torch.isfinite(more).all() and not torch.allclose(more, plain)
+
+
+@pytest.mark.parametrize("name", ["act_grad", "attr_weighted"])
+def test_last_token_document_gradients_are_refused(name):
+    with pytest.raises(ValueError, match="doc_pooling='last'"):
+        build_method(name, doc_pooling="last")
+
+
+@pytest.mark.parametrize("name", ["act_grad", "attr_weighted"])
+def test_margin_loss_and_learned_weights(name, pair):
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2, 3])
+    method, scores = run(
+        name, context(corpus, queries, pair), loss="margin", aggregate="learned", fit_steps=30
+    )
+    weights = method.scorer.weights
+    assert (
+        torch.isfinite(scores).all() and weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
+    )
