@@ -47,7 +47,7 @@ class Patching(Method):
         layer: int | str = "middle",
         percentile: float = 10.0,
         pooling: str = "last",
-        batch_size: int = 1024,
+        batch_size: int = 4096,
         prefix_batch_size: int = 64,
     ):
         """

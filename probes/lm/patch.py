@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,22 @@ def _stack(model):
     return stack
 
 
+def _cache_argument(block) -> str:
+    """The decoder block's keyword for the KV cache (renamed across transformers versions)."""
+    names = inspect.signature(block.forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if name in names:
+            return name
+    raise TypeError(f"{type(block).__name__}.forward takes no KV cache argument: no prefix to reuse")
+
+
+def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
+    """Keys and values of block ``index`` from a transformers DynamicCache (new ``layers`` or old lists)."""
+    if hasattr(cache, "layers"):
+        return cache.layers[index].keys, cache.layers[index].values
+    return cache.key_cache[index], cache.value_cache[index]
+
+
 @dataclass
 class Prefix:
     """f_old on prompts of one token length: the keys/values of every position before the last, per block."""
@@ -88,6 +105,7 @@ class Patcher:
         weight = model.get_output_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.candidate_ids = candidate_ids.to(self.device)
+        self.cache_argument = _cache_argument(self.stack.layers[0])
         self.head = weight[self.candidate_ids]
         bias = getattr(model.get_output_embeddings(), "bias", None)
         self.bias = None if bias is None else bias[self.candidate_ids]
@@ -106,13 +124,13 @@ class Patcher:
                 ids = torch.tensor([items[i].ids for i in rows], device=self.device)
                 run = self.model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
                 cache = run.cache if getattr(run, "cache", None) is not None else run.past_key_values
-                span = range(self.layer, self.blocks)
+                kv = {i: _layer_kv(cache, i) for i in range(self.layer, self.blocks)}
                 out.append(
                     Prefix(
                         rows=torch.tensor(rows, dtype=torch.long),
                         position=length - 1,
-                        keys={i: cache.layers[i].keys[:, :, :-1].contiguous() for i in span},
-                        values={i: cache.layers[i].values[:, :, :-1].contiguous() for i in span},
+                        keys={i: k[:, :, :-1].contiguous() for i, (k, _) in kv.items()},
+                        values={i: v[:, :, :-1].contiguous() for i, (_, v) in kv.items()},
                         old=run.hidden_states[self.layer][:, -1],
                         logits=run.logits[:, -1, self.candidate_ids],
                     )
@@ -129,14 +147,10 @@ class Patcher:
         if self.layer < self.blocks:
             position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
             rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
-            cache = _PrefixKV(prefix, rows)
+            cache = {self.cache_argument: _PrefixKV(prefix, rows)}
             for block in self.stack.layers[self.layer :]:
                 hidden = block(
-                    hidden,
-                    attention_mask=None,
-                    position_ids=position,
-                    cache=cache,
-                    position_embeddings=rotary,
+                    hidden, attention_mask=None, position_ids=position, position_embeddings=rotary, **cache
                 )
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             hidden = self.stack.norm(hidden)
