@@ -64,3 +64,13 @@ def test_wrong_key_in_a_config_file_fails_naming_it(micro_world, in_tmp, capsys)
     with pytest.raises(SystemExit):
         load_train_probe().main(args=[*micro_args(micro_world), f"--config={bad}"], run=False)
     assert "dropuot" in capsys.readouterr().err
+
+
+ALL = [f"configs/{n}" for n in DLP_CONFIGS] + [f"configs/pairs/{n}" for n in PAIR_CONFIGS]
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_every_key_is_commented(path):
+    lines = (REPO / path).read_text().splitlines()
+    bare = [i + 1 for i, line in enumerate(lines) if line.strip() and "#" not in line]
+    assert not bare, f"{path}: lines {bare} have no comment"
