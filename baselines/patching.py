@@ -11,7 +11,8 @@ from baselines.base import AttributionContext, Method, check_choice, register
 from probes.lm.patch import Patcher
 from probes.lm.scoring import answer_token_ids
 
-POOLINGS = ("last", "mean", "span")
+# a document's last token predicts nothing, so its LM-loss gradient there is zero: "last" would gate on noise
+DOC_POOLINGS = ("mean", "span")
 
 
 def gate_masks(attribution: Float[Tensor, "n d"], percentile: float) -> Bool[Tensor, "n d"]:
@@ -46,7 +47,7 @@ class Patching(Method):
         self,
         layer: int | str = "middle",
         percentile: float = 10.0,
-        pooling: str = "last",
+        pooling: str = "mean",
         batch_size: int = 4096,
         prefix_batch_size: int = 64,
     ):
@@ -55,13 +56,14 @@ class Patching(Method):
             layer: patch layer as a hidden-state index (0 = embeddings, L = after the final norm; negative
                 from the end) or "middle" / "last".
             percentile: share of hidden dimensions patched per document, 0..100.
-            pooling: how documents' Δh and gradients are pooled for the gate: last | mean | span.
+            pooling: how documents' Δh and gradients are pooled for the gate: "mean" or "span" (both over
+                all real tokens of a document; "last" is refused, the gradient there is zero).
             batch_size: (query, document) candidates pushed through the remaining blocks at once.
             prefix_batch_size: queries run through f_old at once to build their prefix caches.
         """
         if not 0 <= percentile <= 100:
             raise ValueError(f"method 'patching': option percentile={percentile!r} is not in 0..100")
-        check_choice("patching", "pooling", pooling, POOLINGS)
+        check_choice("patching", "pooling", pooling, DOC_POOLINGS)
         if batch_size < 1 or prefix_batch_size < 1:
             raise ValueError(
                 f"method 'patching': options batch_size={batch_size} and "

@@ -10,9 +10,11 @@ from baselines.base import AttributionContext, build_method
 from baselines.patching import gate_masks, margins
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
+from probes.lm.features import query_inputs
 from probes.lm.load import load_pair
 from probes.lm.patch import Patcher, num_blocks
 from probes.lm.scoring import answer_token_ids, tokenize
+from probes.lm.store import FeatureStore
 
 BLOCKS = 3
 
@@ -43,10 +45,6 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def setup(pair, tmp_path_factory):
-    from probes.lm.store import FeatureStore
-
-    from probes.lm.features import query_inputs
-
     corpus = corpus_from_rows(micro_rows())
     queries = make_queries(corpus, inputs=[1, 2, 3, 12])
     candidate_ids = answer_token_ids(pair.tokenizer, CANDIDATES)
@@ -129,10 +127,6 @@ def test_batch_size_invariance(setup):
 
 
 def test_permuting_documents_permutes_columns(setup):
-    from probes.lm.store import FeatureStore
-
-    from probes.lm.features import query_inputs
-
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     rows = micro_rows()
     corpus = corpus_from_rows([rows[i] for i in perm.tolist()])
@@ -163,7 +157,7 @@ def test_margin_is_answer_minus_best_other():
     assert margins(logits, torch.tensor([1, 2])).tolist() == [1.0, -1.0]
 
 
-@pytest.mark.parametrize(("option", "value"), [("percentile", 120.0), ("pooling", "max"), ("batch_size", 0)])
+@pytest.mark.parametrize(("option", "value"), [("percentile", 120.0), ("pooling", "last"), ("batch_size", 0)])
 def test_bad_option_is_named(option, value):
     with pytest.raises(ValueError, match=option):
         build_method("patching", **{option: value})
