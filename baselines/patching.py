@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -99,34 +101,42 @@ class Patching(Method):
         self.answers = torch.tensor([position[int(token)] for token in answers], dtype=torch.long)
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
-        n = self.masks.shape[0]
+        n, device = self.masks.shape[0], self.patcher.device
         out = torch.empty(len(query_ids), n, dtype=torch.float32)
-        prompts = [self.ctx.queries[int(i)].prompt for i in query_ids]
-        prefixes = self.patcher.prefixes(prompts, self.prefix_batch_size)
-        device = self.patcher.device
-        bar = tqdm(
-            total=len(query_ids) * n,
-            desc="patching",
-            unit="cand",
-            leave=False,
-            disable=len(query_ids) * n < 1e5,
+        prefixes = self.patcher.prefixes(
+            [self.ctx.queries[int(i)].prompt for i in query_ids], self.prefix_batch_size
         )
+        total = len(query_ids) * n
+        bar = tqdm(total=total, desc="patching", unit="cand", leave=False, disable=total < 1e5)
         for prefix in prefixes:
             ids = query_ids[prefix.rows]
             answer = self.answers[ids].to(device)
             old_margin = margins(prefix.logits.float(), answer)
-            new_margin = margins(self.new_logits[ids].to(device), answer)
-            span = new_margin - old_margin
+            span = margins(self.new_logits[ids].to(device), answer) - old_margin
             span = torch.where(span.abs() > 1e-6, span, torch.ones_like(span))
             old, new = prefix.old, self.new_states[ids].to(device=device, dtype=prefix.old.dtype)
-            flat = torch.empty(len(ids) * n, dtype=torch.float32, device=device)
-            for start in range(0, len(ids) * n, self.batch_size):
-                pairs = torch.arange(start, min(start + self.batch_size, len(ids) * n), device=device)
-                rows, docs = pairs // n, pairs % n
+            block = torch.empty(len(ids), n, dtype=torch.float32, device=device)
+            for rows, docs in candidate_batches(len(ids), n, self.batch_size, device):
                 states = torch.where(self.masks[docs], new[rows], old[rows])
-                patched = margins(self.patcher.logits(prefix, rows, states).float(), answer[rows])
-                flat[pairs] = (patched - old_margin[rows]) / span[rows]
-                bar.update(len(pairs))
-            out[prefix.rows] = flat.view(len(ids), n).cpu()
+                expand = torch.broadcast_to(answer[rows], docs.shape)
+                patched = margins(self.patcher.logits(prefix, rows, states).float(), expand)
+                block[rows, docs] = (patched - old_margin[rows]) / span[rows]
+                bar.update(len(docs))
+            out[prefix.rows] = block.cpu()
         bar.close()
         return out
+
+
+def candidate_batches(q: int, n: int, size: int, device) -> Iterator[tuple[int | Tensor, Tensor]]:
+    """(prompt rows, document ids) covering every (prompt, document) pair: slices of one prompt's documents
+    when n > size (rows is then one int, so the prompt's prefix is shared without a gather), else whole
+    prompts, as many as fit in ``size``."""
+    if n > size:
+        for row in range(q):
+            for start in range(0, n, size):
+                yield row, torch.arange(start, min(start + size, n), device=device)
+        return
+    per = size // n
+    for first in range(0, q, per):
+        rows = torch.arange(first, min(first + per, q), device=device)
+        yield rows.repeat_interleave(n), torch.arange(n, device=device).repeat(len(rows))

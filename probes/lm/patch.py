@@ -80,12 +80,20 @@ class Prefix:
 class _PrefixKV:
     """Stands in for a transformers Cache in attention: cached prefix rows + the candidates' own key/value."""
 
-    def __init__(self, prefix: Prefix, rows: Tensor):
+    def __init__(self, prefix: Prefix, rows: Tensor | int):
         self.prefix, self.rows = prefix, rows
+
+    def _rows(self, cached: Tensor, count: int) -> Tensor:
+        if isinstance(self.rows, int):  # one prompt: a broadcast view, no gather
+            return cached[self.rows : self.rows + 1].expand(count, *cached.shape[1:])
+        return cached[self.rows]
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
         keys, values = self.prefix.keys[layer_idx], self.prefix.values[layer_idx]
-        return torch.cat((keys[self.rows], key), dim=2), torch.cat((values[self.rows], value), dim=2)
+        count = key.shape[0]
+        return torch.cat((self._rows(keys, count), key), dim=2), torch.cat(
+            (self._rows(values, count), value), dim=2
+        )
 
 
 class Patcher:
@@ -139,10 +147,13 @@ class Patcher:
 
     @torch.inference_mode()
     def logits(
-        self, prefix: Prefix, rows: Int[Tensor, "b"], states: Float[Tensor, "b d"]
+        self, prefix: Prefix, rows: Int[Tensor, "b"] | int, states: Float[Tensor, "b d"]
     ) -> Float[Tensor, "b c"]:
-        """Candidate-answer logits of f_old when prompt ``prefix.rows[rows]`` has ``states`` at the layer."""
-        rows = rows.to(self.device)
+        """Candidate-answer logits of f_old when prompt ``prefix.rows[rows]`` has ``states`` at the layer.
+
+        ``rows`` is each candidate's prompt within ``prefix``, or one int when all share a prompt (faster).
+        """
+        rows = rows if isinstance(rows, int) else rows.to(self.device)
         hidden = states.to(device=self.device, dtype=self.dtype)[:, None, :]
         if self.layer < self.blocks:
             position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
