@@ -12,6 +12,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from tqdm.auto import tqdm
 
+from probes.cache import cache_dir
 from probes.data.datamodule import HopsDataModule
 
 
@@ -91,7 +92,7 @@ def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
 
     entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
     if cfg.dlp_checkpoint:
-        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint}))
+        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint, "device": cfg.model.device}))
     if not entries:
         raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
     check_labels([label for label, _, _ in entries])
@@ -166,9 +167,8 @@ def run(cfg: Namespace, out: Path) -> str:
         data.corpus, data.queries, candidate_ids, pair, features, val_ids, data.relevant[val_ids]
     )
     relevant = data.relevant[test_ids]
-    functions = [data.queries[int(i)].func for i in test_ids]
-    is_wrapper = torch.tensor([data.queries[int(i)].is_wrapper for i in test_ids], dtype=torch.bool)
-    correct = data.correct[test_ids]
+    functions = [data.query_functions[int(i)] for i in test_ids]
+    is_wrapper, correct = data.is_wrapper[test_ids], data.correct[test_ids]
     results = []
     for label, method in methods:
         start = time.perf_counter()
@@ -199,9 +199,10 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     table = run(cfg, out)
     print(table)
+    features = "off" if not cfg.model.feature_cache else cache_dir() / "features"
     print(
         f"Wrote metrics.json, scores.safetensors, queries.csv, per_query.csv, table.md, recall_at_k.png and "
-        f"tensorboard/ to {out}/ (view with: tensorboard --logdir {out / 'tensorboard'})"
+        f"tensorboard/ to {out}/ (tensorboard --logdir {out / 'tensorboard'}); feature cache: {features}"
     )
     return out
 

@@ -123,7 +123,10 @@ def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
         cells = [_cell(report, s, metric) for s in TABLE_SUBSETS for metric, _ in MAIN_METRICS]
         lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
     queries = ", ".join(f"{counts[s]} {s}" for s in TABLE_SUBSETS)
-    lines.append(f"\nMacro averages over functions on the test split ({queries} queries).")
+    lines.append(
+        f"\nMacro averages over functions on the test split ({queries} queries). Time: prepare + scoring; "
+        "features shared by several methods count where they are first computed."
+    )
     return "\n".join(lines)
 
 
