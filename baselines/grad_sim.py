@@ -4,95 +4,90 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from baselines.base import QUERY_LOSSES, AttributionContext, Method, check_choice, register
 from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
+from probes.lm.example_grads import batch_example_gradients, owners
 from probes.lm.features import query_inputs
-from probes.lm.interpolate import text_loss
-from probes.lm.scoring import collate, pad_id, tokenize
+from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 
-PROJECTIONS = ("rademacher", "gaussian")
+PROJECTIONS = ("sparse", "rademacher", "gaussian")
 BLOCK_ROWS = 4096  # parameter coordinates per generated block: the matrix depends on (seed, dim, kind) only
 
 
 class RandomProjection:
-    """A seeded ``[N, P]`` random matrix (entries ±1 or N(0, 1), scaled by 1/sqrt(P)) applied block by block.
+    """A seeded random ``[N, P]`` projection applied block by block, so the full matrix never has to exist.
 
-    Blocks of ``BLOCK_ROWS`` rows come from their own seeded generator, so the full matrix never has to exist;
-    they are kept in memory when the whole matrix fits ``cache_mb`` (Rademacher as int8), else regenerated.
+    "rademacher" / "gaussian": dense ±1 or N(0, 1) entries scaled by 1/sqrt(P) (cost N*P per example);
+    "sparse": a sparse Rademacher (count-sketch) matrix with one ±1 per parameter in a random column
+    (cost N per example; inner products preserved in expectation, like the dense ones). Each block of
+    ``BLOCK_ROWS`` rows has its own seeded generator; blocks stay in memory when all fit ``cache_mb``.
     """
 
     def __init__(
-        self, n_params: int, dim: int, kind: str = "rademacher", seed: int = 0, cache_mb: int | float = 512
+        self, n_params: int, dim: int, kind: str = "sparse", seed: int = 0, cache_mb: int | float = 512
     ):
         self.n_params, self.dim, self.kind, self.seed = n_params, dim, kind, seed
-        per_entry = 1 if kind == "rademacher" else 4
-        self.cache: dict[int, Tensor] | None = {} if n_params * dim * per_entry <= cache_mb * 2**20 else None
+        size = {"sparse": 9, "rademacher": dim, "gaussian": 4 * dim}[kind] * n_params
+        self.cache: dict[int, tuple[Tensor, ...]] | None = {} if size <= cache_mb * 2**20 else None
 
-    def block(self, index: int) -> Tensor:
+    def block(self, index: int) -> tuple[Tensor, ...]:
+        """Block ``index``: (matrix rows,) for dense kinds, (column index, sign) per row for "sparse"."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         rows = min(BLOCK_ROWS, self.n_params - index * BLOCK_ROWS)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        if self.kind == "rademacher":
-            out = torch.randint(0, 2, (rows, self.dim), generator=generator, dtype=torch.int8) * 2 - 1
+        if self.kind == "sparse":
+            columns = torch.randint(0, self.dim, (rows,), generator=generator)
+            out = (columns, torch.randint(0, 2, (rows,), generator=generator, dtype=torch.int8) * 2 - 1)
+        elif self.kind == "rademacher":
+            out = (torch.randint(0, 2, (rows, self.dim), generator=generator, dtype=torch.int8) * 2 - 1,)
         else:
-            out = torch.randn(rows, self.dim, generator=generator)
+            out = (torch.randn(rows, self.dim, generator=generator),)
         if self.cache is not None:
             self.cache[index] = out
         return out
 
-    def __call__(self, grads: Float[Tensor, "b params"]) -> Float[Tensor, "b proj"]:
-        out = torch.zeros(grads.shape[0], self.dim, dtype=grads.dtype, device=grads.device)
-        for index in range(math.ceil(self.n_params / BLOCK_ROWS)):
-            rows = slice(index * BLOCK_ROWS, (index + 1) * BLOCK_ROWS)
-            out += grads[:, rows] @ self.block(index).to(grads.device, grads.dtype)
-        return out / math.sqrt(self.dim)
-
-
-def example_gradients(
-    model, tokenizer, texts, targets, loss: str, candidate_ids, names: list[str], desc: str
-) -> Iterator[Float[Tensor, " params"]]:
-    """Each text's flattened gradient of its own loss w.r.t. the named parameters of ``model``, one at a time
-    (a batch of one needs no padding; the frozen model is never modified: parameters go in through
-    ``functional_call``)."""
-    named = dict(model.named_parameters())
-    leaves = {name: named[name].detach().requires_grad_(True) for name in names}
-    device = next(model.parameters()).device
-
-    def forward(**kwargs):
-        return functional_call(model, leaves, (), kwargs)
-
-    for item in tqdm(tokenize(tokenizer, texts, targets), desc=desc, leave=False):
-        batch = collate([item], pad_id(tokenizer), "right", device)
-        with torch.enable_grad():
-            value = text_loss(forward, batch, [item], loss, candidate_ids).sum()
-            grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-        yield torch.cat(
-            [
-                (torch.zeros_like(p) if g is None else g).flatten()
-                for g, p in zip(grads, leaves.values(), strict=True)
-            ]
-        )
+    def __call__(self, pieces: Sequence[Float[Tensor, "b _"]]) -> Float[Tensor, "b proj"]:
+        """Project the concatenation of ``pieces`` (consecutive coordinate ranges, e.g. one per parameter)
+        without ever concatenating them."""
+        first = pieces[0]
+        out = torch.zeros(first.shape[0], self.dim, dtype=first.dtype, device=first.device)
+        start = 0
+        for piece in pieces:
+            end = start + piece.shape[1]
+            for index in range(start // BLOCK_ROWS, math.ceil(end / BLOCK_ROWS)):
+                lo, hi = max(start, index * BLOCK_ROWS), min(end, (index + 1) * BLOCK_ROWS)
+                part = piece[:, lo - start : hi - start]
+                block = [
+                    t[lo - index * BLOCK_ROWS : hi - index * BLOCK_ROWS].to(out.device)
+                    for t in self.block(index)
+                ]
+                if self.kind == "sparse":
+                    out.index_add_(1, block[0], part * block[1].to(out.dtype))
+                else:
+                    out += part @ block[0].to(out.dtype)
+            start = end
+        return out if self.kind == "sparse" else out / math.sqrt(self.dim)
 
 
 @register("grad_sim")
 class GradSim(Method):
     """Cosine (or dot) of per-example parameter gradients of f_new, randomly projected to ``projection_dim``.
 
-    Documents use their own LM loss, queries the answer loss. Gradients are projected in batches of
-    ``batch_size`` examples, so the full gradient never sits in memory for more than one batch.
+    Documents use their own LM loss, queries the answer loss. Per-example gradients come from one batched
+    backward pass per ``batch_size`` texts and are projected at once, so the full gradient never sits in
+    memory for more than one batch. Documents are done in ``prepare``; a query the first time it is scored.
 
     Args:
         projection_dim: dimension P of the random projection; 0 or None = the exact full gradient.
-        projection: "rademacher" or "gaussian".
+        projection: "sparse" (count sketch, cost independent of P), "rademacher" or "gaussian" (dense).
         seed: seed of the projection.
         loss: the query loss, "ce" or "margin".
         similarity: "cosine" or "dot".
@@ -106,7 +101,7 @@ class GradSim(Method):
     def __init__(
         self,
         projection_dim: int | None = 256,
-        projection: str = "rademacher",
+        projection: str = "sparse",
         seed: int = 0,
         loss: str = "ce",
         similarity: str = "cosine",
@@ -157,25 +152,35 @@ class GradSim(Method):
         self.projection = (
             RandomProjection(n_params, dim, s["projection"], s["seed"], s["cache_mb"]) if dim else None
         )
-        texts, targets = query_inputs(ctx.queries)
-        sides = (
-            (ctx.corpus.texts, None, "lm", "grad_sim docs"),
-            (texts, targets, s["loss"], "grad_sim queries"),
-        )
-        docs, queries = (self._features(pair, names, ctx.candidate_ids, *side) for side in sides)
-        self.queries = queries
-        self.scorer.fit(docs[:, None])
+        self.pair, self.candidate_ids = pair, ctx.candidate_ids
+        self.holders = owners(pair.new, names)
+        self.query_texts, self.query_targets = query_inputs(ctx.queries)
+        self.queries: dict[int, Tensor] = {}  # query id -> features, computed when a query is first scored
+        self.scorer.fit(self._features(ctx.corpus.texts, None, "lm", "grad_sim docs")[:, None])
 
-    def _features(self, pair, names, candidate_ids, texts, targets, loss, desc) -> Tensor:
-        rows, out = [], []
-        stream = example_gradients(pair.new, pair.tokenizer, texts, targets, loss, candidate_ids, names, desc)
-        for i, grad in enumerate(stream, start=1):
-            rows.append(grad)
-            if len(rows) == self.settings["batch_size"] or i == len(texts):
-                batch = torch.stack(rows)
-                out.append(self.projection(batch) if self.projection is not None else batch)
-                rows = []
-        return torch.cat(out)
+    def _features(self, texts, targets, loss, desc) -> Tensor:
+        """Projected (or exact) per-example gradients of ``texts``, ``batch_size`` texts at a time."""
+        pair, items = self.pair, tokenize(self.pair.tokenizer, texts, targets)
+        out = None
+        batches = length_batches([len(i.ids) for i in items], self.settings["batch_size"])
+        for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
+            chunk = [items[i] for i in index]
+            batch = collate(chunk, pad_id(pair.tokenizer), "right", next(pair.new.parameters()).device)
+            names = list(self.holders)
+            grads = batch_example_gradients(
+                pair.new, batch, chunk, loss, names, self.candidate_ids, self.holders
+            )
+            rows = (self.projection(grads) if self.projection is not None else torch.cat(grads, 1)).cpu()
+            if out is None:
+                out = torch.empty(len(items), rows.shape[1], dtype=rows.dtype)
+            out[index] = rows
+        return out
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
-        return self.scorer.score(self.queries[query_ids][:, None])
+        ids = query_ids.tolist()
+        new = sorted(set(ids) - set(self.queries))
+        if new:
+            texts, targets = [self.query_texts[i] for i in new], [self.query_targets[i] for i in new]
+            rows = self._features(texts, targets, self.settings["loss"], "grad_sim queries")
+            self.queries.update(zip(new, rows, strict=True))
+        return self.scorer.score(torch.stack([self.queries[i] for i in ids])[:, None])

@@ -7,13 +7,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import make_ctx, micro_corpus
+from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
 
 from baselines.base import build_method
 from baselines.grad_sim import RandomProjection
 from probes.data.queries import make_queries
+from probes.lm.example_grads import batch_example_gradients, owners
+from probes.lm.features import query_inputs
+from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair
+from probes.lm.scoring import collate, pad_id, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +76,11 @@ def test_full_dimension_equals_exact_gradient_cosine(setup):
     torch.testing.assert_close(head, cosine(qs, docs))
 
 
-def test_projection_preserves_cosines(setup):
+@pytest.mark.parametrize("kind", ["sparse", "rademacher"])
+def test_projection_preserves_cosines(setup, kind):
     corpus, queries, pair = setup
     docs, qs = reference_gradients(pair, corpus, queries)
-    _, scores = scores_of(setup, projection_dim=1024)
+    _, scores = scores_of(setup, projection_dim=1024, projection=kind)
     assert (scores - cosine(qs, docs)).abs().max() < 0.2  # Johnson-Lindenstrauss: ~sqrt(2 / 1024) per entry
 
 
@@ -90,15 +95,50 @@ def test_batching_chunking_and_caching_do_not_change_scores(setup):
 def test_random_projection_blocks_and_scaling():
     g = torch.Generator().manual_seed(0)
     grads = torch.randn(3, 10_000, generator=g, dtype=torch.float64)
-    for kind in ("rademacher", "gaussian"):
+    for kind in ("sparse", "rademacher", "gaussian"):
         project = RandomProjection(10_000, 512, kind, seed=1)
-        matrix = torch.cat([project.block(i) for i in range(3)]).double() / 512**0.5
-        torch.testing.assert_close(project(grads), grads @ matrix)
-        assert not torch.equal(RandomProjection(10_000, 512, kind, seed=2)(grads), project(grads))
-    norms = RandomProjection(10_000, 4096, "rademacher")(grads).norm(dim=-1) / grads.norm(dim=-1)
-    assert ((norms - 1).abs() < 0.1).all()
+        if kind == "sparse":
+            matrix = torch.zeros(10_000, 512, dtype=torch.float64)
+            for i in range(3):
+                columns, signs = project.block(i)
+                matrix[torch.arange(len(columns)) + 4096 * i, columns] = signs.double()
+        else:
+            matrix = torch.cat([project.block(i)[0] for i in range(3)]).double() / 512**0.5
+        torch.testing.assert_close(project([grads[:, :5000], grads[:, 5000:]]), grads @ matrix)
+        assert not torch.equal(RandomProjection(10_000, 512, kind, seed=2)([grads]), project([grads]))
+        norms = RandomProjection(10_000, 4096, kind)([grads]).norm(dim=-1) / grads.norm(dim=-1)
+        assert ((norms - 1).abs() < 0.1).all()
 
 
 def test_unknown_parameter_filter_is_named(setup):
     with pytest.raises(ValueError, match="no_such_param"):
         scores_of(setup, param_filter="no_such_param")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("loss", ["lm", "ce", "margin"])
+def test_batched_example_gradients_equal_one_text_at_a_time(setup, tied, loss):
+    """One padded batch (texts of different lengths) against one autograd pass per text, tied weights too."""
+    corpus, queries, pair = setup
+    model = make_micro_model(len(pair.tokenizer), seed=3, tie_word_embeddings=tied).double()
+    if loss == "lm":
+        texts, targets = corpus.texts, None
+    else:
+        texts, targets = query_inputs(queries[:4] + [doc_queries(corpus)[5]])
+    candidate_ids = torch.tensor(pair.tokenizer.convert_tokens_to_ids([str(c) for c in CANDIDATES]))
+    names = [n for n, _ in model.named_parameters()]
+    items = tokenize(pair.tokenizer, texts, targets)
+    batch = collate(items, pad_id(pair.tokenizer))
+    batched = torch.cat(batch_example_gradients(model, batch, items, loss, names, candidate_ids), 1)
+    trainable = copy.deepcopy(model).requires_grad_(True)
+    for row, item in enumerate(items):
+        one = collate([item], pad_id(pair.tokenizer))
+        value = text_loss(trainable, one, [item], loss, candidate_ids).sum()
+        expected = torch.cat([g.flatten() for g in torch.autograd.grad(value, list(trainable.parameters()))])
+        torch.testing.assert_close(batched[row], expected)
+
+
+def test_parameter_without_a_rule_is_named(setup):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    with pytest.raises(TypeError, match="'1.weight' belongs to a LayerNorm"):
+        owners(model, ["1.weight"])

@@ -1,0 +1,110 @@
+"""Per-example parameter gradients of a padded batch from one backward pass (Linear/Embedding/RMSNorm)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from probes.lm.interpolate import text_loss
+from probes.lm.scoring import Tokenized
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("RMSNorm") and _eps(module) is not None
+
+
+def _eps(module: nn.Module) -> float | None:
+    return getattr(module, "variance_epsilon", getattr(module, "eps", None))
+
+
+def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[tuple[nn.Module, str]]]:
+    """For each parameter name, every (module, attribute) holding that tensor (tied weights have several);
+    raises naming a parameter held by a module type without a per-example rule."""
+    by_tensor: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
+    for module in model.modules():
+        for attr, param in module.named_parameters(recurse=False):
+            by_tensor[id(param)].append((module, attr))
+    params = dict(model.named_parameters())
+    out = {}
+    for name in names:
+        for module, attr in by_tensor[id(params[name])]:
+            if not isinstance(module, (nn.Linear, nn.Embedding)) and not (
+                _is_rms_norm(module) and attr == "weight"
+            ):
+                raise TypeError(
+                    f"parameter {name!r} belongs to a {type(module).__name__}, which has no per-example "
+                    "gradient rule (Linear, Embedding, RMSNorm weight); leave it out with a param_filter"
+                )
+        out[name] = by_tensor[id(params[name])]
+    return out
+
+
+def _rule(module: nn.Module, attr: str, x: Tensor, g: Tensor) -> Tensor:
+    """Per-example gradient [b, *shape] of ``attr`` from one call's input ``x`` and output gradient ``g``."""
+    if isinstance(module, nn.Embedding):
+        b, width = g.shape[0], g.shape[-1]
+        flat = (x + torch.arange(b, device=x.device)[:, None] * module.num_embeddings).flatten()
+        out = torch.zeros(b * module.num_embeddings, width, dtype=g.dtype, device=g.device)
+        return out.index_add_(0, flat, g.reshape(-1, width)).view(b, module.num_embeddings, width)
+    if isinstance(module, nn.Linear):
+        if attr == "bias":
+            return g.sum(1)
+        return torch.einsum("bto,bti->boi", g, x.to(g.dtype))
+    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + _eps(module))
+    return (g * normed.to(x.dtype)).sum(1)
+
+
+def batch_example_gradients(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    loss: str,
+    names: Sequence[str],
+    candidate_ids: Int[Tensor, "c"] | None = None,
+    holders: dict[str, list[tuple[nn.Module, str]]] | None = None,
+) -> list[Float[Tensor, "b _"]]:
+    """Each text's gradient of its own loss (see `probes.lm.interpolate.text_loss`) w.r.t. each named
+    parameter, flattened to ``[b, numel]``, in ``names`` order; exact, from one batched forward and backward.
+
+    Texts never attend to each other, so the gradient reaching a module's output at a text's positions is that
+    text's own; pads get zero gradient. Hooks record each module's input and output gradient (removed in
+    ``finally``); the frozen model is not modified and no parameter gradient is accumulated.
+    """
+    holders = owners(model, names) if holders is None else holders
+    modules = {id(m): m for pairs in holders.values() for m, _ in pairs}
+    calls: dict[int, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+    embedding = model.get_input_embeddings()
+    roots: list[Tensor] = []
+
+    def record(module, args, output):
+        if module is embedding:  # the graph starts here: the frozen weights need no gradient
+            output = output.detach().requires_grad_(True)
+            roots.append(output)
+        if id(module) in modules:
+            x = args[0].detach()
+            output.register_hook(lambda g: calls[id(module)].append((x, g)))
+        return output
+
+    handles = [m.register_forward_hook(record) for m in {**modules, id(embedding): embedding}.values()]
+    try:
+        with torch.enable_grad():
+            total = text_loss(model, batch, items, loss, candidate_ids).sum()
+            torch.autograd.grad(total, roots)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = []
+    for name in names:
+        parts = [_rule(m, attr, x, g) for m, attr in holders[name] for x, g in calls[id(m)]]
+        if not parts:  # the parameter took no part in this loss
+            param = getattr(holders[name][0][0], holders[name][0][1])
+            parts = [torch.zeros(len(items), *param.shape, dtype=param.dtype, device=param.device)]
+        grad = parts[0]
+        for part in parts[1:]:
+            grad = grad + part
+        out.append(grad.flatten(1))
+    return out
