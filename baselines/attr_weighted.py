@@ -27,7 +27,7 @@ class AttrWeighted(FeatureMethod):
     Args:
         loss: the query loss, "ce" or "margin".
         ig_steps: 0 for the plain gradient, else the number of integrated-gradient steps K.
-        ig_batch_size: texts per batch in the integrated-gradient passes.
+        ig_batch_size: texts per integrated-gradient pass (each runs all K steps at once: K x texts rows).
         doc_pooling: "mean" (default) or "span" over the document's tokens ("last" is refused: zero gradient).
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """

@@ -23,7 +23,7 @@ def test_riemann_sum_is_exact_for_a_linear_map():
     g = torch.Generator().manual_seed(0)
     w, start, end = (torch.randn(6, generator=g, dtype=torch.float64) for _ in range(3))
     for steps in (1, 3, 50):
-        attribution = (end - start) * riemann_path_mean(lambda h: w.clone(), start, end, steps)
+        attribution = (end - start) * riemann_path_mean(lambda h: w.expand_as(h), start, end, steps)
         torch.testing.assert_close(attribution, (end - start) * w)
         torch.testing.assert_close(attribution.sum(), w @ end - w @ start)  # completeness
 
@@ -39,7 +39,11 @@ def test_riemann_sum_converges_for_a_quadratic():
     exact = (end - start) * (a @ (start + end) / 2)  # gradient a h is linear along the path: midpoint value
 
     def error(steps):
-        return ((end - start) * riemann_path_mean(lambda h: a @ h, start, end, steps) - exact).abs().max()
+        return (
+            ((end - start) * riemann_path_mean(lambda h: h @ a, start, end, steps, group=7) - exact)
+            .abs()
+            .max()
+        )
 
     assert error(64) < error(8) / 4 < error(1) / 4
     assert error(1000) < 1e-2 * error(1)
@@ -80,6 +84,8 @@ def test_real_layer_completeness_improves_with_steps(pair, layer):
         k: (end - start) * path_gradient(pair.new, batch, items, layer, start, end, k, "lm")
         for k in (2, 8, 64)
     }
+    grouped = path_gradient(pair.new, batch, items, layer, start, end, 8, "lm", group=3)
+    torch.testing.assert_close((end - start) * grouped, attributions[8])  # steps batched or not: same sum
     distance = [(attributions[k] - attributions[64]).abs().sum() for k in (2, 8)]
     assert distance[1] < distance[0]
     assert abs(attributions[64].sum() - gap) < 0.15 * abs(gap)

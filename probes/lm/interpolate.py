@@ -15,15 +15,23 @@ from probes.lm.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
 
 
-def riemann_path_mean(grad_fn: Callable[[Tensor], Tensor], start: Tensor, end: Tensor, steps: int) -> Tensor:
-    """``(1/K) sum_{k=1..K} grad_fn(start + (k/K)(end - start))``: the right Riemann sum of the path
-    integral ``int_0^1 grad(start + a(end - start)) da``. Times ``end - start`` it is integrated gradients;
-    K = 1 is the plain gradient at ``end``; exact for any K when the gradient is constant along the path."""
+def riemann_path_mean(
+    grad_fn: Callable[[Tensor], Tensor], start: Tensor, end: Tensor, steps: int, group: int | None = None
+) -> Tensor:
+    """``(1/K) sum_{k=1..K} grad(start + (k/K)(end - start))``: the right Riemann sum of the path integral
+    ``int_0^1 grad(start + a(end - start)) da``. Times ``end - start`` it is integrated gradients; K = 1 is
+    the plain gradient at ``end``; exact for any K when the gradient is constant along the path.
+
+    ``grad_fn`` takes ``group`` states stacked on a new leading axis (default: all K at once) and returns
+    their gradients stacked the same way, so one call can evaluate several steps as one batch.
+    """
     if steps < 1:
         raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
+    alphas = torch.arange(1, steps + 1, dtype=start.dtype, device=start.device) / steps
     total = torch.zeros_like(start)
-    for k in range(1, steps + 1):
-        total += grad_fn(start + (k / steps) * (end - start))
+    for chunk in alphas.split(group or steps):
+        states = start + chunk.view(-1, *[1] * start.dim()) * (end - start)
+        total += grad_fn(states).sum(0)
     return total / steps
 
 
@@ -97,16 +105,22 @@ def path_gradient(
     steps: int,
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
+    group: int | None = None,
 ) -> Float[Tensor, "b s d"]:
-    """Mean gradient of each text's loss w.r.t. hidden state ``layer`` along ``start -> end`` (all tokens)."""
+    """Mean gradient of each text's loss w.r.t. hidden state ``layer`` along ``start -> end`` (all tokens),
+    ``group`` steps per forward/backward pass (default: all of them)."""
 
-    def grad_at(state: Tensor) -> Tensor:
-        state = state.detach().requires_grad_(True)
+    def grad_at(states: Tensor) -> Tensor:
+        # k interpolated states of the whole batch run as one batch of k * b rows
+        k = states.shape[0]
+        state = states.flatten(0, 1).detach().requires_grad_(True)
+        repeated = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items()}
         with torch.enable_grad(), replaced_hidden_state(model, layer, state):
-            (grad,) = torch.autograd.grad(text_loss(model, batch, items, loss, candidate_ids).sum(), state)
-        return grad
+            value = text_loss(model, repeated, list(items) * k, loss, candidate_ids).sum()
+            (grad,) = torch.autograd.grad(value, state)
+        return grad.view(states.shape)
 
-    return riemann_path_mean(grad_at, start, end, steps)
+    return riemann_path_mean(grad_at, start, end, steps, group)
 
 
 def integrated_gradients(
