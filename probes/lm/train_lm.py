@@ -1,0 +1,141 @@
+"""A small deterministic next-token training loop for the tiny pair (length-bucketed batches, pad masked)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training phase.
+
+    Args:
+        epochs: passes over the texts.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to ``lr * min_lr_ratio``).
+        batch_size: texts per step (texts of similar length are batched together).
+        warmup: fraction of the steps spent warming up.
+        weight_decay: AdamW weight decay on matrices; embeddings and norms are never decayed, so rows of
+            tokens that never occur keep their initial values.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        max_steps: stop after this many steps (0: no limit); the schedule still spans every epoch.
+    """
+
+    epochs: int | float = 10
+    lr: float = 3e-3
+    batch_size: int = 32
+    warmup: float = 0.05
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    max_steps: int = 0
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text as a training sequence: the tokenizer's specials (BOS), the text, EOS."""
+    ids = tokenizer(list(texts), add_special_tokens=True).input_ids
+    eos = tokenizer.eos_token_id
+    return [seq + [eos] if eos is not None and seq[-1:] != [eos] else seq for seq in ids]
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Batches of sequence indices: shuffled, then sorted by length within windows of 16 batches."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b s"], Int[Tensor, "b s"]]:
+    """Right-padded ``(input_ids, labels)``; padded label positions are -100 (ignored by the loss)."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(seq)] = torch.tensor(seq)
+    return input_ids, labels
+
+
+def _param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict]:
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(
+    model: PreTrainedModel,
+    seqs: Sequence[Sequence[int]],
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    seed: int,
+    desc: str = "train",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on ``seqs`` (full-sequence next-token loss); returns the mean loss per epoch.
+
+    Deterministic for a seed on CPU: the data order comes from a seeded generator, dropout is off.
+    ``on_epoch(epoch, mean_loss)`` runs after each epoch (the model in eval mode meanwhile).
+    """
+    if not seqs:
+        raise ValueError(f"train({desc}): no training sequences")
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [len(s) for s in seqs]
+    steps_per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_run = min(total, cfg.max_steps) if cfg.max_steps else total
+    warmup = max(1, int(cfg.warmup * total))
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    device = next(model.parameters()).device
+    # bf16 autocast on a GPU (weights and optimiser state stay fp32); plain fp32 on a CPU
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    curve: list[float] = []
+    step, batches, epoch_loss, epoch_n = 0, [], 0.0, 0
+    with tqdm(total=total_run, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        while step < total_run:
+            if not batches:
+                batches = epoch_batches(lengths, cfg.batch_size, generator)
+            input_ids, labels = (t.to(device) for t in collate([seqs[i] for i in batches.pop()], pad_id))
+            with autocast:
+                loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            epoch_loss, epoch_n = epoch_loss + loss.item(), epoch_n + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=f"{step / steps_per_epoch:.1f}")
+            if not batches or step == total_run:
+                curve.append(epoch_loss / epoch_n)
+                epoch_loss, epoch_n = 0.0, 0
+                if on_epoch is not None:
+                    model.eval()
+                    on_epoch(len(curve), curve[-1])
+                    model.train()
+    model.eval()
+    return curve
