@@ -11,9 +11,8 @@ from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
 from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
 
 from baselines.base import build_method
-from baselines.grad_sim import RandomProjection
 from probes.data.queries import make_queries
-from probes.lm.example_grads import batch_example_gradients, owners
+from probes.lm.example_grads import RandomProjection, batch_example_gradients, owners
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair

@@ -1,7 +1,8 @@
-"""Per-example parameter gradients of a padded batch from one backward pass (Linear/Embedding/RMSNorm)."""
+"""Per-example parameter gradients of a padded batch from one backward pass, and seeded random projections."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -108,3 +109,63 @@ def batch_example_gradients(
             grad = grad + part
         out.append(grad.flatten(1))
     return out
+
+
+PROJECTIONS = ("sparse", "rademacher", "gaussian")
+BLOCK_ROWS = 4096  # parameter coordinates per generated block: the matrix depends on (seed, dim, kind) only
+
+
+class RandomProjection:
+    """A seeded random ``[N, P]`` projection applied block by block, so the full matrix never has to exist.
+
+    "rademacher" / "gaussian": dense ±1 or N(0, 1) entries scaled by 1/sqrt(P) (cost N*P per example);
+    "sparse": a sparse Rademacher (count-sketch) matrix with one ±1 per parameter in a random column
+    (cost N per example; inner products preserved in expectation, like the dense ones). Each block of
+    ``BLOCK_ROWS`` rows has its own seeded generator; blocks stay in memory when all fit ``cache_mb``.
+    """
+
+    def __init__(
+        self, n_params: int, dim: int, kind: str = "sparse", seed: int = 0, cache_mb: int | float = 512
+    ):
+        self.n_params, self.dim, self.kind, self.seed = n_params, dim, kind, seed
+        size = {"sparse": 9, "rademacher": dim, "gaussian": 4 * dim}[kind] * n_params
+        self.cache: dict[int, tuple[Tensor, ...]] | None = {} if size <= cache_mb * 2**20 else None
+
+    def block(self, index: int) -> tuple[Tensor, ...]:
+        """Block ``index``: (matrix rows,) for dense kinds, (column index, sign) per row for "sparse"."""
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        rows = min(BLOCK_ROWS, self.n_params - index * BLOCK_ROWS)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        if self.kind == "sparse":
+            columns = torch.randint(0, self.dim, (rows,), generator=generator)
+            out = (columns, torch.randint(0, 2, (rows,), generator=generator, dtype=torch.int8) * 2 - 1)
+        elif self.kind == "rademacher":
+            out = (torch.randint(0, 2, (rows, self.dim), generator=generator, dtype=torch.int8) * 2 - 1,)
+        else:
+            out = (torch.randn(rows, self.dim, generator=generator),)
+        if self.cache is not None:
+            self.cache[index] = out
+        return out
+
+    def __call__(self, pieces: Sequence[Float[Tensor, "b _"]]) -> Float[Tensor, "b proj"]:
+        """Project the concatenation of ``pieces`` (consecutive coordinate ranges, e.g. one per parameter)
+        without ever concatenating them."""
+        first = pieces[0]
+        out = torch.zeros(first.shape[0], self.dim, dtype=first.dtype, device=first.device)
+        start = 0
+        for piece in pieces:
+            end = start + piece.shape[1]
+            for index in range(start // BLOCK_ROWS, math.ceil(end / BLOCK_ROWS)):
+                lo, hi = max(start, index * BLOCK_ROWS), min(end, (index + 1) * BLOCK_ROWS)
+                part = piece[:, lo - start : hi - start]
+                block = [
+                    t[lo - index * BLOCK_ROWS : hi - index * BLOCK_ROWS].to(out.device)
+                    for t in self.block(index)
+                ]
+                if self.kind == "sparse":
+                    out.index_add_(1, block[0], part * block[1].to(out.dtype))
+                else:
+                    out += part @ block[0].to(out.dtype)
+            start = end
+        return out if self.kind == "sparse" else out / math.sqrt(self.dim)
