@@ -56,4 +56,4 @@ def chain_corpus_path(write_jsonl) -> Path:
 
 # ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see test_dlp_fixtures.py) ----
 
-from test_dlp_fixtures import in_tmp, micro_world  # noqa: E402, F401
+from test_dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401

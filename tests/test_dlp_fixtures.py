@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from lm_fixtures import make_micro_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +53,44 @@ def micro_world(tmp_path_factory) -> MicroWorld:
     return MicroWorld(corpus, old, new, len(rows))
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Micro models gain nothing from intra-op threads, and on a shared CPU they lose a lot to them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
+def in_tmp(tmp_path, monkeypatch) -> Iterator[Path]:
     """Run in tmp_path (the configs' relative lightning_logs/ land there) with the cache in tmp_path too."""
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    with one_thread():
+        yield tmp_path
+
+
+FAST = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    root: Path  # the run's working directory: lightning_logs/dlp/{version_0, checkpoints} inside
+    cli: object
+
+
+@pytest.fixture(scope="session")
+def fitted_dlp(micro_world, tmp_path_factory) -> Fitted:
+    """One short ``fit`` of configs/dlp.yaml on the micro world, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("dlp_fit")
+    with pytest.MonkeyPatch.context() as patch, one_thread():
+        patch.setenv("PROBES_CACHE", str(root / "cache"))
+        patch.chdir(root)
+        cli = run_cli(micro_world, "fit", *FAST)
+    return Fitted(root, cli)
 
 
 def load_train_probe():

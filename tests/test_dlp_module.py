@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from test_dlp_fixtures import run_cli
+from test_dlp_fixtures import FAST, run_cli
 
 from probes.data.datamodule import HopsDataModule
 from probes.models import MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule
 
-FAST = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0")
+
+def CHECKPOINTS(root: Path) -> Path:
+    return root / "lightning_logs" / "dlp" / "checkpoints"
 
 
 def test_fast_dev_run(micro_world, in_tmp):
@@ -49,47 +53,47 @@ def test_overfit_one_batch_loss_falls(micro_world, in_tmp, head):
     assert sum(excess[-3:]) / 3 < 0.75 * sum(excess[:3]) / 3, excess
 
 
-def test_lm_frozen_outside_state_and_checkpoint_and_resume(micro_world, in_tmp):
-    cli = run_cli(micro_world, "fit", *FAST)
-    module = cli.model
+def test_lm_is_frozen_and_never_in_the_state_or_a_checkpoint(fitted_dlp):
+    module = fitted_dlp.cli.model
     lm = module.reader.lm
     assert all(not p.requires_grad for p in lm.parameters()) and not lm.training
     assert not any(m is lm for m in module.modules())
-    own = {f"generator.{k}" for k in module.generator.state_dict()} | {
-        f"head.{k}" for k in module.head.state_dict()
-    }
-    ckpt_dir = in_tmp / "lightning_logs" / "dlp" / "checkpoints"
+    own = {f"generator.{k}" for k in module.generator.state_dict()}
+    own |= {f"head.{k}" for k in module.head.state_dict()}
+    assert set(module.state_dict()) == own
     for name in ("best.ckpt", "last.ckpt"):
-        state = torch.load(ckpt_dir / name, weights_only=False)["state_dict"]
+        state = torch.load(CHECKPOINTS(fitted_dlp.root) / name, weights_only=False)["state_dict"]
         assert set(state) == own  # nothing of f_new (embed_tokens, layers, lm_head, ...)
-    assert sum(p.numel() for p in module.parameters()) < sum(p.numel() for p in lm.parameters())
 
+
+def test_load_from_checkpoint_scores_like_the_trained_module(fitted_dlp):
+    loaded = ProbeModule.load_from_checkpoint(CHECKPOINTS(fitted_dlp.root) / "last.ckpt")
+    trained = fitted_dlp.cli.model.eval()
+    loaded.eval().set_documents(trained.documents)
+    prompts = ["<GN>(3) returns the value ", "<HN>(7) returns the value "]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(prompts), trained.score(prompts))
+
+
+def test_resume_from_the_last_checkpoint(micro_world, fitted_dlp, in_tmp):
+    shutil.copytree(fitted_dlp.root / "lightning_logs", in_tmp / "lightning_logs")
     resumed = run_cli(micro_world, "fit", *FAST[1:], "--trainer.max_epochs=2", "--ckpt_path=last")
     assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 4
 
-    loaded = ProbeModule.load_from_checkpoint(ckpt_dir / "best.ckpt")
-    prompts = ["<GN>(3) returns the value ", "<HN>(7) returns the value "]
-    loaded.set_documents(cli.datamodule.corpus.texts)
-    with torch.no_grad():
-        scores = loaded.eval().score(prompts)
-    assert scores.shape == (2, micro_world.n_documents) and torch.isfinite(scores).all()
+
+def test_seeded_runs_repeat(micro_world, fitted_dlp, in_tmp):
+    quiet = ("--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
+    again = run_cli(micro_world, "fit", *FAST, *quiet).model.state_dict()
+    for key, value in fitted_dlp.cli.model.state_dict().items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0)
 
 
-def test_seeded_runs_repeat(micro_world, in_tmp):
-    states = []
-    for run in range(2):
-        quiet = ("--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
-        cli = run_cli(micro_world, "fit", *FAST, *quiet, f"--trainer.default_root_dir=run{run}")
-        states.append({k: v.clone() for k, v in cli.model.state_dict().items()})
-    for key in states[0]:
-        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
-
-
-def test_test_writes_flat_metrics_and_fit_logs_the_recall_figure(micro_world, in_tmp):
-    run_cli(micro_world, "fit", *FAST)
-    assert (in_tmp / "lightning_logs" / "dlp" / "version_0" / "recall_at_k.png").is_file()
-    run_cli(micro_world, "test", "--ckpt_path=best")
-    metrics = json.loads((in_tmp / "lightning_logs" / "dlp" / "version_1" / "test_metrics.json").read_text())
+def test_test_writes_flat_metrics_and_fit_logs_the_recall_figure(micro_world, fitted_dlp, monkeypatch):
+    runs = fitted_dlp.root / "lightning_logs" / "dlp"
+    assert (runs / "version_0" / "recall_at_k.png").is_file()
+    monkeypatch.chdir(fitted_dlp.root)
+    cli = run_cli(micro_world, "test", "--ckpt_path=best")
+    metrics = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
     for key in ("test/macro/map", "test/macro/recall@10", "test/micro/mrr", "random/test/macro/map"):
         assert 0.0 <= metrics[key] <= 1.0
 

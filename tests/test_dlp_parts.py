@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lm_fixtures import build_tokenizer, make_micro_model
+from test_dlp_fixtures import one_thread
 
 from probes.models.conditioning import ProbeReader, condition
 from probes.models.generator import DeepLinear, ProbeGenerator
@@ -16,7 +17,8 @@ TEXTS = ["<GN>(3) returns the value ", "<FN>(12) returns the value ", "def <GN>(
 @pytest.fixture(scope="module")
 def lm_and_tokenizer():
     tokenizer = build_tokenizer()
-    return make_micro_model(len(tokenizer)).double(), tokenizer
+    with one_thread():
+        yield make_micro_model(len(tokenizer)).double(), tokenizer
 
 
 @pytest.mark.parametrize(("depth", "bias"), [(1, True), (3, True), (4, False)])
