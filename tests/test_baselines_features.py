@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
 
 from baselines.base import build_method
 from probes.data.corpus import corpus_from_rows

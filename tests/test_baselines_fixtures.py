@@ -11,6 +11,15 @@ from probes.data.corpus import corpus_from_rows
 from probes.data.queries import Query, make_queries, relevance
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Micro models run fastest on one thread (and shared CI cores are not oversubscribed); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def micro_corpus():
     return corpus_from_rows(micro_rows())
 

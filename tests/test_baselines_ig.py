@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, TEXTS, make_micro_pair
-from test_baselines_fixtures import micro_corpus
+from test_baselines_fixtures import micro_corpus, one_thread  # noqa: F401 (autouse)
 
 from probes.lm.features import gradient_features
 from probes.lm.interpolate import (

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
-from test_baselines_fixtures import make_ctx, micro_corpus
+from test_baselines_fixtures import make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
 
 from baselines.base import register
 from baselines.feature_method import FeatureMethod
