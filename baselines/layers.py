@@ -58,7 +58,10 @@ class Normaliser:
         self.mean = docs.mean(0)
         centred = (docs - self.mean).double()
         if self.mode == "zscore":
-            self.scale = centred.std(0, unbiased=False).clamp_min(1e-8).to(docs.dtype).reciprocal()
+            # a dimension (nearly) constant over the documents carries no information: zero it, not blow it up
+            std = centred.std(0, unbiased=False)
+            informative = std > 1e-6 * std.mean(-1, keepdim=True)
+            self.scale = torch.where(informative, std.reciprocal(), torch.zeros_like(std)).to(docs.dtype)
             return self
         # whitening: W = V diag((lambda + shrink * mean(lambda))^-1/2) V^T per layer; the shrinkage keeps
         # rank-deficient covariances (fewer documents than dimensions) invertible
@@ -189,21 +192,27 @@ class LayerScorer:
         """Select layers, fit the normalisation on the documents and (aggregate="learned") the weights."""
         self.chosen = select_layers(self.layers, docs.shape[1])
         chosen = docs[:, self.chosen]
-        self.docs = self.normaliser.fit(chosen)(chosen)
+        self.docs = self._unit(self.normaliser.fit(chosen)(chosen))  # ready for a plain dot product
         if self.aggregate == "learned":
             if val_queries is None or val_relevant is None or len(val_queries) == 0:
                 raise ValueError(
                     "aggregate='learned' needs validation queries and their relevance (ctx.val_ids)"
                 )
-            sims = layer_similarity(self.normaliser(val_queries[:, self.chosen]), self.docs, self.similarity)
+            sims = layer_similarity(self._prepare(val_queries), self.docs, "dot")
             self.weights = fit_layer_weights(sims, val_relevant, self.fit_steps)
         return self
 
+    def _unit(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1, eps=EPS) if self.similarity == "cosine" else x
+
+    def _prepare(self, queries: Tensor) -> Tensor:
+        return self._unit(self.normaliser(queries[:, self.chosen]))
+
     def score(self, queries: Float[Tensor, "q l d"]) -> Float[Tensor, "q n"]:
-        q = self.normaliser(queries[:, self.chosen])
+        q = self._prepare(queries)
         chunks = [
             aggregate(
-                layer_similarity(q, self.docs[i : i + self.chunk_size], self.similarity),
+                layer_similarity(q, self.docs[i : i + self.chunk_size], "dot"),
                 self.aggregate,
                 topk=self.topk,
                 weights=self.weights,

@@ -61,6 +61,8 @@ def test_normalisers_fit_on_documents():
     flat = torch.zeros(5, 1, 3, dtype=torch.float64)  # constant features: no division by zero
     for mode in ("zscore", "whiten"):
         assert not Normaliser(mode).fit(flat)(flat).isnan().any()
+    # a dimension constant over the documents is dropped by z-scoring, not divided by ~0
+    assert Normaliser("zscore").fit(flat)(torch.ones(1, 1, 3, dtype=torch.float64)).abs().max() == 0
 
 
 def test_aggregate_topk_and_weights():
