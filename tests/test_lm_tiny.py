@@ -152,3 +152,31 @@ def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypat
     monkeypatch.setattr(default, "build_pair", lambda *a, **k: pytest.fail("rebuilt a cached pair"))
     assert default.ensure_default_pair(corpus_path) == (old, new)
     assert str(old.parent) in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_build_from_a_base_adds_the_function_tokens(corpus_path, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from probes.data.corpus import load_corpus
+    from probes.lm.load import load_pair
+
+    base_tokenizer = train_tokenizer(TEXTS, [], [], vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(base_tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    base_tokenizer.save_pretrained(tmp_path / "base")
+    _build(corpus_path, tmp_path / "pair", "--base", str(tmp_path / "base"), "--epochs", "2", "--lr", "1e-3")
+    corpus = load_corpus(corpus_path)
+    pair = load_pair(tmp_path / "pair" / "old", tmp_path / "pair" / "new", dtype="float32", corpus=corpus)
+    assert len(pair.tokenizer) == len(base_tokenizer) + len(corpus.function_tokens)
+    manifest = json.loads((tmp_path / "pair" / "manifest.json").read_text())
+    assert manifest["kind"] == "base" and manifest["tokenizer"]["new_tokens"] == corpus.function_tokens
+    assert manifest["finetune_config"]["epochs"] == 2 and manifest["finetune_config"]["lr"] == 1e-3

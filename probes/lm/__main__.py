@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model/training preset")
     build.add_argument("--seed", type=int, default=0, help="seed of the world, the init and the data order")
     build.add_argument("--base", default=None, help="fine-tune this HF causal LM (path or hub id) instead")
+    build.add_argument(
+        "--epochs", type=float, default=None, help="fine-tuning epochs (default: the recipe's)"
+    )
+    build.add_argument(
+        "--lr", type=float, default=None, help="fine-tuning learning rate (default: the recipe's)"
+    )
     build.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     build.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ev = sub.add_parser("evaluate", help="accuracy of f_old and f_new on every function's queries")
@@ -63,14 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build(args: argparse.Namespace, device: str) -> int:
     import torch
 
-    from probes.lm.build import build_from_base, build_pair
+    from probes.lm.build import BASE_FINETUNE, build_from_base, build_pair
+    from probes.lm.presets import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    finetune = BASE_FINETUNE if args.base else preset.finetune
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    finetune = dataclasses.replace(finetune, **overrides)
     if args.base:
-        manifest = build_from_base(args.corpus, args.out, args.base, seed=args.seed, device=device)
+        manifest = build_from_base(
+            args.corpus, args.out, args.base, finetune=finetune, seed=args.seed, device=device
+        )
     else:
-        manifest = build_pair(args.corpus, args.out, preset=args.preset, seed=args.seed, device=device)
+        preset = dataclasses.replace(preset, finetune=finetune) if overrides else args.preset
+        manifest = build_pair(args.corpus, args.out, preset=preset, seed=args.seed, device=device)
     new = manifest["evaluation"]["new"]
     print(
         f"wrote {args.out}/old and {args.out}/new in {manifest['seconds']:.0f}s: f_new accuracy "

@@ -22,6 +22,8 @@ from probes.lm.presets import Preset, get_preset, pretraining_world, query_lines
 from probes.lm.tokenizer import check_tokenizer, train_tokenizer
 from probes.lm.train_lm import TrainConfig, encode_texts, train
 
+# The reference recipe's fine-tuning of a pretrained base (full-document loss, AdamW, bf16 autocast on a GPU).
+BASE_FINETUNE = TrainConfig(epochs=10, lr=2e-5, batch_size=16, weight_decay=0.0)
 # Bump when the recipe changes in a way that changes the weights: cached default pairs are rebuilt.
 RECIPE_VERSION = "1"
 
@@ -165,7 +167,7 @@ def build_from_base(
     rows at the median norm); ``out/new`` = that fine-tuned on the corpus (bf16 autocast on a GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = finetune or TrainConfig(epochs=10, lr=2e-5, batch_size=16, weight_decay=0.0)
+    cfg = finetune or BASE_FINETUNE
     corpus = load_corpus(corpus_path)
     started = time.time()
     torch.manual_seed(seed)
