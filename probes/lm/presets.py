@@ -63,18 +63,18 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # 2 CPU cores, within 5 minutes including pretraining
     "tiny": Preset(),
-    # a GPU: ~25M parameters, a larger world, more epochs
+    # a GPU (~30M parameters, minutes): a larger world and vocabulary; gentler fine-tuning for the wider model
     "small": Preset(
         layers=8,
         hidden=512,
         heads=8,
         intermediate=1536,
-        bpe_vocab=4096,
+        bpe_vocab=2048,
         world_docs_per_base=200,
         world_docs_per_wrapper=100,
         query_inputs=40,
-        pretrain=TrainConfig(epochs=8, lr=1e-3, batch_size=64),
-        finetune=TrainConfig(epochs=20, lr=5e-4, batch_size=32),
+        pretrain=TrainConfig(epochs=6, lr=1e-3, batch_size=64),
+        finetune=TrainConfig(epochs=6, lr=5e-4, batch_size=32),
     ),
     # tests: seconds, no accuracy expected
     "micro": Preset(
