@@ -12,7 +12,7 @@ import torch
 from test_dlp_fixtures import FAST, run_cli
 
 from probes.data.datamodule import HopsDataModule
-from probes.models import MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule
+from probes.models import CpuThreads, MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule
 
 
 def CHECKPOINTS(root: Path) -> Path:
@@ -102,3 +102,12 @@ def test_multi_hot_with_by_function_split_is_refused(micro_world, in_tmp):
     cli = run_cli(micro_world, None, "--data.split=by_function")
     with pytest.raises(ValueError, match="PairwiseHead"):
         cli.model.configure_model()
+
+
+def test_cpu_threads_callback_sets_threads_on_cpu_runs_only(in_tmp):
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    torch.set_num_threads(2)
+    CpuThreads(1).setup(trainer, L.LightningModule(), "fit")
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads=0"):
+        CpuThreads(0)

@@ -1,12 +1,13 @@
 """The DLP: probe generator, conditioning, heads, the LightningModule, and its compare.py adapter."""
 
-from probes.models.checkpoint import BestCheckpoint
+from probes.models.callbacks import BestCheckpoint, CpuThreads
 from probes.models.generator import DeepLinear, ProbeGenerator
 from probes.models.heads import Head, MultiHotHead, PairwiseHead
 from probes.models.module import ProbeModule
 
 __all__ = [
     "BestCheckpoint",
+    "CpuThreads",
     "DeepLinear",
     "Head",
     "MultiHotHead",
