@@ -67,7 +67,7 @@ def hidden_features(
     def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
         with torch.inference_mode():
             pool = Pooler(items, batch["offset"], pooling, acc)
-            states = _forward(model, batch, logits_to_keep=1).hidden_states
+            states = _forward(model, batch, padding_side, logits_to_keep=1).hidden_states
             return torch.stack([pool(states[i]) for i in _layer_ids(layers, len(states))], 1)
 
     return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, "hidden", step)
@@ -105,12 +105,12 @@ def gradient_features(
         with torch.enable_grad():
             embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
             if loss == "lm":
-                out = _forward(model, batch, inputs_embeds=embeds)
+                out = _forward(model, batch, padding_side, inputs_embeds=embeds)
                 per_text = lm_loss(out.logits, batch["input_ids"], batch["attention_mask"])
             else:
                 positions, tokens, valid = target_layout(items, batch["offset"])
                 keep = torch.unique(positions)
-                out = _forward(model, batch, inputs_embeds=embeds, logits_to_keep=keep)
+                out = _forward(model, batch, padding_side, inputs_embeds=embeds, logits_to_keep=keep)
                 rows = torch.arange(len(items), device=keep.device)[:, None]
                 logits = out.logits[rows, torch.searchsorted(keep, positions)]
                 if loss == "ce":
@@ -138,12 +138,21 @@ def compute_features(
     return gradient_features(model, tokenizer, texts, loss=spec.loss, **common)
 
 
-def _forward(model, batch: dict[str, Tensor], **kwargs):
+def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
+    """The model with all hidden states. Right-padded batches run with no attention mask and one shared row
+    of positions: under causal attention no real token can see the pads that follow it, so real tokens get
+    exactly the masked result, while the attention kernels take their fast unmasked causal path and rotary
+    embeddings are computed once instead of per row. Pad positions' outputs are never read."""
     if "inputs_embeds" not in kwargs:
         kwargs["input_ids"] = batch["input_ids"]
+    if padding_side == "right":
+        width = batch["input_ids"].shape[1]
+        mask, positions = None, torch.arange(width, device=batch["input_ids"].device)[None]
+    else:
+        mask, positions = batch["attention_mask"], batch["position_ids"]
     return model(
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
+        attention_mask=mask,
+        position_ids=positions,
         output_hidden_states=True,
         use_cache=False,
         **kwargs,
@@ -161,7 +170,9 @@ def _run(
     what: str,
     step: Callable[[dict[str, Tensor], list[Tokenized]], Tensor],
 ) -> Tensor:
-    """Tokenise, batch by length, run ``step`` per batch ([b l d] on the model's device), restore order."""
+    """Tokenise, batch by length, run ``step`` per batch ([b l d] on the model's device), restore order.
+
+    Results stay on the model's device until the end: one large copy to the CPU instead of one per batch."""
     items = tokenize(tokenizer, texts, targets)
     device = next(model.parameters()).device
     out = None
@@ -170,7 +181,7 @@ def _run(
         batches, desc=f"{what} features", disable=not progress or len(batches) < 4, leave=False
     ):
         chunk = [items[i] for i in index]
-        rows = step(collate(chunk, pad_id(tokenizer), padding_side, device), chunk).cpu()
+        rows = step(collate(chunk, pad_id(tokenizer), padding_side, device), chunk)
         finite = torch.isfinite(rows).flatten(1).all(-1)
         if not bool(finite.all()):
             i = index[int((~finite).nonzero()[0, 0])]
@@ -179,11 +190,11 @@ def _run(
                 "weights and dtype (bf16/fp16 can overflow; try float32)"
             )
         if out is None:
-            out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype)
-        out[index] = rows
+            out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        out[torch.tensor(index, device=rows.device)] = rows
     if out is None:
         raise ValueError(f"no texts to compute {what} features for")
-    return out
+    return out.cpu()
 
 
 def _layer_ids(layers: Sequence[int] | None, count: int) -> list[int]:
