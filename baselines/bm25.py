@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import bm25s
+import os
+
+# bm25s imports jax when it is installed; on a GPU machine jax would then grab most of the card's memory at
+# its first use (XLA preallocation). BM25 here never runs on jax: keep it from claiming the GPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import bm25s  # noqa: E402
 import numpy as np
 import scipy.sparse as sp
 import torch
