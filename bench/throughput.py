@@ -1,0 +1,316 @@
+"""Throughput of the shared feature pass, patching and compare.py on 1B architectures with random weights.
+
+    python bench/throughput.py --arch olmo2-1b --corpus .data/hops/20hops.jsonl [--out DIR]
+
+The published checkpoints cannot be downloaded on the GPU machines, so the OLMo2-1B and Llama-3.2-1B
+architectures are built from their configs with random bf16 weights (speed does not depend on the weights).
+Texts are the corpus's documents and its queries, tokenised by the project's own tokenizer trained on the
+corpus (token counts differ a little from the published tokenizers; every rate below is per real token).
+
+Each rate is also given as a fraction of the hardware limit: 2 x non-embedding parameters x tokens FLOPs
+forward (x3 with the backward) over the card's bf16 matmul rate measured in the same run. The "plain loop" is
+what the feature pass replaces: batches of 64 in corpus order, padding to the longest, all hidden states and
+full logits kept, pooled afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from archs import ARCHS, build_model, dtype_for, non_embedding_params  # noqa: E402
+
+from probes.data.corpus import load_corpus  # noqa: E402
+from probes.data.queries import candidate_answers, make_queries  # noqa: E402
+from probes.lm.features import gradient_features, hidden_features, query_inputs  # noqa: E402
+from probes.lm.patch import Patcher  # noqa: E402
+from probes.lm.scoring import answer_token_ids  # noqa: E402
+from probes.lm.tokenizer import train_tokenizer  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def matmul_rate(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
+    """Measured bf16 matmul FLOP/s of the card (median of ``repeats`` after warm-up, random data)."""
+    dtype = dtype_for(device)
+    if device.type != "cuda":
+        size = 512
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _, t = timed(lambda: a @ b, device)
+        times.append(t)
+    return 2 * size**3 / sorted(times)[len(times) // 2]
+
+
+def plain_loop(model, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """The loop the feature pass replaces: corpus order, pad to longest, all hidden states and logits kept."""
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    pooled = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], padding="longest", return_tensors="pt").to(
+                device
+            )
+            out = model(**enc, output_hidden_states=True)
+            last = enc["attention_mask"].sum(1) - 1
+            rows = torch.arange(len(last), device=device)
+            pooled.append(torch.stack([h[rows, last] for h in out.hidden_states], 1).float().cpu())
+            del out
+    return torch.cat(pooled)
+
+
+def profile(fn, what: str, rows: int = 25) -> None:
+    """Print where ``fn``'s time goes: the top operators by self CPU and by self device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+    table = prof.key_averages()
+    print(f"--- profile: {what}")
+    print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+    if torch.cuda.is_available():
+        print(table.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
+
+
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    return sum(len(ids) for ids in tokenizer(texts).input_ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="olmo2-1b")
+    parser.add_argument("--corpus", required=True, help="HOPS JSONL (the reference 20hops corpus)")
+    parser.add_argument(
+        "--shrink", action="store_true", help="a tiny version of the architecture (CPU smoke test)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="texts per feature batch")
+    parser.add_argument("--grad-batch-size", type=int, default=64, help="texts per gradient batch")
+    parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
+    parser.add_argument("--patch-batch-size", type=int, default=8192, help="candidates per patched batch")
+    parser.add_argument(
+        "--compare", action="store_true", help="also time compare.py (every training-free method)"
+    )
+    parser.add_argument(
+        "--compare-skip",
+        nargs="*",
+        default=["grad_sim"],
+        help="methods of configs/compare.yaml left out of the compare.py timing",
+    )
+    parser.add_argument("--profile", action="store_true", help="print where the feature passes spend time")
+    parser.add_argument("--out", default=None, help="write results.json here")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rate = matmul_rate(device)
+    corpus = load_corpus(args.corpus)
+    queries = make_queries(corpus)
+    tokenizer = train_tokenizer(corpus.texts, corpus.function_tokens)
+    candidate_ids = answer_token_ids(tokenizer, candidate_answers(corpus))
+    old = build_model(args.arch, args.shrink, device, seed=0)
+    new = build_model(args.arch, args.shrink, device, seed=1)
+    params = non_embedding_params(new)
+    limit_fwd = rate / (2 * params)  # tokens/s at 100% of the matmul rate, forward only
+    docs = corpus.texts
+    qtexts, qtargets = query_inputs(queries)
+    texts = docs + qtexts
+    tokens = count_tokens(tokenizer, texts)
+    rows = []
+
+    def record(name: str, seconds: float, n_tokens: int, flops_per_token_factor: int, note: str = ""):
+        tps = n_tokens / seconds
+        frac = tps / (limit_fwd / flops_per_token_factor)
+        rows.append(
+            dict(
+                what=name,
+                seconds=round(seconds, 2),
+                tokens=n_tokens,
+                tokens_per_s=round(tps),
+                fraction_of_limit=round(frac, 3),
+                note=note,
+            )
+        )
+        print(
+            f"{name:42s} {seconds:8.2f} s {tps:12,.0f} tok/s  {100 * frac:5.1f}% of limit  {note}", flush=True
+        )
+
+    print(
+        f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; matmul "
+        f"{rate / 1e12:.1f} TFLOP/s; {args.arch}{' (shrunk)' if args.shrink else ''}: {params / 1e6:.0f}M "
+        f"non-embedding params; {len(docs)} docs + {len(qtexts)} queries = {tokens:,} tokens",
+        flush=True,
+    )
+
+    plain_loop(old, tokenizer, texts[:128])  # warm-up (kernels, allocator)
+    _, t = timed(lambda: plain_loop(old, tokenizer, texts), device)
+    record("plain loop, one checkpoint", t, tokens, 1, "bs 64, pad to longest, all states + logits")
+
+    opts = dict(batch_size=args.batch_size, progress=False)
+    hidden_features(old, tokenizer, docs[:256], **opts)  # warm-up
+    _, t = timed(
+        lambda: (
+            hidden_features(old, tokenizer, docs, **opts),
+            hidden_features(old, tokenizer, qtexts, targets=qtargets, **opts),
+        ),
+        device,
+    )
+    record("feature pass (hidden, all layers), one ckpt", t, tokens, 1, "length-bucketed, pooled on device")
+    _, t = timed(
+        lambda: [
+            (
+                hidden_features(m, tokenizer, docs, **opts),
+                hidden_features(m, tokenizer, qtexts, targets=qtargets, **opts),
+            )
+            for m in (old, new)
+        ],
+        device,
+    )
+    record("feature pass, both checkpoints", t, 2 * tokens, 1)
+
+    # documents' gradients pooled by their mean, as the methods use them (a document's last token predicts
+    # nothing, so its LM-loss gradient there is exactly zero)
+    gopts = dict(batch_size=args.grad_batch_size, progress=False)
+    try:
+        gradient_features(new, tokenizer, docs[:64], loss="lm", pooling="mean", **gopts)  # warm-up
+        _, t = timed(
+            lambda: (
+                gradient_features(new, tokenizer, docs, loss="lm", pooling="mean", **gopts),
+                gradient_features(new, tokenizer, qtexts, targets=qtargets, loss="ce", **gopts),
+            ),
+            device,
+        )
+        record("gradient pass (dL/dh, all layers) at f_new", t, tokens, 3, "docs lm loss, queries answer ce")
+    except FloatingPointError as error:  # random bf16 weights can overflow; report it and go on
+        print(f"gradient pass failed: {error}", flush=True)
+        rows.append(dict(what="gradient pass", error=str(error)))
+    if args.profile:
+        profile(lambda: hidden_features(old, tokenizer, docs, **opts), "hidden features, docs")
+        profile(
+            lambda: gradient_features(new, tokenizer, docs[:1024], loss="lm", pooling="mean", **gopts),
+            "gradient features, 1024 docs",
+        )
+
+    patcher = Patcher(old, tokenizer, candidate_ids, layer="middle")
+    prompts = [q.prompt for q in queries[: args.patch_queries]]
+    prefixes, t_prefix = timed(lambda: patcher.prefixes(prompts), device)
+    states = torch.randn(len(docs), new.config.hidden_size, device=device, dtype=dtype_for(device))
+
+    def patch_all():
+        for prefix in prefixes:
+            for row in range(len(prefix.rows)):
+                for start in range(0, len(docs), args.patch_batch_size):
+                    chunk = states[start : start + args.patch_batch_size]
+                    patcher.logits(prefix, torch.full((len(chunk),), row), chunk)
+
+    _, t = timed(patch_all, device)
+    evals = len(prompts) * len(docs)
+    print(
+        f"{'patching (middle layer), candidates':42s} {t:8.2f} s {evals / t:12,.0f} evals/s  "
+        f"(+{t_prefix:.2f} s for {len(prompts)} prefixes)",
+        flush=True,
+    )
+    rows.append(
+        dict(
+            what="patching candidate evaluations",
+            seconds=round(t, 2),
+            evaluations=evals,
+            evaluations_per_s=round(evals / t),
+            prefix_seconds=round(t_prefix, 2),
+        )
+    )
+
+    if args.compare:
+        del patcher, prefixes, states
+        old.cpu(), new.cpu()
+        torch.cuda.empty_cache()  # the compare.py subprocess loads its own copies
+        rows.append(
+            time_compare(old, new, tokenizer, args.corpus, device, args.batch_size, args.compare_skip)
+        )
+    result = dict(
+        arch=args.arch,
+        shrunk=args.shrink,
+        device=str(device),
+        matmul_tflops=rate / 1e12,
+        non_embedding_params=params,
+        tokens=tokens,
+        rows=rows,
+    )
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"throughput-{args.arch}.json").write_text(json.dumps(result, indent=2))
+
+
+def time_compare(
+    old, new, tokenizer, corpus: str, device: torch.device, batch_size: int, skip: list[str]
+) -> dict:
+    """Wall time of compare.py methods of configs/compare.yaml less ``skip``, whole test split."""
+    import yaml
+
+    root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    for name, model in (("old", old), ("new", new)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "compare.yaml").read_text())
+    config["methods"] = [m for m in config["methods"] if m["method"] not in skip]
+    (root / "compare.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable,
+        "compare.py",
+        "--config",
+        str(root / "compare.yaml"),
+        "--data.corpus_path",
+        corpus,
+        "--model.feature_batch_size",
+        str(batch_size),
+        "--model.old",
+        str(root / "old"),
+        "--model.new",
+        str(root / "new"),
+        "--model.dtype",
+        str(dtype_for(device)).removeprefix("torch."),
+        "--model.device",
+        device.type,
+        "--model.feature_cache",
+        "false",
+        "--out",
+        str(root / "out"),
+    ]
+    env = dict(os.environ, PROBES_CACHE=str(root / "cache"))
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    seconds = time.perf_counter() - start
+    print(f"{'compare.py wall (models loaded from disk)':42s} {seconds:8.2f} s; skipped: {skip or 'none'}")
+    return dict(what="compare.py wall", seconds=round(seconds, 2), skipped=skip)
+
+
+if __name__ == "__main__":
+    main()
