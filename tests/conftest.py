@@ -9,7 +9,8 @@ import pytest
 
 # ---- data-core: small HOPS corpora written to tmp_path ----
 
-REFERENCE_HOPS = Path("/work/shared/data/hops/20hops.jsonl")
+# the reference corpus lives beside the checkout (../shared), never in it
+REFERENCE_HOPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hops" / "20hops.jsonl"
 
 
 def hops_row(func: str, constant: int | None, *, role="constant", depth: int = 0, text: str = "", **extra):
