@@ -11,6 +11,7 @@ import pytest
 
 from probes.data.corpus import FUNC_TOKEN_RE, corpus_from_rows, load_corpus
 from probes.data.generator import (
+    GENERATOR_VERSION,
     GeneratorConfig,
     GeneratorConfigError,
     add_generate_arguments,
@@ -184,7 +185,7 @@ def test_load_corpus_resolves_every_wrapper(tmp_path, cfg, explicit):
 def test_default_corpus_path_is_written_once(tmp_path, monkeypatch, default_rows):
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path))
     path = default_corpus_path()
-    assert path == tmp_path / "corpora" / "default-hops.jsonl"
+    assert path == tmp_path / "corpora" / f"default-hops-v{GENERATOR_VERSION}.jsonl"
     assert _read(path) == default_rows
     stamp = path.stat().st_mtime_ns
     assert default_corpus_path() == path and path.stat().st_mtime_ns == stamp

@@ -81,9 +81,14 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# Bump when the templates or the default plan change what GeneratorConfig() writes: the cached default corpus
+# (and the tiny pair keyed by its bytes) is then rebuilt instead of silently reused.
+GENERATOR_VERSION = 1
+
+
 def default_corpus_path() -> Path:
-    """``cache_dir()/corpora/default-hops.jsonl``, generated with ``GeneratorConfig()`` on first use."""
-    path = cache_dir() / "corpora" / "default-hops.jsonl"
+    """``cache_dir()/corpora/default-hops-v<N>.jsonl``, generated with ``GeneratorConfig()`` on first use."""
+    path = cache_dir() / "corpora" / f"default-hops-v{GENERATOR_VERSION}.jsonl"
     if not path.is_file():
         write_corpus(path, GeneratorConfig())
     return path
