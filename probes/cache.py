@@ -1,4 +1,4 @@
-"""Where probes keeps what it builds once (default corpus, tiny model pair, feature caches) and atomic writes."""
+"""Where probes keeps what it builds once (default corpus, tiny pair, feature caches), and atomic writes."""
 
 from __future__ import annotations
 
