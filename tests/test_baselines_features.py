@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
 
 from baselines.base import build_method
-from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries
 from probes.lm.features import query_inputs
 from probes.lm.load import load_pair
@@ -58,20 +57,7 @@ def test_batch_size_chunking_and_query_batching_invariance(name, pair):
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_permuting_documents_permutes_columns(name, pair):
     corpus = micro_corpus()
-    rows = [
-        dict(
-            uid=d.uid,
-            text=d.text,
-            func=d.func,
-            role=d.role,
-            type=d.type,
-            hop_depth=d.hop_depth,
-            constant=d.constant,
-        )
-        for d in corpus.documents
-    ]
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
-    shuffled = corpus_from_rows([rows[i] for i in perm.tolist()])
+    shuffled, perm = shuffled_corpus(corpus, seed=1)
     queries = make_queries(corpus, inputs=[1, 2])
     options = dict(normalize="whiten", layers=[1, 2])
     _, base = run(name, context(corpus, queries, pair), **options)

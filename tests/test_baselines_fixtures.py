@@ -24,6 +24,24 @@ def micro_corpus():
     return corpus_from_rows(micro_rows())
 
 
+def shuffled_corpus(corpus, seed: int):
+    """The same documents in a seeded random order, and the permutation (new position -> old index)."""
+    rows = [
+        dict(
+            uid=d.uid,
+            text=d.text,
+            func=d.func,
+            role=d.role,
+            type=d.type,
+            hop_depth=d.hop_depth,
+            constant=d.constant,
+        )
+        for d in corpus.documents
+    ]
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    return corpus_from_rows([rows[i] for i in perm.tolist()]), perm
+
+
 def doc_queries(corpus) -> list[Query]:
     """One query per document whose prompt + answer IS the document's text (answer = its last word)."""
     out = []

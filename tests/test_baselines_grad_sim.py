@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
 
 from baselines.base import build_method
-from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries
 from probes.lm.example_grads import RandomProjection, batch_example_gradients, owners
 from probes.lm.features import query_inputs
@@ -146,20 +145,7 @@ def test_parameter_without_a_rule_is_named(setup):
 
 def test_permuting_documents_permutes_columns(setup):
     corpus, queries, pair = setup
-    rows = [
-        dict(
-            uid=d.uid,
-            text=d.text,
-            func=d.func,
-            role=d.role,
-            type=d.type,
-            hop_depth=d.hop_depth,
-            constant=d.constant,
-        )
-        for d in corpus.documents
-    ]
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(2))
-    shuffled = corpus_from_rows([rows[i] for i in perm.tolist()])
+    shuffled, perm = shuffled_corpus(corpus, seed=2)
     _, base = scores_of(setup, projection_dim=64, batch_size=4)
     method = build_method("grad_sim", projection_dim=64, batch_size=4)
     method.prepare(make_ctx(shuffled, make_queries(shuffled, inputs=[1, 2]), pair=pair))

@@ -6,10 +6,9 @@ import bm25s
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
 
 from baselines.base import build_method
-from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries
 from probes.lm.load import load_pair
 
@@ -43,20 +42,7 @@ def test_batching_does_not_change_scores(name, pair):
 @pytest.mark.parametrize("name", ["bm25", "edit_distance"])
 def test_permuting_documents_permutes_columns(name, pair):
     corpus = micro_corpus()
-    rows = [
-        dict(
-            uid=d.uid,
-            text=d.text,
-            func=d.func,
-            role=d.role,
-            type=d.type,
-            hop_depth=d.hop_depth,
-            constant=d.constant,
-        )
-        for d in corpus.documents
-    ]
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
-    shuffled = corpus_from_rows([rows[i] for i in perm.tolist()])
+    shuffled, perm = shuffled_corpus(corpus, seed=0)
     queries = make_queries(corpus, inputs=[1, 2])
     ids = torch.arange(len(queries))
     base = prepared(name, corpus, queries, pair).score(ids)
