@@ -200,9 +200,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if cfg.model.threads is not None:
-        torch.set_num_threads(cfg.model.threads)
-    table = run(cfg, out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.model.threads or threads)
+    try:
+        table = run(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
     print(table)
     features = "off" if not cfg.model.feature_cache else cache_dir() / "features"
     print(
