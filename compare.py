@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
 from probes.data.datamodule import HopsDataModule
+from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
 
 
 @dataclass
@@ -91,7 +92,6 @@ def default_out(cfg: Namespace) -> Path:
 def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
     """(label, Method) for every entry, plus the DLP; fails before any model loads on a bad name or option."""
     from baselines.base import build_method
-    from probes.report import check_labels
 
     entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
     if cfg.dlp_checkpoint:
@@ -161,7 +161,6 @@ def run(cfg: Namespace, out: Path) -> str:
     """Score the test split with every method and write the results into ``out``; return the table."""
     from baselines.base import AttributionContext
     from probes.metrics import aggregate, per_query_metrics, random_expectation
-    from probes.report import MethodResult, as_float32, write_results
 
     methods = build_methods(cfg)
     data, pair, candidate_ids, features = load_everything(cfg)
@@ -209,8 +208,8 @@ def main(argv: list[str] | None = None) -> Path:
     print(table)
     features = "off" if not cfg.model.feature_cache else cache_dir() / "features"
     print(
-        f"Wrote metrics.json, scores.safetensors, queries.csv, per_query.csv, table.md, recall_at_k.png and "
-        f"tensorboard/ to {out}/ (tensorboard --logdir {out / 'tensorboard'}); feature cache: {features}"
+        f"Wrote {', '.join(FILES)} to {out}/ (tensorboard --logdir {out / 'tensorboard'}); "
+        f"feature cache: {features}"
     )
     return out
 

@@ -28,7 +28,15 @@ MAIN_METRICS = (
 )
 TABLE_SUBSETS = ("base", "wrapper")
 RESERVED_LABELS = ("relevant", "random_expectation")
-FILES = ("metrics.json", "scores.safetensors", "queries.csv", "per_query.csv", "table.md", "recall_at_k.png")
+FILES = (
+    "metrics.json",
+    "scores.safetensors",
+    "queries.csv",
+    "per_query.csv",
+    "table.md",
+    "recall_at_k.png",
+    "tensorboard/",
+)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import yaml
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 
-from probes.report import MAIN_METRICS
+from probes.report import FILES, MAIN_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("random_a", "random_b", "patching")
@@ -67,6 +67,7 @@ def test_end_to_end_writes_every_file(config, tmp_path, capsys):
     for label in (*LABELS, "random (expected)"):
         assert f"| {label} |" in printed
     assert str(out) in printed.splitlines()[-1]
+    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(FILES)
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == [*LABELS, "random_expectation"]
