@@ -58,8 +58,12 @@ def write_results(
     queries: Sequence[Mapping[str, object]],
     random: dict,
 ) -> str:
-    """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table."""
+    """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table.
+
+    An older metrics.json is removed first, so metrics.json exists only beside a complete set of files.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
     tensors = {r.label: r.scores.float().contiguous() for r in results}
     with atomic_path(out / "scores.safetensors") as tmp:
         save_file({**tensors, "relevant": relevant.contiguous()}, str(tmp))
