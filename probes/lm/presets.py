@@ -40,7 +40,7 @@ class Preset:
     world_docs_per_wrapper: int = 50
     query_fraction: float = 1.0
     query_inputs: int = 20
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=3e-3))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3))
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=2e-3))
 
     def model_config(self, vocab_size: int, *, bos: int, eos: int, pad: int) -> LlamaConfig:
