@@ -31,7 +31,6 @@ def pair(built):
     return load_pair(out / "old", out / "new", dtype="float32")
 
 
-@pytest.mark.slow
 def test_evaluate_json_has_the_reference_shape(built, capsys):
     corpus, out = built
     args = ["evaluate", "--old", str(out / "old"), "--new", str(out / "new"), "--corpus", str(corpus)]
@@ -59,7 +58,6 @@ def _reference_correct(model, tokenizer, corpus, inputs) -> torch.Tensor:
     return torch.tensor(out)
 
 
-@pytest.mark.slow
 def test_correctness_follows_make_queries_order_and_aggregates(built, pair):
     corpus = load_corpus(built[0])
     inputs = [3, 1, 7]
@@ -78,7 +76,6 @@ def test_correctness_follows_make_queries_order_and_aggregates(built, pair):
     assert "mean wrapper" in format_table(result)
 
 
-@pytest.mark.slow
 def test_evaluate_accepts_a_model_tuple_and_is_batch_size_invariant(built, pair):
     corpus = load_corpus(built[0])
     a = evaluate_pair((pair.old, pair.new, pair.tokenizer), corpus, inputs=range(1, 9), batch_size=3)

@@ -76,7 +76,6 @@ def _build(corpus_path, out, *extra):
     assert main(["build", "--corpus", str(corpus_path), "--out", str(out), "--preset", "micro", *extra]) == 0
 
 
-@pytest.mark.slow
 def test_build_cli_writes_a_pair_that_loads(corpus_path, tmp_path, monkeypatch):
     from probes.data.corpus import load_corpus
     from probes.data.queries import candidate_answers
@@ -103,7 +102,6 @@ def test_build_cli_writes_a_pair_that_loads(corpus_path, tmp_path, monkeypatch):
     assert not torch.equal(emb_old[new_ids], emb_new[new_ids])
 
 
-@pytest.mark.slow
 def test_build_is_deterministic_for_a_seed(corpus_path, tmp_path):
     _build(corpus_path, tmp_path / "a")
     _build(corpus_path, tmp_path / "b")
@@ -127,7 +125,6 @@ def test_interrupted_build_leaves_no_directory(corpus_path, tmp_path, monkeypatc
     assert not (tmp_path / "pair").exists()
 
 
-@pytest.mark.slow
 def test_failed_write_leaves_no_partial_directory(corpus_path, tmp_path, monkeypatch):
     from transformers import PreTrainedTokenizerFast
 
@@ -140,7 +137,6 @@ def test_failed_write_leaves_no_partial_directory(corpus_path, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.jsonl"]
 
 
-@pytest.mark.slow
 def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypatch, capsys):
     from probes.lm import default
 
@@ -154,7 +150,6 @@ def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypat
     assert str(old.parent) in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_build_from_a_base_adds_the_function_tokens(corpus_path, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
