@@ -114,10 +114,10 @@ def load_everything(cfg: Namespace):
         FeatureCache,
         FeatureStore,
         answer_token_ids,
-        candidate_logits,
         load_pair,
         query_inputs,
     )
+    from probes.lm.evaluate import query_correctness
 
     data = HopsDataModule(**cfg.data.as_dict())
     data.prepare()
@@ -151,9 +151,7 @@ def load_everything(cfg: Namespace):
         cache=cache,
         batch_size=model.feature_batch_size,
     )
-    logits = candidate_logits(pair.new, pair.tokenizer, [q.prompt for q in data.queries], candidate_ids)
-    answers = torch.tensor([data.candidates.index(q.constant) for q in data.queries])
-    data.set_correctness(logits.argmax(dim=1) == answers)
+    data.set_correctness(query_correctness(pair.new, pair.tokenizer, data.queries, data.candidates))
     return data, pair, candidate_ids, features
 
 

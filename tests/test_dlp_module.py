@@ -96,6 +96,9 @@ def test_test_writes_flat_metrics_and_fit_logs_the_recall_figure(micro_world, fi
     metrics = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
     for key in ("test/macro/map", "test/macro/recall@10", "test/micro/mrr", "random/test/macro/map"):
         assert 0.0 <= metrics[key] <= 1.0
+    # f_new's correctness splits the test queries: the two subsets' counts add up to the whole
+    counts = [metrics[f"test/subsets/{name}/count"] for name in ("correct", "incorrect")]
+    assert sum(counts) == metrics["test/subsets/base/count"] + metrics["test/subsets/wrapper/count"]
 
 
 def test_multi_hot_with_by_function_split_is_refused(micro_world, in_tmp):

@@ -10,8 +10,17 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from probes.data.corpus import Corpus, load_corpus
-from probes.data.queries import candidate_answers, make_queries
+from probes.data.queries import Query, candidate_answers, make_queries
 from probes.lm.scoring import answer_token_ids, candidate_logits
+
+
+def query_correctness(
+    model, tokenizer, queries: Sequence[Query], candidates: Sequence[int], batch_size: int = 64
+) -> Bool[Tensor, "q"]:
+    """Per query: is the argmax over the candidate answers at the last prompt position the constant."""
+    ids = answer_token_ids(tokenizer, candidates)
+    logits = candidate_logits(model, tokenizer, [q.prompt for q in queries], ids, batch_size=batch_size)
+    return torch.tensor(list(candidates))[logits.argmax(-1)] == torch.tensor([q.constant for q in queries])
 
 
 def evaluate_model(
@@ -28,14 +37,10 @@ def evaluate_model(
     means over the functions of each kind (NaN when the corpus has none of that kind).
     """
     queries = make_queries(corpus, inputs, query_format)
-    candidates = candidate_answers(corpus)
-    ids = answer_token_ids(tokenizer, candidates)
     was_training = model.training
     model.eval()
-    logits = candidate_logits(model, tokenizer, [q.prompt for q in queries], ids, batch_size=batch_size)
+    correct = query_correctness(model, tokenizer, queries, candidate_answers(corpus), batch_size)
     model.train(was_training)
-    predicted = torch.tensor(candidates)[logits.argmax(-1)]
-    correct = predicted == torch.tensor([q.constant for q in queries])
     functions: dict[str, float] = {}
     for name in corpus.functions:
         rows = torch.tensor([q.func == name for q in queries])

@@ -198,6 +198,13 @@ class ProbeModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._doc_cache = None
+        dm = self.trainer.datamodule
+        if dm.correct is None:  # f_new's per-query correctness: the correct/incorrect subsets of the test
+            from probes.lm.evaluate import query_correctness
+
+            reader = self.reader
+            dm.set_correctness(query_correctness(reader.lm, reader.tokenizer, dm.queries, dm.candidates))
+        self.test_retrieval.correct = dm.correct
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
