@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.lm.losses import ce_loss, check_loss, lm_loss, margin_loss, target_layout
+from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
 
@@ -104,19 +104,13 @@ def gradient_features(
         pool = Pooler(items, batch["offset"], pooling, acc)
         with torch.enable_grad():
             embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-            if loss == "lm":
-                out = _forward(model, batch, padding_side, inputs_embeds=embeds)
-                per_text = lm_loss(out.logits, batch["input_ids"], batch["attention_mask"])
-            else:
-                positions, tokens, valid = target_layout(items, batch["offset"])
-                keep = torch.unique(positions)
-                out = _forward(model, batch, padding_side, inputs_embeds=embeds, logits_to_keep=keep)
-                rows = torch.arange(len(items), device=keep.device)[:, None]
-                logits = out.logits[rows, torch.searchsorted(keep, positions)]
-                if loss == "ce":
-                    per_text = ce_loss(logits, tokens, valid)
-                else:
-                    per_text = margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device))
+            per_text, out = text_losses(
+                lambda **kw: _forward(model, batch, padding_side, inputs_embeds=embeds, **kw),
+                batch,
+                items,
+                loss,
+                candidate_ids,
+            )
             states = out.hidden_states
             wanted = _layer_ids(layers, len(states))
             grads = torch.autograd.grad(per_text.sum(), [states[i] for i in wanted])

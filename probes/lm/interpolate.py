@@ -10,7 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.lm.losses import ce_loss, check_loss, lm_loss, margin_loss, target_layout
+from probes.lm.losses import text_losses
 from probes.lm.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
 
@@ -77,22 +77,10 @@ def text_loss(
     candidate_ids: Int[Tensor, "c"] | None = None,
 ) -> Float[Tensor, "b"]:
     """Each text's own loss, as `probes.lm.features.gradient_features` defines it ("lm", "ce" or "margin")."""
-    check_loss(loss)
     kwargs = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
-    if loss == "lm":
-        logits = model(input_ids=batch["input_ids"], **kwargs).logits
-        return lm_loss(logits, batch["input_ids"], batch["attention_mask"])
-    positions, tokens, valid = target_layout(items, batch["offset"])
-    keep = torch.unique(positions)
-    logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, **kwargs).logits
-    logits = logits[
-        torch.arange(len(items), device=keep.device)[:, None], torch.searchsorted(keep, positions)
-    ]
-    if loss == "ce":
-        return ce_loss(logits, tokens, valid)
-    if candidate_ids is None:
-        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
-    return margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device))
+    return text_losses(
+        lambda **kw: model(input_ids=batch["input_ids"], **kwargs, **kw), batch, items, loss, candidate_ids
+    )[0]
 
 
 def path_gradient(

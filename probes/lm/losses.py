@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +78,31 @@ def margin_loss(
 def _upcast(x: Tensor) -> Tensor:
     """At least float32 (bf16 logits lose too much in a softmax), float64 kept for exact tests."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def text_losses(
+    run: Callable[..., object],
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    loss: str,
+    candidate_ids: Int[Tensor, "c"] | None = None,
+) -> tuple[Float[Tensor, "b"], object]:
+    """Each text's own loss ("lm", "ce" or "margin") from one model call, and that call's output.
+
+    ``run(**kwargs)`` calls the model on ``batch`` (however the caller feeds it); for "ce" and "margin" it
+    gets ``logits_to_keep`` so the vocabulary projection runs only where a target is predicted.
+    """
+    check_loss(loss)
+    if loss == "lm":
+        out = run()
+        return lm_loss(out.logits, batch["input_ids"], batch["attention_mask"]), out
+    positions, tokens, valid = target_layout(items, batch["offset"])
+    keep = torch.unique(positions)
+    out = run(logits_to_keep=keep)
+    rows = torch.arange(len(items), device=keep.device)[:, None]
+    logits = out.logits[rows, torch.searchsorted(keep, positions)]
+    if loss == "ce":
+        return ce_loss(logits, tokens, valid), out
+    if candidate_ids is None:
+        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
+    return margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device)), out
