@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
 from probes.data.datamodule import HopsDataModule
-from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
+from probes.report import FILES, HOP_SUBSET, MethodResult, as_float32, check_labels, write_results
 
 
 @dataclass
@@ -158,7 +158,8 @@ def load_everything(cfg: Namespace):
 def run(cfg: Namespace, out: Path) -> str:
     """Score the test split with every method and write the results into ``out``; return the table."""
     from baselines.base import AttributionContext
-    from probes.metrics import aggregate, per_query_metrics, random_expectation
+    from probes.data.queries import hop_relevance
+    from probes.metrics import aggregate, hop_subset, per_query_metrics, random_expectation
 
     methods = build_methods(cfg)
     data, pair, candidate_ids, features = load_everything(cfg)
@@ -169,6 +170,13 @@ def run(cfg: Namespace, out: Path) -> str:
     relevant = data.relevant[test_ids]
     functions = [data.query_functions[int(i)] for i in test_ids]
     is_wrapper, correct = data.is_wrapper[test_ids], data.correct[test_ids]
+    below, own = hop_relevance(data.corpus, [data.queries[int(i)] for i in test_ids])
+    hop = below.any(1)  # wrapper queries (anything below them on the chain)
+    hop_functions = [f for f, h in zip(functions, hop.tolist(), strict=True) if h]
+
+    def hop_report(scores):
+        return hop_subset(scores if scores is None else scores[hop], below[hop], own[hop], hop_functions)
+
     results = []
     for label, method in methods:
         start = time.perf_counter()
@@ -178,8 +186,10 @@ def run(cfg: Namespace, out: Path) -> str:
         seconds = time.perf_counter() - start
         per_query = per_query_metrics(scores, relevant)
         report = aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
+        report["subsets"][HOP_SUBSET] = hop_report(scores)
         results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds))
     random = random_expectation(relevant, functions, is_wrapper, correct)
+    random["subsets"][HOP_SUBSET] = hop_report(None)
     rows = [
         {
             "query_id": row["query_id"],

@@ -27,6 +27,9 @@ MAIN_METRICS = (
     ("auroc", "AUROC"),
 )
 TABLE_SUBSETS = ("base", "wrapper")
+# wrapper queries ranking the documents of the functions they call, their own left out (probes.metrics.hop)
+HOP_SUBSET = "wrapper_to_base"
+HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
 RESERVED_LABELS = ("relevant", "random_expectation")
 FILES = (
     "metrics.json",
@@ -126,30 +129,38 @@ def _cell(report: dict, subset: str, metric: str) -> str:
 
 
 def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
-    """Methods x main metrics (macro over functions), base and wrapper queries apart, random row last."""
+    """Methods x main metrics (macro over functions), base and wrapper queries apart, then wrapper queries
+    against the documents below them (when the report has that subset), random row last."""
     counts = {s: random["subsets"].get(s, {}).get("count", 0) for s in TABLE_SUBSETS}
-    header = ["method", *(f"{s} {name}" for s in TABLE_SUBSETS for _, name in MAIN_METRICS), "time (s)"]
+    columns = [(s, metric, f"{s} {name}") for s in TABLE_SUBSETS for metric, name in MAIN_METRICS]
+    if HOP_SUBSET in random["subsets"]:
+        columns += [(HOP_SUBSET, metric, f"wrapper→base {name}") for metric, name in HOP_METRICS]
+    header = ["method", *(title for _, _, title in columns), "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [(r.label, r.report, f"{r.seconds:.1f}") for r in results] + [("random (expected)", random, "–")]
     for label, report, seconds in rows:
-        cells = [_cell(report, s, metric) for s in TABLE_SUBSETS for metric, _ in MAIN_METRICS]
+        cells = [_cell(report, subset, metric) for subset, metric, _ in columns]
         lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
     queries = ", ".join(f"{counts[s]} {s}" for s in TABLE_SUBSETS)
     lines.append(
-        f"\nMacro averages over functions on the test split ({queries} queries). Time: prepare + scoring; "
-        "features shared by several methods count where they are first computed."
+        f"\nMacro averages over functions on the test split ({queries} queries). wrapper→base: wrapper "
+        "queries ranking the documents of the functions they call, their own function's documents left "
+        "out. Time: prepare + scoring; features shared by several methods count where they are first "
+        "computed."
     )
     return "\n".join(lines)
 
 
 def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> None:
-    """Macro recall@k against k for all / base / wrapper queries: every method and the random expectation."""
+    """Macro recall@k against k for all / base / wrapper queries (and wrapper queries against the documents
+    below them, when reported): every method and the random expectation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = (("all", lambda r: r), *((s, lambda r, s=s: r["subsets"].get(s, {})) for s in TABLE_SUBSETS))
+    subsets = (*TABLE_SUBSETS, *([HOP_SUBSET] if HOP_SUBSET in random["subsets"] else []))
+    groups = (("all", lambda r: r), *((s, lambda r, s=s: r["subsets"].get(s, {})) for s in subsets))
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True)
     curves = [(r.label, r.report, {}) for r in results] + [
         ("random (expected)", random, {"ls": "--", "c": "k"})
@@ -160,7 +171,7 @@ def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> No
             ks = [k for k in KS if f"recall@{k}" in macro]
             ax.plot(ks, [macro[f"recall@{k}"] for k in ks], marker="o", label=label, **style)
         ax.set(
-            title=f"{name} queries",
+            title="wrapper queries, docs below" if name == HOP_SUBSET else f"{name} queries",
             xlabel="k",
             xscale="log",
             xticks=list(KS),

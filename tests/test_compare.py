@@ -14,7 +14,7 @@ import yaml
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 
-from probes.report import FILES, MAIN_METRICS
+from probes.report import FILES, HOP_SUBSET, MAIN_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("random_a", "random_b", "patching")
@@ -74,7 +74,8 @@ def test_end_to_end_writes_every_file(config, tmp_path, capsys):
     for entry in metrics.values():
         assert {"macro", "micro", "subsets"} <= set(entry)
         assert {"map", "mrr", "auroc", "recall@10", "precision@5", "hit@1"} <= set(entry["macro"])
-        assert {"base", "wrapper", "correct", "incorrect"} == set(entry["subsets"])
+        assert {"base", "wrapper", "correct", "incorrect", HOP_SUBSET} == set(entry["subsets"])
+        assert entry["subsets"][HOP_SUBSET]["count"] == entry["subsets"]["wrapper"]["count"]
     assert metrics["patching"]["hparams"]["percentile"] == 25.0
 
     with (out / "queries.csv").open() as handle:
@@ -99,6 +100,7 @@ def test_end_to_end_writes_every_file(config, tmp_path, capsys):
     for subset in ("base", "wrapper"):
         for _, name in MAIN_METRICS:
             assert f"{subset} {name}" in table
+    assert "wrapper→base mAP" in table
     assert (out / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert {p.relative_to(out / "tensorboard").parts[0] for p in events} == {*LABELS, "random_expectation"}

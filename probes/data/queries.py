@@ -100,3 +100,18 @@ def relevance(corpus: Corpus, queries: Sequence[Query], mode: str = "pair") -> B
     if not queries:
         return torch.zeros(0, len(corpus), dtype=torch.bool)
     return torch.stack([rows[q.func] for q in queries])
+
+
+def hop_relevance(
+    corpus: Corpus, queries: Sequence[Query]
+) -> tuple[Bool[Tensor, "q n"], Bool[Tensor, "q n"]]:
+    """For each query: (the documents of every function below its function on the call chain, the documents
+    of its function itself). A base query has nothing below it. See `probes.metrics.hop`."""
+    below = torch.zeros(len(queries), len(corpus), dtype=torch.bool)
+    own = torch.zeros(len(queries), len(corpus), dtype=torch.bool)
+    for i, query in enumerate(queries):
+        chain = corpus.chain(query.func)
+        own[i, list(corpus.functions[query.func].documents)] = True
+        for func in chain[1:]:
+            below[i, list(corpus.functions[func].documents)] = True
+    return below, own
