@@ -1,0 +1,308 @@
+"""The whole study on one corpus, one command: build and evaluate a pair, train the DLP, run compare.py.
+
+    python scripts/study.py --corpus .data/hops/20hops.jsonl --out results/study [--preset small] [--jobs 4]
+
+Every step is the project's own command line run as a subprocess (its log in OUT/logs/), so the study runs
+exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it needs exists:
+
+1. ``python -m probes.lm build`` the pair (``--preset``, ``--seed``) into OUT/pair, and ``evaluate`` it;
+2. the DLP (``train_probe.py fit`` then ``test --ckpt_path best``) for each head and split, ``--seeds`` seeds:
+   multi-hot on by_input, pairwise on by_input and on by_function (multi-hot cannot rank documents of held-out
+   functions), from configs/dlp.yaml and configs/dlp-heldout-functions.yaml;
+3. ``compare.py`` with configs/compare.yaml on both splits, every configs/ablations/*.yaml on by_input, and
+   the seed-0 DLP of each split through compare.py (``--dlp_checkpoint``), all sharing one feature cache;
+4. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
+
+A step whose outputs exist is skipped, so a study cut short resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DLP_RUNS = (  # (name, base config, split)
+    ("multihot-by_input", "configs/dlp.yaml", "by_input"),
+    ("pairwise-by_input", "configs/dlp-heldout-functions.yaml", "by_input"),
+    ("pairwise-by_function", "configs/dlp-heldout-functions.yaml", "by_function"),
+)
+DLP_FOR_COMPARE = {"by_input": "multihot-by_input", "by_function": "pairwise-by_function"}
+
+
+@dataclass
+class Job:
+    name: str
+    commands: list[list[str]]
+    needs: list[str] = field(default_factory=list)
+    stdout: Path | None = None  # where its commands' stdout goes (default: the log)
+
+
+def dlp_config(args, name: str, base: str, split: str, seed: int) -> Path:
+    """The base DLP config with this run's pair, corpus, split, seed and output folders."""
+    config = yaml.safe_load((ROOT / base).read_text())
+    run = f"{name}-s{seed}"
+    config["seed_everything"] = seed
+    config["trainer"]["logger"]["init_args"].update(save_dir=str(args.out / "dlp"), name=run)
+    checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("BestCheckpoint"))
+    checkpoint["init_args"]["dirpath"] = str(args.out / "dlp" / run / "checkpoints")
+    config["model"]["model"] = str(args.out / "pair" / "new")
+    config["data"].update(corpus_path=str(args.corpus), split=split)
+    path = args.out / "configs" / f"{run}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def jobs(args) -> list[Job]:
+    py, out = sys.executable, args.out
+    pair = out / "pair"
+    found = []
+    build = [py, "-m", "probes.lm", "build", "--preset", args.preset, "--corpus", str(args.corpus)]
+    build += ["--out", str(pair), "--seed", str(args.seed), "--device", args.device]
+    found.append(Job("build", [build]))
+    evaluate = [py, "-m", "probes.lm", "evaluate", "--old", str(pair / "old"), "--new", str(pair / "new")]
+    evaluate += ["--corpus", str(args.corpus), "--device", args.device]
+    for name, flags, target in (
+        ("evaluate", [], "pair_eval.txt"),
+        ("evaluate-json", ["--json"], "pair_eval.json"),
+    ):
+        found.append(Job(name, [evaluate + flags], ["build"], stdout=out / target))
+    for name, base, split in DLP_RUNS:
+        for seed in args.seeds:
+            config = str(dlp_config(args, name, base, split, seed))
+            run = f"{name}-s{seed}"
+            fit = [py, "train_probe.py", "fit", "--config", config]
+            test = [py, "train_probe.py", "test", "--config", config, "--ckpt_path", "best"]
+            found.append(Job(f"dlp/{run}", [fit, test], ["build"]))
+    common = ["--data.corpus_path", str(args.corpus), "--model.old", str(pair / "old")]
+    common += ["--model.new", str(pair / "new"), "--model.device", args.device]
+    common += ["--model.feature_batch_size", str(args.feature_batch_size)]
+
+    def compare(name: str, config: str, needs: list[str], *extra: str) -> Job:
+        folder = out / "compare" / name
+        command = [py, "compare.py", "--config", config, *common, *extra, "--out", str(folder)]
+        return Job(f"compare/{name}", [command], needs)
+
+    found.append(compare("by_input", "configs/compare.yaml", ["build"]))
+    found.append(
+        compare("by_function", "configs/compare.yaml", ["compare/by_input"], "--data.split", "by_function")
+    )
+    for split, run in DLP_FOR_COMPARE.items():
+        checkpoint = out / "dlp" / f"{run}-s{args.seeds[0]}" / "checkpoints" / "best.ckpt"
+        needs = [f"dlp/{run}-s{args.seeds[0]}", "compare/by_input"]
+        found.append(
+            compare(
+                f"dlp-{split}",
+                "configs/compare.yaml",
+                needs,
+                "--data.split",
+                split,
+                "--methods",
+                "[]",
+                "--dlp_checkpoint",
+                str(checkpoint),
+            )
+        )
+    for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
+        found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
+    return found
+
+
+def run_all(all_jobs: list[Job], slots: int, out: Path, env: dict) -> dict[str, str]:
+    """Run the jobs, at most ``slots`` at once, each once its needs succeeded; returns name -> outcome.
+
+    A job that succeeds leaves OUT/done/<name>; a later run skips it."""
+    logs, marks = out / "logs", out / "done"
+
+    def mark(job: Job) -> Path:
+        return marks / job.name
+
+    outcome = {job.name: "skipped (done before)" for job in all_jobs if mark(job).exists()}
+    pending = [job for job in all_jobs if job.name not in outcome]
+    running: dict[str, tuple[Job, subprocess.Popen, int, float]] = {}
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def start(job: Job, step: int) -> subprocess.Popen:
+        log = logs / f"{job.name.replace('/', '__')}.log"
+        with log.open("a") as handle:
+            handle.write(f"$ {' '.join(job.commands[step])}\n")
+        stdout = job.stdout.open("w") if job.stdout else log.open("a")
+        with stdout, log.open("a") as stderr:  # the child keeps its own copies
+            return subprocess.Popen(job.commands[step], cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+
+    while pending or running:
+        for job in list(pending):
+            if any(outcome.get(need, "ok").startswith("failed") for need in job.needs):
+                outcome[job.name] = "failed (a step it needs failed)"
+                pending.remove(job)
+            elif len(running) < slots and all(
+                outcome.get(need) in ("ok", "skipped (done before)") for need in job.needs
+            ):
+                pending.remove(job)
+                running[job.name] = (job, start(job, 0), 0, time.perf_counter())
+                print(f"started {job.name}", flush=True)
+        time.sleep(0.5)
+        for name, (job, process, step, began) in list(running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            if code == 0 and step + 1 < len(job.commands):
+                running[name] = (job, start(job, step + 1), step + 1, began)
+                continue
+            del running[name]
+            seconds = time.perf_counter() - began
+            if code == 0:
+                mark(job).parent.mkdir(parents=True, exist_ok=True)
+                mark(job).touch()
+                outcome[name] = "ok"
+            else:
+                outcome[name] = f"failed (exit {code}, see logs/{name.replace('/', '__')}.log)"
+            print(f"{outcome[name]:>6s}: {name} in {seconds:.0f} s", flush=True)
+            outcome[f"{name}/seconds"] = f"{seconds:.0f}"
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus", type=Path, required=True, help="HOPS JSONL corpus (e.g. the reference 20hops)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/study"), help="study folder")
+    parser.add_argument(
+        "--preset", default="small", help="model preset of the pair (python -m probes.lm build)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pair")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="DLP seeds")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu (the DLP uses the Trainer's 'auto')")
+    parser.add_argument("--jobs", type=int, default=4, help="steps run at once (one GPU is shared)")
+    parser.add_argument(
+        "--feature-batch-size", type=int, default=128, help="compare.py model.feature_batch_size"
+    )
+    args = parser.parse_args(argv)
+    args.corpus, args.out = args.corpus.resolve(), args.out.resolve()
+    if not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus}: no such file")
+    env = dict(os.environ, PROBES_CACHE=str(args.out / "cache"), PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    outcome = run_all(jobs(args), args.jobs, args.out, env)
+    (args.out / "outcome.json").write_text(json.dumps(outcome, indent=1) + "\n")
+    summary = summarise(args, outcome, time.perf_counter() - start)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+    return 1 if any(v.startswith("failed") for v in outcome.values()) else 0
+
+
+# ---- the summary: every number comes from a file the steps above wrote ----
+
+COLUMNS = (  # (header, path in a report: subset or "", average, metric)
+    ("macro mAP", "", "macro", "map"),
+    ("micro mAP", "", "micro", "map"),
+    ("base mAP", "base", "macro", "map"),
+    ("wrapper mAP", "wrapper", "macro", "map"),
+    ("correct-only mAP", "correct", "macro", "map"),
+    ("wrapper→base mAP", "wrapper_to_base", "macro", "map"),
+    ("wrapper→base R@10", "wrapper_to_base", "macro", "recall@10"),
+    ("macro R@10", "", "macro", "recall@10"),
+)
+
+
+def _value(report: dict, subset: str, average: str, metric: str) -> float | None:
+    part = report["subsets"].get(subset, {}) if subset else report
+    return part.get(average, {}).get(metric)
+
+
+def _table(rows: list[tuple[str, list[str]]], extra: str = "") -> str:
+    header = ["method", *(c[0] for c in COLUMNS)] + ([extra] if extra else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
+def compare_table(folder: Path) -> str:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = []
+    for label, report in metrics.items():
+        cells = [_fmt(_value(report, *column[1:])) for column in COLUMNS]
+        seconds = report.get("seconds")
+        rows.append(
+            (
+                label if label != "random_expectation" else "random (expected)",
+                cells + ["–" if seconds is None else f"{seconds:.1f}"],
+            )
+        )
+    return _table(rows, "time (s)")
+
+
+def dlp_table(args) -> str:
+    rows = []
+    for name, _, split in DLP_RUNS:
+        runs = []
+        for seed in args.seeds:
+            found = sorted((args.out / "dlp" / f"{name}-s{seed}").glob("version_*/test_metrics.json"))
+            if found:
+                runs.append(json.loads(found[-1].read_text()))
+        if not runs:
+            continue
+        cells = []
+        for _, subset, average, metric in COLUMNS:
+            key = "/".join(p for p in ("test", "subsets/" + subset if subset else "", average, metric) if p)
+            values = [r[key] for r in runs if key in r]
+            cells.append(
+                "–"
+                if not values
+                else f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+                if len(values) > 1
+                else _fmt(values[0])
+            )
+        rows.append((f"dlp {name} ({len(runs)} seeds)", cells))
+        chance = [
+            runs[0].get("/".join(p for p in ("random/test", "subsets/" + s if s else "", a, m) if p))
+            for _, s, a, m in COLUMNS
+        ]
+        rows.append((f"random (expected), {split}", [_fmt(v) for v in chance]))
+    return _table(rows)
+
+
+def summarise(args, outcome: dict, seconds: float) -> str:
+    parts = [
+        f"# Study on {args.corpus.name}: preset {args.preset}, pair seed {args.seed}, "
+        f"DLP seeds {args.seeds}\n",
+        f"Wall time {seconds:.0f} s.\n",
+    ]
+    manifest = args.out / "pair" / "manifest.json"
+    if manifest.exists():
+        built = json.loads(manifest.read_text())
+        parts.append(f"## The pair\n\nBuilt in {built.get('seconds', float('nan')):.0f} s.\n")
+    evaluation = args.out / "pair_eval.txt"
+    if evaluation.exists():
+        parts.append(
+            "Accuracy on every function's queries (python -m probes.lm evaluate):\n\n```\n"
+            + evaluation.read_text().strip()
+            + "\n```\n"
+        )
+    parts.append("## DLP (test split; mean ± sd over seeds)\n\n" + dlp_table(args) + "\n")
+    for folder in sorted((args.out / "compare").rglob("metrics.json")):
+        name = folder.parent.relative_to(args.out / "compare")
+        parts.append(f"## compare.py: {name}\n\n" + compare_table(folder.parent) + "\n")
+    parts.append("## Steps\n\n" + "\n".join(f"- {k}: {v}" for k, v in outcome.items()) + "\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
