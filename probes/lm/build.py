@@ -43,7 +43,7 @@ def init_new_rows(model: PreTrainedModel, first_new: int, end_new: int, seed: in
         if output is not None and output.weight is not matrices[0]:
             matrices.append(output.weight)
         for weight in matrices:
-            median = weight[:first_new].float().norm(dim=-1).median()
+            median = weight[:first_new].float().norm(dim=-1).median().cpu()
             rows = torch.randn((end_new - first_new, weight.shape[1]), generator=generator)
             rows = rows / rows.norm(dim=-1, keepdim=True) * median
             weight[first_new:end_new] = rows.to(weight.dtype).to(weight.device)
