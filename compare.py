@@ -33,6 +33,10 @@ class PairConfig:
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
         threads: CPU intra-op threads (null = torch's default). 1 by default: on 2 shared cores two threads
             ran the patched forward ~6x slower than one.
+        devices: devices that share the feature passes (hidden states, gradients) through Lightning's ddp
+            strategy. Above 1, the first uncached pass relaunches compare.py once per extra device; every rank
+            loads the pair on its own device (device cuda -> cuda:LOCAL_RANK) and runs the methods, and rank 0
+            alone writes the results. Needs device cuda (or cpu, a CPU smoke test), not cuda:N.
     """
 
     old: str | None = None
@@ -45,6 +49,7 @@ class PairConfig:
     score_batch_size: int = 64
     feature_cache: bool = True
     threads: int | None = 1
+    devices: int = 1
 
 
 @dataclass
@@ -92,10 +97,12 @@ def default_out(cfg: Namespace) -> Path:
 def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
     """(label, Method) for every entry, plus the DLP; fails before any model loads on a bad name or option."""
     from baselines.base import build_method
+    from probes.lm.distributed import rank_device
 
     entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
     if cfg.dlp_checkpoint:
-        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint, "device": cfg.model.device}))
+        device = rank_device(cfg.model.device, cfg.model.devices)
+        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint, "device": device}))
     if not entries:
         raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
     check_labels([label for label, _, _ in entries])
@@ -117,6 +124,7 @@ def load_everything(cfg: Namespace):
         load_pair,
         query_inputs,
     )
+    from probes.lm.distributed import global_rank, rank_device
     from probes.lm.evaluate import query_correctness
 
     data = HopsDataModule(**cfg.data.as_dict())
@@ -133,7 +141,7 @@ def load_everything(cfg: Namespace):
         str(old),
         str(new),
         dtype=model.dtype,
-        device=model.device,
+        device=rank_device(model.device, model.devices),
         attn_implementation=model.attn_implementation,
         trust_remote_code=model.trust_remote_code,
         corpus=data.corpus,
@@ -150,15 +158,22 @@ def load_everything(cfg: Namespace):
         candidate_ids,
         cache=cache,
         batch_size=model.feature_batch_size,
+        progress=global_rank() == 0,
+        devices=model.devices,
     )
     data.set_correctness(query_correctness(pair.new, pair.tokenizer, data.queries, data.candidates))
     return data, pair, candidate_ids, features
 
 
-def run(cfg: Namespace, out: Path) -> str:
-    """Score the test split with every method and write the results into ``out``; return the table."""
+def run(cfg: Namespace, out: Path) -> str | None:
+    """Score the test split with every method and write the results into ``out``; return the table.
+
+    Under DDP (``model.devices`` > 1) every rank runs this (the feature passes need them all); rank 0 alone
+    writes and returns the table, the others return None.
+    """
     from baselines.base import AttributionContext
     from probes.data.queries import hop_relevance
+    from probes.lm.distributed import global_rank
     from probes.metrics import aggregate, hop_subset, per_query_metrics, random_expectation
 
     methods = build_methods(cfg)
@@ -177,12 +192,12 @@ def run(cfg: Namespace, out: Path) -> str:
     def hop_report(scores):
         return hop_subset(scores if scores is None else scores[hop], below[hop], own[hop], hop_functions)
 
-    results = []
+    results, quiet = [], global_rank() != 0
     for label, method in methods:
         start = time.perf_counter()
         method.prepare(ctx)
-        batches = test_ids.split(cfg.model.score_batch_size)
-        scores = torch.cat([as_float32(method.score(ids)) for ids in tqdm(batches, desc=label, unit="batch")])
+        batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
+        scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         seconds = time.perf_counter() - start
         per_query = per_query_metrics(scores, relevant)
         report = aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
@@ -190,6 +205,8 @@ def run(cfg: Namespace, out: Path) -> str:
         results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds))
     random = random_expectation(relevant, functions, is_wrapper, correct)
     random["subsets"][HOP_SUBSET] = hop_report(None)
+    if quiet:
+        return None
     rows = [
         {
             "query_id": row["query_id"],
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> Path:
         table = run(cfg, out)
     finally:
         torch.set_num_threads(threads)
+    if table is None:  # a DDP rank other than 0
+        return out
     print(table)
     features = "off" if not cfg.model.feature_cache else cache_dir() / "features"
     print(

@@ -82,8 +82,10 @@ class FeatureCache:
         fn: Callable[[], Tensor],
         *,
         extra: object = None,
+        write: bool = True,
     ) -> Tensor:
-        """The cached tensor for this key, else ``fn()`` (no arguments), stored before it is returned."""
+        """The cached tensor for this key, else ``fn()`` (no arguments), stored (if ``write``) before it is
+        returned; ``write=False`` for the ranks of a DDP run other than 0, which compute the same tensor."""
         path = self.path(self.key(model, texts, spec, extra))
         if path.exists():
             try:
@@ -97,8 +99,9 @@ class FeatureCache:
                 message = f"feature cache file {path} has {rows} rows, not {len(texts)}; recomputing"
                 warnings.warn(message, stacklevel=2)
         features = fn()
-        self.write(path, features, {"spec": str(spec), "rows": str(len(texts))})
-        log.info("features cached in %s", path)
+        if write:
+            self.write(path, features, {"spec": str(spec), "rows": str(len(texts))})
+            log.info("features cached in %s", path)
         return features
 
     @staticmethod

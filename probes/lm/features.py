@@ -7,7 +7,7 @@ the model's final norm (the tensor the LM head reads; transformers ties ``hidden
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +38,11 @@ class FeatureSpec:
         if self.loss is not None:
             check_loss(self.loss)
 
+    @property
+    def what(self) -> str:
+        """A short name for progress bars and errors: "hidden" or "grad (<loss>)"."""
+        return "hidden" if self.kind == "hidden" else f"grad ({self.loss})"
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -62,15 +67,9 @@ def hidden_features(
     progress: bool = True,
 ) -> Float[Tensor, "n l d"]:
     """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings)."""
-    acc = _out_dtype(model, dtype)
-
-    def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
-        with torch.inference_mode():
-            pool = Pooler(items, batch["offset"], pooling, acc)
-            states = _forward(model, batch, padding_side, logits_to_keep=1).hidden_states
-            return torch.stack([pool(states[i]) for i in _layer_ids(layers, len(states))], 1)
-
-    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, "hidden", step)
+    spec = FeatureSpec("hidden", pooling, layers=None if layers is None else tuple(layers))
+    options = dict(batch_size=batch_size, padding_side=padding_side, dtype=dtype, progress=progress)
+    return compute_features(model, tokenizer, texts, spec, targets=targets, **options)
 
 
 def gradient_features(
@@ -93,43 +92,133 @@ def gradient_features(
     The batch loss is the SUM of per-text losses; attention never crosses texts, so each text's slice of
     dL/dh is its own gradient. Gradients flow in the model's dtype: load it in float32 for exact fp32 grads.
     """
-    check_loss(loss)
-    if loss != "lm" and targets is None:
-        raise ValueError(f"loss {loss!r} needs targets (the answer's character span in each text)")
-    if loss == "margin" and candidate_ids is None:
-        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
-    acc = _out_dtype(model, dtype)
-
-    def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
-        pool = Pooler(items, batch["offset"], pooling, acc)
-        with torch.enable_grad():
-            embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-            per_text, out = text_losses(
-                lambda **kw: _forward(model, batch, padding_side, inputs_embeds=embeds, **kw),
-                batch,
-                items,
-                loss,
-                candidate_ids,
-            )
-            states = out.hidden_states
-            wanted = _layer_ids(layers, len(states))
-            grads = torch.autograd.grad(per_text.sum(), [states[i] for i in wanted])
-        return torch.stack([pool(g) for g in grads], 1)
-
-    if loss == "margin":
-        _check_answers_are_candidates(tokenizer, texts, targets, candidate_ids)
-    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, f"grad ({loss})", step)
+    spec = FeatureSpec("grad", pooling, loss, None if layers is None else tuple(layers))
+    options = dict(batch_size=batch_size, padding_side=padding_side, dtype=dtype, progress=progress)
+    return compute_features(
+        model, tokenizer, texts, spec, targets=targets, candidate_ids=candidate_ids, **options
+    )
 
 
 def compute_features(
-    model, tokenizer, texts: Sequence[str], spec: FeatureSpec, **options
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    spec: FeatureSpec,
+    *,
+    targets: Sequence[tuple[int, int]] | None = None,
+    candidate_ids: Int[Tensor, "c"] | None = None,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    devices: int = 1,
+    strategy: str = "ddp",
 ) -> Float[Tensor, "n l d"]:
-    """`hidden_features` or `gradient_features` as ``spec`` says; ``options`` go to that function."""
-    common = dict(pooling=spec.pooling, layers=spec.layers, **options)
-    if spec.kind == "hidden":
-        common.pop("candidate_ids", None)
-        return hidden_features(model, tokenizer, texts, **common)
-    return gradient_features(model, tokenizer, texts, loss=spec.loss, **common)
+    """The features ``spec`` names of every text, in text order, on the CPU.
+
+    ``devices=1``: this process runs every length batch. ``devices>1``: a Lightning ``strategy`` ("ddp";
+    "ddp_fork" on the CPU where the script cannot be relaunched) deals the batches out over that many
+    devices and every rank gets all rows back (see `probes.lm.distributed`); the model must sit on the
+    rank's device.
+    Results stay on the model's device until the end: one large copy to the CPU instead of one per batch.
+    """
+    step = FeatureStep(
+        model, tokenizer, spec, candidate_ids=candidate_ids, padding_side=padding_side, dtype=dtype
+    )
+    items, batches = plan(tokenizer, texts, targets, spec, candidate_ids, batch_size)
+    if devices > 1 and len(batches) >= devices:  # fewer batches: nothing to share (and each rank needs one)
+        from probes.lm.distributed import distributed_features  # lazy: imports Lightning
+
+        return distributed_features(step, items, batches, texts, devices, strategy, progress)
+    out = None
+    bar = tqdm(batches, desc=f"{spec.what} features", disable=not progress or len(batches) < 4, leave=False)
+    for index in bar:
+        rows = step.rows(items, index, texts)
+        if out is None:
+            out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        out[torch.tensor(index, device=rows.device)] = rows
+    return out.cpu()
+
+
+def plan(
+    tokenizer,
+    texts: Sequence[str],
+    targets: Sequence[tuple[int, int]] | None,
+    spec: FeatureSpec,
+    candidate_ids: Int[Tensor, "c"] | None,
+    batch_size: int,
+) -> tuple[list[Tokenized], list[list[int]]]:
+    """Check the inputs ``spec`` needs, tokenise, and group the text indices into length batches."""
+    if spec.kind == "grad" and spec.loss != "lm" and targets is None:
+        raise ValueError(f"loss {spec.loss!r} needs targets (the answer's character span in each text)")
+    if spec.loss == "margin" and candidate_ids is None:
+        raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
+    items = tokenize(tokenizer, texts, targets)
+    if not items:
+        raise ValueError(f"no texts to compute {spec.what} features for")
+    if spec.loss == "margin":
+        _check_answers_are_candidates(items, texts, candidate_ids)
+    return items, length_batches([len(item.ids) for item in items], batch_size)
+
+
+class FeatureStep:
+    """One length batch's pooled features of ``spec``, [b l d] on the model's device: the work of the feature
+    pass, shared by the in-process loop of `compute_features` and the Lightning ``predict_step``.
+
+    A plain object, not an ``nn.Module``: a LightningModule holding it does not adopt the model, so a Trainer
+    neither moves it nor sends it to the CPU at teardown.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec: FeatureSpec,
+        *,
+        candidate_ids: Int[Tensor, "c"] | None = None,
+        padding_side: str = "right",
+        dtype: torch.dtype | None = None,
+    ):
+        self.model, self.spec, self.candidate_ids = model, spec, candidate_ids
+        self.pad, self.padding_side = pad_id(tokenizer), padding_side
+        self.dtype = _out_dtype(model, dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def rows(self, items: Sequence[Tokenized], index: Sequence[int], texts: Sequence[str]) -> Tensor:
+        """The features of texts ``index`` (into ``items`` and ``texts``); an error names a non-finite one."""
+        rows = self([items[i] for i in index])
+        finite = torch.isfinite(rows).flatten(1).all(-1)
+        if not bool(finite.all()):
+            i = index[int((~finite).nonzero()[0, 0])]
+            raise FloatingPointError(
+                f"{self.spec.what} features of text {i} ({texts[i][:60]!r}) contain NaN or inf; check the "
+                "model's weights and dtype (bf16/fp16 can overflow; try float32)"
+            )
+        return rows
+
+    def __call__(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
+        batch = collate(items, self.pad, self.padding_side, self.device)
+        pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype)
+        if self.spec.kind == "hidden":
+            with torch.inference_mode():
+                states = _forward(self.model, batch, self.padding_side, logits_to_keep=1).hidden_states
+                return torch.stack([pool(states[i]) for i in _layer_ids(self.spec.layers, len(states))], 1)
+        with torch.enable_grad():
+            embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+            per_text, out = text_losses(
+                lambda **kw: _forward(self.model, batch, self.padding_side, inputs_embeds=embeds, **kw),
+                batch,
+                items,
+                self.spec.loss,
+                self.candidate_ids,
+            )
+            states = out.hidden_states
+            wanted = _layer_ids(self.spec.layers, len(states))
+            grads = torch.autograd.grad(per_text.sum(), [states[i] for i in wanted])
+        return torch.stack([pool(g) for g in grads], 1)
 
 
 def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
@@ -153,44 +242,6 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
     )
 
 
-def _run(
-    model,
-    tokenizer,
-    texts: Sequence[str],
-    targets: Sequence[tuple[int, int]] | None,
-    batch_size: int,
-    padding_side: str,
-    progress: bool,
-    what: str,
-    step: Callable[[dict[str, Tensor], list[Tokenized]], Tensor],
-) -> Tensor:
-    """Tokenise, batch by length, run ``step`` per batch ([b l d] on the model's device), restore order.
-
-    Results stay on the model's device until the end: one large copy to the CPU instead of one per batch."""
-    items = tokenize(tokenizer, texts, targets)
-    device = next(model.parameters()).device
-    out = None
-    batches = length_batches([len(item.ids) for item in items], batch_size)
-    for index in tqdm(
-        batches, desc=f"{what} features", disable=not progress or len(batches) < 4, leave=False
-    ):
-        chunk = [items[i] for i in index]
-        rows = step(collate(chunk, pad_id(tokenizer), padding_side, device), chunk)
-        finite = torch.isfinite(rows).flatten(1).all(-1)
-        if not bool(finite.all()):
-            i = index[int((~finite).nonzero()[0, 0])]
-            raise FloatingPointError(
-                f"{what} features of text {i} ({texts[i][:60]!r}) contain NaN or inf; check the model's "
-                "weights and dtype (bf16/fp16 can overflow; try float32)"
-            )
-        if out is None:
-            out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-        out[torch.tensor(index, device=rows.device)] = rows
-    if out is None:
-        raise ValueError(f"no texts to compute {what} features for")
-    return out.cpu()
-
-
 def _layer_ids(layers: Sequence[int] | None, count: int) -> list[int]:
     if layers is None:
         return list(range(count))
@@ -206,9 +257,9 @@ def _out_dtype(model, dtype: torch.dtype | None) -> torch.dtype:
     return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
 
 
-def _check_answers_are_candidates(tokenizer, texts, targets, candidate_ids) -> None:
+def _check_answers_are_candidates(items: Sequence[Tokenized], texts: Sequence[str], candidate_ids) -> None:
     allowed = set(candidate_ids.tolist())
-    for i, item in enumerate(tokenize(tokenizer, texts, targets)):
+    for i, item in enumerate(items):
         if item.ids[item.target[0]] not in allowed:
             raise ValueError(
                 f"text {i} ({texts[i][:60]!r}): its answer token is not a candidate answer, so the margin "

@@ -6,6 +6,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.lm.cache import FeatureCache, content_hash
+from probes.lm.distributed import global_rank
 from probes.lm.features import FeatureSpec, compute_features
 from probes.lm.load import ModelPair
 
@@ -30,6 +31,10 @@ class FeatureStore:
         batch_size: texts per forward pass (gradients use ``grad_batch_size``, default half of it).
         grad_batch_size: texts per forward+backward pass.
         progress: show progress bars.
+        devices: devices that share each feature pass (Lightning's ``strategy``, see
+            `probes.lm.distributed`); every rank must have its pair on its own device. Only rank 0 writes
+            the disk cache: the others compute the same tensors.
+        strategy: the Lightning strategy when ``devices`` > 1.
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class FeatureStore:
         batch_size: int = 32,
         grad_batch_size: int | None = None,
         progress: bool = True,
+        devices: int = 1,
+        strategy: str = "ddp",
     ):
         if len(query_targets) != len(query_texts):
             raise ValueError(f"{len(query_texts)} query texts but {len(query_targets)} query_targets")
@@ -52,6 +59,7 @@ class FeatureStore:
         self.candidate_ids = candidate_ids
         self.batch_size = batch_size
         self.grad_batch_size = grad_batch_size or max(1, batch_size // 2)
+        self.devices, self.strategy = devices, strategy
         self._memo: dict[tuple, Tensor] = {}
         self._tokenizer_hash: str | None = None
 
@@ -84,6 +92,8 @@ class FeatureStore:
                     candidate_ids=self.candidate_ids,
                     batch_size=batch_size,
                     progress=self.progress,
+                    devices=self.devices,
+                    strategy=self.strategy,
                 )
 
             if self.cache is None:
@@ -92,7 +102,10 @@ class FeatureStore:
                 extra = {"targets": targets, "tokenizer": self.tokenizer_hash()}
                 if spec.loss == "margin":
                     extra["candidates"] = self.candidate_ids.tolist()
-                self._memo[key] = self.cache.get_or_compute(model, texts, spec, compute, extra=extra)
+                write = self.devices == 1 or global_rank() == 0
+                self._memo[key] = self.cache.get_or_compute(
+                    model, texts, spec, compute, extra=extra, write=write
+                )
         return self._memo[key]
 
     def tokenizer_hash(self) -> str:

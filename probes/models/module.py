@@ -18,7 +18,7 @@ from probes.metrics import RetrievalSuite, flatten, random_expectation
 from probes.models.conditioning import ProbeReader
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead
-from probes.models.lm import frozen_lm
+from probes.models.lm import frozen_lm, resolve_model_path
 from probes.models.plots import log_recall_figure
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
@@ -93,6 +93,10 @@ class ProbeModule(L.LightningModule):
             self._reader.lm.to(self.device)
         return self._reader
 
+    def prepare_data(self) -> None:
+        """Build and cache the embedded tiny pair when f_new is it: on local rank 0, before ranks load it."""
+        resolve_model_path(self.hparams.model, self.hparams.corpus_path)
+
     def configure_model(self) -> None:
         """Load f_new frozen and build the generator and head for its sizes (idempotent)."""
         if self._reader is not None:
@@ -166,9 +170,10 @@ class ProbeModule(L.LightningModule):
         else:
             loss = self.head.loss(self.head(queries), relevant)
         size = len(batch["prompts"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        sync = dict(batch_size=size, sync_dist=True)  # under DDP: epoch means over every rank's batches
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, **sync)
         norms = self.generator.raw().detach().norm(dim=-1).mean(-1)  # per probe, before the norm scaling
-        self.log_dict({f"probes/norm_{i}": v for i, v in enumerate(norms)}, on_epoch=True, batch_size=size)
+        self.log_dict({f"probes/norm_{i}": v for i, v in enumerate(norms)}, on_epoch=True, **sync)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -181,20 +186,22 @@ class ProbeModule(L.LightningModule):
         self.val_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_retrieval.compute()
+        metrics = self.val_retrieval.compute()  # every rank's queries, each once: the same on every rank
         self.val_retrieval.reset()
-        self.log_dict({k: v for k, v in headline(metrics).items() if k != "val/macro/map"})
-        self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True)
+        # sync_dist averages equal values (a no-op) and tells Lightning that they hold for every rank
+        self.log_dict({k: v for k, v in headline(metrics).items() if k != "val/macro/map"}, sync_dist=True)
+        self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self._last_val = metrics
 
     def on_fit_end(self) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
         if self._last_val and self.trainer.is_global_zero:
             dm = self.trainer.datamodule
             ids = dm.split_ids["val"]
             functions = [dm.query_functions[i] for i in ids.tolist()]
             chance = flatten(random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "val")
-            log_recall_figure(self.trainer, self._last_val, chance, "val")
+            log_recall_figure(self.trainer, self._last_val, chance, "val", log_dir)
 
     def on_test_epoch_start(self) -> None:
         self._doc_cache = None
@@ -212,15 +219,16 @@ class ProbeModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         metrics = self.test_retrieval.compute()
         self.test_retrieval.reset()
-        self.log_dict(headline(metrics))
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+        self.log_dict(headline(metrics), sync_dist=True)
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if self.trainer.is_global_zero and log_dir is not None:
             dm = self.trainer.datamodule
             ids = dm.split_ids["test"]
             functions = [dm.query_functions[i] for i in ids.tolist()]
             chance = flatten(
                 random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "random/test"
             )
-            path = Path(self.trainer.log_dir) / "test_metrics.json"
+            path = Path(log_dir) / "test_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**metrics, **chance}, indent=1, sort_keys=True) + "\n")
             print(f"test metrics written to {path}")

@@ -40,17 +40,19 @@ def recall_figure(curves: Mapping[str, Mapping[int, float]], title: str):
 
 
 def log_recall_figure(
-    trainer, metrics: Mapping[str, float], chance: Mapping[str, float], prefix: str
+    trainer, metrics: Mapping[str, float], chance: Mapping[str, float], prefix: str, log_dir: str | None
 ) -> None:
-    """Macro/micro recall@k of the DLP and of a random ranking: TensorBoard and <log_dir>/recall_at_k.png."""
+    """Macro/micro recall@k of the DLP and of a random ranking: TensorBoard and <log_dir>/recall_at_k.png.
+
+    ``log_dir`` is the trainer's, read beforehand on every rank (reading it is a collective under DDP)."""
     curves = {f"DLP {a}": recall_curve(metrics, prefix, a) for a in ("macro", "micro")}
     curves["random (expected)"] = recall_curve(chance, prefix)
     fig = recall_figure(curves, f"{prefix} recall@k (epoch {trainer.current_epoch})")
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(f"{prefix}/recall_at_k", fig, global_step=trainer.global_step)
-    if trainer.log_dir is not None:
-        path = Path(trainer.log_dir) / "recall_at_k.png"
+    if log_dir is not None:
+        path = Path(log_dir) / "recall_at_k.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     plt.close(fig)
