@@ -105,6 +105,7 @@ def gradient_features(
         with torch.enable_grad():
             embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
             per_text, out = text_losses(
+                model,
                 lambda **kw: _forward(model, batch, padding_side, inputs_embeds=embeds, **kw),
                 batch,
                 items,
@@ -139,6 +140,7 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
     embeddings are computed once instead of per row. Pad positions' outputs are never read."""
     if "inputs_embeds" not in kwargs:
         kwargs["input_ids"] = batch["input_ids"]
+    kwargs.setdefault("output_hidden_states", True)
     if padding_side == "right":
         width = batch["input_ids"].shape[1]
         mask, positions = None, torch.arange(width, device=batch["input_ids"].device)[None]
@@ -147,7 +149,6 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
     return model(
         attention_mask=mask,
         position_ids=positions,
-        output_hidden_states=True,
         use_cache=False,
         **kwargs,
     )
