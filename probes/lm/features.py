@@ -57,11 +57,15 @@ def hidden_features(
     pooling: str = "last",
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
+    max_tokens: int | None = None,
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "n l d"]:
-    """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings)."""
+    """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings).
+
+    Batches hold at most ``batch_size`` texts and, with ``max_tokens``, at most that many padded tokens (see
+    `probes.lm.scoring.length_batches`); neither changes the result."""
     acc = _out_dtype(model, dtype)
 
     def step(batch: dict[str, Tensor], items: list[Tokenized]) -> Tensor:
@@ -70,7 +74,8 @@ def hidden_features(
             states = _forward(model, batch, padding_side, logits_to_keep=1).hidden_states
             return torch.stack([pool(states[i]) for i in _layer_ids(layers, len(states))], 1)
 
-    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, "hidden", step)
+    sizes = (batch_size, max_tokens)
+    return _run(model, tokenizer, texts, targets, sizes, padding_side, progress, "hidden", step)
 
 
 def gradient_features(
@@ -84,6 +89,7 @@ def gradient_features(
     pooling: str = "last",
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    max_tokens: int | None = None,
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -91,7 +97,8 @@ def gradient_features(
     """Pooled activation gradients dL/dh_l of each text's own loss (see `probes.lm.losses`), at least fp32.
 
     The batch loss is the SUM of per-text losses; attention never crosses texts, so each text's slice of
-    dL/dh is its own gradient. Gradients flow in the model's dtype: load it in float32 for exact fp32 grads.
+    dL/dh is its own gradient; batches are formed as in `hidden_features`. Gradients flow in the model's
+    dtype: load it in float32 for exact fp32 grads.
     """
     check_loss(loss)
     if loss != "lm" and targets is None:
@@ -119,7 +126,8 @@ def gradient_features(
 
     if loss == "margin":
         _check_answers_are_candidates(tokenizer, texts, targets, candidate_ids)
-    return _run(model, tokenizer, texts, targets, batch_size, padding_side, progress, f"grad ({loss})", step)
+    sizes = (batch_size, max_tokens)
+    return _run(model, tokenizer, texts, targets, sizes, padding_side, progress, f"grad ({loss})", step)
 
 
 def compute_features(
@@ -159,19 +167,20 @@ def _run(
     tokenizer,
     texts: Sequence[str],
     targets: Sequence[tuple[int, int]] | None,
-    batch_size: int,
+    sizes: tuple[int, int | None],
     padding_side: str,
     progress: bool,
     what: str,
     step: Callable[[dict[str, Tensor], list[Tokenized]], Tensor],
 ) -> Tensor:
-    """Tokenise, batch by length, run ``step`` per batch ([b l d] on the model's device), restore order.
+    """Tokenise, batch by length (``sizes`` = batch_size, max_tokens), run ``step`` per batch ([b l d] on the
+    model's device), restore order.
 
     Results stay on the model's device until the end: one large copy to the CPU instead of one per batch."""
     items = tokenize(tokenizer, texts, targets)
     device = next(model.parameters()).device
     out = None
-    batches = length_batches([len(item.ids) for item in items], batch_size)
+    batches = length_batches([len(item.ids) for item in items], *sizes)
     for index in tqdm(
         batches, desc=f"{what} features", disable=not progress or len(batches) < 4, leave=False
     ):
