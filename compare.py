@@ -29,6 +29,9 @@ class PairConfig:
         attn_implementation: transformers attention implementation (null = the model's default).
         trust_remote_code: allow custom model code from a hub repository.
         feature_batch_size: texts per forward/backward pass when computing hidden states and gradients.
+        feature_max_tokens: also cap each forward pass at this many padded tokens (longest text x texts;
+            gradient passes at half), so batches of long texts shrink instead of running out of memory;
+            null = no cap.
         score_batch_size: test queries per call to a method's score().
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
         threads: CPU intra-op threads (null = torch's default). 1 by default: on 2 shared cores two threads
@@ -46,6 +49,7 @@ class PairConfig:
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     feature_batch_size: int = 32
+    feature_max_tokens: int | None = None
     score_batch_size: int = 64
     feature_cache: bool = True
     threads: int | None = 1
@@ -158,6 +162,7 @@ def load_everything(cfg: Namespace):
         candidate_ids,
         cache=cache,
         batch_size=model.feature_batch_size,
+        max_tokens=model.feature_max_tokens,
         progress=global_rank() == 0,
         devices=model.devices,
     )

@@ -1,4 +1,4 @@
-"""Benchmark timing helpers: device sync, timed calls, the matmul ceiling, the plain loop, profiles."""
+"""Benchmark helpers: device sync, timed calls, the matmul ceiling, the plain loop, compiling, profiles."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ def plain_loop(model, tokenizer, texts: list[str], batch_size: int = 64) -> torc
             pooled.append(torch.stack([h[rows, last] for h in out.hidden_states], 1).float().cpu())
             del out
     return torch.cat(pooled)
+
+
+def compile_blocks(model) -> None:
+    """``torch.compile`` each decoder block in place, with dynamic shapes (every batch has its own length
+    and row count). Blocks, not the whole model: they hold nearly all the work and its eager element-wise
+    kernels (RMSNorm, rotary, SiLU), while HF's hidden-state capture and the chunked LM loss stay eager."""
+    # all blocks of both models share one code object, and the passes call it in different ways (grad mode on
+    # or off, a mask or none, a KV cache in patching): past the default 8 variants dynamo runs the rest eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for block in model.model.layers:
+        block.compile(dynamic=True)
 
 
 def profile(fn, what: str, rows: int = 25) -> None:

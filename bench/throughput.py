@@ -1,6 +1,7 @@
 """Throughput of the shared feature pass, patching and compare.py on 1B architectures with random weights.
 
     python bench/throughput.py --arch olmo2-1b --corpus .data/hops/20hops.jsonl [--out DIR]
+        [--max-tokens N] [--compile]
 
 The published checkpoints cannot be downloaded on the GPU machines, so the OLMo2-1B and Llama-3.2-1B
 architectures are built from their configs with random bf16 weights (speed does not depend on the weights).
@@ -10,7 +11,8 @@ corpus (token counts differ a little from the published tokenizers; every rate b
 Each rate is also given as a fraction of the hardware limit: 2 x non-embedding parameters x tokens FLOPs
 forward (x3 with the backward) over the card's bf16 matmul rate measured in the same run. The "plain loop" is
 what the feature pass replaces: batches of 64 in corpus order, padding to the longest, all hidden states and
-full logits kept, pooled afterwards.
+full logits kept, pooled afterwards. With --compile every decoder block is compiled first; compiling (the
+first calls of every pass on a subset) is its own line, and every rate after it is of the compiled model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from archs import ARCHS, build_model, dtype_for, non_embedding_params  # noqa: E402
-from measure import count_tokens, matmul_rate, plain_loop, profile, timed  # noqa: E402
+from measure import compile_blocks, count_tokens, matmul_rate, plain_loop, profile, timed  # noqa: E402
 
 from probes.data.corpus import load_corpus  # noqa: E402
 from probes.data.queries import candidate_answers, make_queries  # noqa: E402
@@ -50,6 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=256, help="texts per feature batch")
     parser.add_argument("--grad-batch-size", type=int, default=64, help="texts per gradient batch")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="also cap a feature batch at this many padded tokens (gradient batches: half, like compare.py)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the decoder blocks (compile time shown apart)"
+    )
     parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
     parser.add_argument("--patch-batch-size", type=int, default=8192, help="candidates per patched batch")
     parser.add_argument(
@@ -105,11 +116,34 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    grad_tokens = None if args.max_tokens is None else max(1, args.max_tokens // 2)
+    opts = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, progress=False)
+    gopts = dict(batch_size=args.grad_batch_size, max_tokens=grad_tokens, progress=False)
+    if args.compile:
+
+        def first_calls():  # each pass below once on a subset, so that no rate includes compiling
+            plain_loop(old, tokenizer, texts[:128])
+            for model in (old, new):
+                hidden_features(model, tokenizer, docs[:256], **opts)
+                hidden_features(model, tokenizer, qtexts[:256], targets=qtargets[:256], **opts)
+            gradient_features(new, tokenizer, docs[:64], loss="lm", pooling="mean", **gopts)
+            gradient_features(new, tokenizer, qtexts[:64], targets=qtargets[:64], loss="ce", **gopts)
+            patcher = Patcher(old, tokenizer, candidate_ids, layer="middle")
+            for prefix in patcher.prefixes([q.prompt for q in queries[: args.patch_queries]]):
+                patcher.logits(
+                    prefix, torch.zeros(4, dtype=torch.long), torch.randn(4, new.config.hidden_size)
+                )
+
+        for model in (old, new):
+            compile_blocks(model)
+        _, t = timed(first_calls, device)
+        print(f"{'torch.compile + first calls (not rated)':42s} {t:8.2f} s", flush=True)
+        rows.append(dict(what="torch.compile + first calls", seconds=round(t, 2)))
+
     plain_loop(old, tokenizer, texts[:128])  # warm-up (kernels, allocator)
     _, t = timed(lambda: plain_loop(old, tokenizer, texts), device)
     record("plain loop, one checkpoint", t, tokens, 1, "bs 64, pad to longest, all states + logits")
 
-    opts = dict(batch_size=args.batch_size, progress=False)
     hidden_features(old, tokenizer, docs[:256], **opts)  # warm-up
     _, t = timed(
         lambda: (
@@ -133,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
 
     # documents' gradients pooled by their mean, as the methods use them (a document's last token predicts
     # nothing, so its LM-loss gradient there is exactly zero)
-    gopts = dict(batch_size=args.grad_batch_size, progress=False)
     try:
         gradient_features(new, tokenizer, docs[:64], loss="lm", pooling="mean", **gopts)  # warm-up
         _, t = timed(
@@ -187,9 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         del patcher, prefixes, states
         old.cpu(), new.cpu()
         torch.cuda.empty_cache()  # the compare.py subprocess loads its own copies
-        rows.append(
-            time_compare(old, new, tokenizer, args.corpus, device, args.batch_size, args.compare_skip)
-        )
+        rows.append(time_compare(old, new, tokenizer, device, args))
     result = dict(
         arch=args.arch,
         shrunk=args.shrink,
@@ -204,10 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         (Path(args.out) / f"throughput-{args.arch}.json").write_text(json.dumps(result, indent=2))
 
 
-def time_compare(
-    old, new, tokenizer, corpus: str, device: torch.device, batch_size: int, skip: list[str]
-) -> dict:
-    """Wall time of compare.py methods of configs/compare.yaml less ``skip``, whole test split."""
+def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Namespace) -> dict:
+    """Wall time of compare.py methods of configs/compare.yaml less --compare-skip, whole test split of
+    --corpus, with the benchmark's --batch-size and --max-tokens."""
     import yaml
 
     root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -215,6 +245,7 @@ def time_compare(
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "compare.yaml").read_text())
+    skip = args.compare_skip
     config["methods"] = [m for m in config["methods"] if m["method"] not in skip]
     (root / "compare.yaml").write_text(yaml.safe_dump(config))
     cmd = [
@@ -223,9 +254,10 @@ def time_compare(
         "--config",
         str(root / "compare.yaml"),
         "--data.corpus_path",
-        corpus,
+        args.corpus,
         "--model.feature_batch_size",
-        str(batch_size),
+        str(args.batch_size),
+        *(["--model.feature_max_tokens", str(args.max_tokens)] if args.max_tokens else []),
         "--model.old",
         str(root / "old"),
         "--model.new",

@@ -138,3 +138,9 @@ def test_duplicate_label_is_refused(config):
 def test_default_out_follows_the_config_name(path, expected):
     cfg = compare.build_parser().parse_args(["--config", str(ROOT / path)])
     assert compare.default_out(cfg) == Path(expected)
+
+
+def test_feature_max_tokens_reaches_the_store(config):
+    cfg = compare.build_parser().parse_args(["--config", str(config(model={"feature_max_tokens": 40}))])
+    features = compare.load_everything(cfg)[3]
+    assert (features.max_tokens, features.grad_max_tokens) == (40, 20)

@@ -11,7 +11,7 @@ from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float
 
 from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
 from probes.lm.losses import margin_loss
-from probes.lm.scoring import answer_token_ids, tokenize
+from probes.lm.scoring import answer_token_ids, length_batches, tokenize
 
 MULTI = ("<GN>(3) returns the value 5", (8, 27))  # a 3-token target "the value 5"
 
@@ -171,3 +171,41 @@ def test_margin_loss_sign_and_requirements(lm):
         )
     with pytest.raises(ValueError, match="kind 'grad' needs a loss"):
         FeatureSpec("grad")
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 7, 100])
+def test_length_batches_respect_the_token_cap(max_tokens):
+    lengths = torch.randint(1, 30, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = length_batches(lengths, 16, max_tokens)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    longest = [max(lengths[i] for i in batch) for batch in batches]
+    assert longest == sorted(longest, reverse=True)  # longest first
+    for batch, width in zip(batches, longest, strict=True):
+        assert 1 <= len(batch) <= 16
+        assert max_tokens is None or width * len(batch) <= max_tokens or len(batch) == 1
+    sizes = [len(batch) for batch in batches]
+    if max_tokens is None:
+        assert set(sizes[:-1]) == {16}
+    elif max_tokens == 1:  # every text is longer than the cap: each runs alone
+        assert set(sizes) == {1}
+    elif max_tokens == 100:  # the cap binds for long texts but not for short ones
+        assert sizes[0] == 100 // longest[0] and max(sizes) == 16
+
+
+def test_token_cap_does_not_change_features(lm):
+    model, tokenizer, _ = lm
+    texts, targets = queries()
+    cases = [
+        (list(TEXTS), None, FeatureSpec("hidden", "mean")),
+        (list(TEXTS), None, FeatureSpec("grad", "mean", "lm")),
+        (texts, targets, FeatureSpec("grad", "span", "ce")),
+    ]
+    for texts, targets, spec in cases:
+        lengths = [len(item.ids) for item in tokenize(tokenizer, texts, targets)]
+        cap = 2 * max(lengths) - 1  # the longest text runs alone
+        assert len(length_batches(lengths, 8, cap)) > len(length_batches(lengths, 8)) == 1
+        free, capped = (
+            compute_features(model, tokenizer, texts, spec, targets=targets, batch_size=8, max_tokens=tokens)
+            for tokens in (None, cap)
+        )
+        torch.testing.assert_close(capped, free, rtol=0, atol=1e-10)

@@ -119,3 +119,18 @@ def test_store_computes_each_feature_once(pair, tmp_path, monkeypatch, on_disk):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="side must be one of"):
         store.hidden("new", "documents")
+
+
+def test_store_caps_tokens_per_pass_and_gradients_at_half(pair, monkeypatch):
+    seen = []
+    compute = store_module.compute_features
+    monkeypatch.setattr(
+        store_module,
+        "compute_features",
+        lambda *args, **kwargs: seen.append((args[3].kind, kwargs["max_tokens"])) or compute(*args, **kwargs),
+    )
+    texts, targets = query_inputs(QUERIES)
+    candidates = answer_token_ids(pair.tokenizer, CANDIDATES)
+    store = FeatureStore(pair, list(TEXTS), texts, targets, candidates, max_tokens=41)
+    store.hidden("new", "docs"), store.grads("docs")
+    assert seen == [("hidden", 41), ("grad", 20)]

@@ -62,13 +62,18 @@ def hidden_features(
     pooling: str = "last",
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
+    max_tokens: int | None = None,
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "n l d"]:
-    """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings)."""
+    """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings).
+
+    Batches hold at most ``batch_size`` texts and, with ``max_tokens``, at most that many padded tokens (see
+    `probes.lm.scoring.length_batches`); neither changes the result."""
     spec = FeatureSpec("hidden", pooling, layers=None if layers is None else tuple(layers))
-    options = dict(batch_size=batch_size, padding_side=padding_side, dtype=dtype, progress=progress)
+    options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
+    options.update(dtype=dtype, progress=progress)
     return compute_features(model, tokenizer, texts, spec, targets=targets, **options)
 
 
@@ -83,6 +88,7 @@ def gradient_features(
     pooling: str = "last",
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    max_tokens: int | None = None,
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -90,10 +96,12 @@ def gradient_features(
     """Pooled activation gradients dL/dh_l of each text's own loss (see `probes.lm.losses`), at least fp32.
 
     The batch loss is the SUM of per-text losses; attention never crosses texts, so each text's slice of
-    dL/dh is its own gradient. Gradients flow in the model's dtype: load it in float32 for exact fp32 grads.
+    dL/dh is its own gradient; batches are formed as in `hidden_features`. Gradients flow in the model's
+    dtype: load it in float32 for exact fp32 grads.
     """
     spec = FeatureSpec("grad", pooling, loss, None if layers is None else tuple(layers))
-    options = dict(batch_size=batch_size, padding_side=padding_side, dtype=dtype, progress=progress)
+    options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
+    options.update(dtype=dtype, progress=progress)
     return compute_features(
         model, tokenizer, texts, spec, targets=targets, candidate_ids=candidate_ids, **options
     )
@@ -108,6 +116,7 @@ def compute_features(
     targets: Sequence[tuple[int, int]] | None = None,
     candidate_ids: Int[Tensor, "c"] | None = None,
     batch_size: int = 32,
+    max_tokens: int | None = None,
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -125,7 +134,7 @@ def compute_features(
     step = FeatureStep(
         model, tokenizer, spec, candidate_ids=candidate_ids, padding_side=padding_side, dtype=dtype
     )
-    items, batches = plan(tokenizer, texts, targets, spec, candidate_ids, batch_size)
+    items, batches = plan(tokenizer, texts, targets, spec, candidate_ids, batch_size, max_tokens)
     if devices > 1 and len(batches) >= devices:  # fewer batches: nothing to share (and each rank needs one)
         from probes.lm.distributed import distributed_features  # lazy: imports Lightning
 
@@ -147,8 +156,10 @@ def plan(
     spec: FeatureSpec,
     candidate_ids: Int[Tensor, "c"] | None,
     batch_size: int,
+    max_tokens: int | None = None,
 ) -> tuple[list[Tokenized], list[list[int]]]:
-    """Check the inputs ``spec`` needs, tokenise, and group the text indices into length batches."""
+    """Check the inputs ``spec`` needs, tokenise, and group the text indices into length batches of at most
+    ``batch_size`` texts and ``max_tokens`` padded tokens."""
     if spec.kind == "grad" and spec.loss != "lm" and targets is None:
         raise ValueError(f"loss {spec.loss!r} needs targets (the answer's character span in each text)")
     if spec.loss == "margin" and candidate_ids is None:
@@ -158,7 +169,7 @@ def plan(
         raise ValueError(f"no texts to compute {spec.what} features for")
     if spec.loss == "margin":
         _check_answers_are_candidates(items, texts, candidate_ids)
-    return items, length_batches([len(item.ids) for item in items], batch_size)
+    return items, length_batches([len(item.ids) for item in items], batch_size, max_tokens)
 
 
 class FeatureStep:
@@ -209,6 +220,7 @@ class FeatureStep:
         with torch.enable_grad():
             embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
             per_text, out = text_losses(
+                self.model,
                 lambda **kw: _forward(self.model, batch, self.padding_side, inputs_embeds=embeds, **kw),
                 batch,
                 items,
@@ -228,6 +240,7 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
     embeddings are computed once instead of per row. Pad positions' outputs are never read."""
     if "inputs_embeds" not in kwargs:
         kwargs["input_ids"] = batch["input_ids"]
+    kwargs.setdefault("output_hidden_states", True)
     if padding_side == "right":
         width = batch["input_ids"].shape[1]
         mask, positions = None, torch.arange(width, device=batch["input_ids"].device)[None]
@@ -236,7 +249,6 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
     return model(
         attention_mask=mask,
         position_ids=positions,
-        output_hidden_states=True,
         use_cache=False,
         **kwargs,
     )

@@ -79,7 +79,12 @@ def text_loss(
     """Each text's own loss, as `probes.lm.features.gradient_features` defines it ("lm", "ce" or "margin")."""
     kwargs = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
     return text_losses(
-        lambda **kw: model(input_ids=batch["input_ids"], **kwargs, **kw), batch, items, loss, candidate_ids
+        model,
+        lambda **kw: model(input_ids=batch["input_ids"], **kwargs, **kw),
+        batch,
+        items,
+        loss,
+        candidate_ids,
     )[0]
 
 

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from probes.lm.scoring import Tokenized
 
@@ -20,15 +21,67 @@ def check_loss(loss: str) -> str:
     return loss
 
 
+# Logit elements (rows x positions x vocabulary) one chunk of the "lm" loss may hold: 2**27 is 512 MiB of fp32
+# logits; a chunk's backward holds a few such copies (bf16 logits, fp32 upcast, log-softmax, its gradient),
+# ~2 GiB at any batch size. Llama-3.2's 128k vocabulary at 256 rows: 4 positions a chunk. A batch whose
+# single position exceeds the budget still runs one position at a time.
+LOGIT_BUDGET = 2**27
+
+
 def lm_loss(
-    logits: Float[Tensor, "b s v"], input_ids: Int[Tensor, "b s"], attention_mask: Int[Tensor, "b s"]
+    head: nn.Module,
+    hidden: Float[Tensor, "b s d"],
+    input_ids: Int[Tensor, "b s"],
+    attention_mask: Int[Tensor, "b s"],
+    chunk: int,
 ) -> Float[Tensor, "b"]:
-    """Each text's own next-token cross-entropy, averaged over its real predicted tokens (pads masked)."""
+    """Each text's own next-token cross-entropy, averaged over its real predicted tokens (pads masked), from
+    the final hidden state through the LM ``head``, ``chunk`` positions at a time.
+
+    Full-vocabulary logits never exist for the whole batch: each chunk runs under activation checkpointing,
+    so its logits are held only while that chunk is computed and recomputed in its backward.
+    """
     real = attention_mask.bool()
     predicted = real[:, 1:] & real[:, :-1]
-    nll = F.cross_entropy(_upcast(logits[:, :-1]).transpose(1, 2), input_ids[:, 1:], reduction="none")
-    nll = torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
-    return nll.sum(-1) / predicted.sum(-1).clamp(min=1)
+    width = input_ids.shape[1]
+    # a one-token batch still runs one (empty) chunk, so the loss stays in the graph with a zero gradient
+    sums = [
+        checkpoint(
+            _chunk_nll,
+            head,
+            hidden[:, start : min(start + chunk, width - 1)],
+            input_ids[:, start + 1 : start + 1 + chunk],
+            predicted[:, start : start + chunk],
+            use_reentrant=False,
+            preserve_rng_state=False,  # a linear map and a softmax: nothing random to replay
+        )
+        for start in range(0, max(width - 1, 1), chunk)
+    ]
+    return torch.stack(sums).sum(0) / predicted.sum(-1).clamp(min=1)
+
+
+def _chunk_nll(
+    head: nn.Module,
+    hidden: Float[Tensor, "b c d"],
+    targets: Int[Tensor, "b c"],
+    predicted: Bool[Tensor, "b c"],
+) -> Float[Tensor, "b"]:
+    """Summed cross-entropy of one chunk of positions, logits upcast to at least fp32."""
+    nll = F.cross_entropy(_upcast(head(hidden)).transpose(1, 2), targets, reduction="none")
+    return torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum(-1)
+
+
+def lm_head(model) -> nn.Module:
+    """The model's LM head; raises for models whose logits are not exactly ``head(final hidden state)``."""
+    config = model.config
+    for key, plain in (("final_logit_softcapping", None), ("logit_scale", None), ("logits_scaling", 1.0)):
+        if getattr(config, key, plain) != plain:
+            raise TypeError(
+                f"{type(model).__name__} transforms its logits ({key}={getattr(config, key)}) after the LM "
+                "head, which the 'lm' loss does not reproduce; it supports plain heads (Llama, OLMo2, Qwen2, "
+                "Mistral)"
+            )
+    return model.get_output_embeddings()
 
 
 def target_layout(
@@ -81,21 +134,28 @@ def _upcast(x: Tensor) -> Tensor:
 
 
 def text_losses(
+    model,
     run: Callable[..., object],
     batch: dict[str, Tensor],
     items: Sequence[Tokenized],
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
 ) -> tuple[Float[Tensor, "b"], object]:
-    """Each text's own loss ("lm", "ce" or "margin") from one model call, and that call's output.
+    """Each text's own loss ("lm", "ce" or "margin") from one call of ``model``, and that call's output.
 
-    ``run(**kwargs)`` calls the model on ``batch`` (however the caller feeds it); for "ce" and "margin" it
-    gets ``logits_to_keep`` so the vocabulary projection runs only where a target is predicted.
+    ``run(**kwargs)`` calls ``model`` on ``batch`` (however the caller feeds it). It gets ``logits_to_keep``
+    so the vocabulary projection runs only where a target is predicted ("ce", "margin"), or only at the last
+    position ("lm", with ``output_hidden_states=True``: `lm_loss` projects the final hidden state itself, in
+    chunks of at most `LOGIT_BUDGET` logits).
     """
     check_loss(loss)
     if loss == "lm":
-        out = run()
-        return lm_loss(out.logits, batch["input_ids"], batch["attention_mask"]), out
+        head = lm_head(model)
+        out = run(logits_to_keep=1, output_hidden_states=True)
+        rows, vocab = batch["input_ids"].shape[0], head.weight.shape[0]
+        chunk = max(1, LOGIT_BUDGET // (rows * vocab))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        return lm_loss(head, out.hidden_states[-1], ids, mask, chunk), out
     positions, tokens, valid = target_layout(items, batch["offset"])
     keep = torch.unique(positions)
     out = run(logits_to_keep=keep)

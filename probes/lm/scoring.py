@@ -106,12 +106,29 @@ def _encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (out of memory shows early)."""
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (out of memory shows early).
+
+    With ``max_tokens`` a batch also stops growing before its padded size, (longest length) x (rows), would
+    pass ``max_tokens``: batches of short texts stay at ``batch_size`` while those of long texts shrink, and a
+    text longer than ``max_tokens`` gets a batch of its own.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        # longest first: a batch's longest text is its first
+        if (
+            not batches
+            or len(batches[-1]) == batch_size
+            or (max_tokens is not None and lengths[batches[-1][0]] * (len(batches[-1]) + 1) > max_tokens)
+        ):
+            batches.append([])
+        batches[-1].append(i)
+    return batches
 
 
 def collate(

@@ -30,6 +30,8 @@ class FeatureStore:
         cache: optional on-disk cache shared across runs.
         batch_size: texts per forward pass (gradients use ``grad_batch_size``, default half of it).
         grad_batch_size: texts per forward+backward pass.
+        max_tokens: padded tokens per forward pass (None = no cap; see `probes.lm.scoring.length_batches`);
+            gradients use half of it, as their pass holds activations for the backward.
         progress: show progress bars.
         devices: devices that share each feature pass (Lightning's ``strategy``, see
             `probes.lm.distributed`); every rank must have its pair on its own device. Only rank 0 writes
@@ -47,6 +49,7 @@ class FeatureStore:
         cache: FeatureCache | None = None,
         batch_size: int = 32,
         grad_batch_size: int | None = None,
+        max_tokens: int | None = None,
         progress: bool = True,
         devices: int = 1,
         strategy: str = "ddp",
@@ -60,6 +63,8 @@ class FeatureStore:
         self.batch_size = batch_size
         self.grad_batch_size = grad_batch_size or max(1, batch_size // 2)
         self.devices, self.strategy = devices, strategy
+        self.max_tokens = max_tokens
+        self.grad_max_tokens = None if max_tokens is None else max(1, max_tokens // 2)
         self._memo: dict[tuple, Tensor] = {}
         self._tokenizer_hash: str | None = None
 
@@ -80,7 +85,9 @@ class FeatureStore:
         key = (which, side, spec)
         if key not in self._memo:
             texts, targets = self.texts[side], self.targets[side]
-            batch_size = self.batch_size if spec.kind == "hidden" else self.grad_batch_size
+            hidden = spec.kind == "hidden"
+            batch_size = self.batch_size if hidden else self.grad_batch_size
+            max_tokens = self.max_tokens if hidden else self.grad_max_tokens
 
             def compute() -> Tensor:
                 return compute_features(
@@ -91,6 +98,7 @@ class FeatureStore:
                     targets=targets,
                     candidate_ids=self.candidate_ids,
                     batch_size=batch_size,
+                    max_tokens=max_tokens,
                     progress=self.progress,
                     devices=self.devices,
                     strategy=self.strategy,
