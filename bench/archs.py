@@ -66,7 +66,12 @@ def build_model(arch: str, shrink: bool, device: torch.device, seed: int):
         if arch == "llama3.2-1b":
             spec["num_key_value_heads"] = 2
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(model_type, **spec)
+    # No padding_idx, so no embedding row initialised to zero. OLMo2's config defaults pad_token_id to 1,
+    # our tokenizer's <s>: every text then started with a zero vector, which OLMo2's blocks (no pre-norm, no
+    # biases) keep exactly zero up to the last one, and RMSNorm's backward at zero scales by 1/sqrt(eps) =
+    # 1000. The gradient at <s> grew ~1000x per block: inf and NaN in the 16-block gradient pass (bf16 on the
+    # H100, float32 on the CPU alike). Trained checkpoints have no zero rows.
+    config = AutoConfig.for_model(model_type, pad_token_id=None, **spec)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype_for(device), attn_implementation="sdpa")
