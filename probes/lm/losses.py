@@ -49,7 +49,7 @@ def lm_loss(
         checkpoint(
             _chunk_nll,
             head,
-            hidden[:, start : min(start + chunk, width - 1)],
+            hidden[:, start : min(start + chunk, width - 1)].contiguous(),  # one GEMM, not b small ones
             input_ids[:, start + 1 : start + 1 + chunk],
             predicted[:, start : start + chunk],
             use_reentrant=False,
