@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project, also when it is not installed (the summary reads its tables)
 DLP_RUNS = (  # (name, base config, split)
     ("multihot-by_input", "configs/dlp.yaml", "by_input"),
     ("pairwise-by_input", "configs/dlp-heldout-functions.yaml", "by_input"),
@@ -71,12 +72,8 @@ def jobs(args) -> list[Job]:
     build += ["--out", str(pair), "--seed", str(args.seed), "--device", args.device]
     found.append(Job("build", [build]))
     evaluate = [py, "-m", "probes.lm", "evaluate", "--old", str(pair / "old"), "--new", str(pair / "new")]
-    evaluate += ["--corpus", str(args.corpus), "--device", args.device]
-    for name, flags, target in (
-        ("evaluate", [], "pair_eval.txt"),
-        ("evaluate-json", ["--json"], "pair_eval.json"),
-    ):
-        found.append(Job(name, [evaluate + flags], ["build"], stdout=out / target))
+    evaluate += ["--corpus", str(args.corpus), "--device", args.device, "--json"]
+    found.append(Job("evaluate", [evaluate], ["build"], stdout=out / "pair_eval.json"))
     for name, base, split in DLP_RUNS:
         for seed in args.seeds:
             config = str(dlp_config(args, name, base, split, seed))
@@ -289,12 +286,13 @@ def summarise(args, outcome: dict, seconds: float) -> str:
     if manifest.exists():
         built = json.loads(manifest.read_text())
         parts.append(f"## The pair\n\nBuilt in {built.get('seconds', float('nan')):.0f} s.\n")
-    evaluation = args.out / "pair_eval.txt"
+    evaluation = args.out / "pair_eval.json"
     if evaluation.exists():
+        from probes.lm.evaluate import format_table  # the table `python -m probes.lm evaluate` prints
+
+        table = format_table(json.loads(evaluation.read_text()))
         parts.append(
-            "Accuracy on every function's queries (python -m probes.lm evaluate):\n\n```\n"
-            + evaluation.read_text().strip()
-            + "\n```\n"
+            f"Accuracy on every function's queries (python -m probes.lm evaluate):\n\n```\n{table}\n```\n"
         )
     parts.append("## DLP (test split; mean ± sd over seeds)\n\n" + dlp_table(args) + "\n")
     for folder in sorted((args.out / "compare").rglob("metrics.json")):
