@@ -24,25 +24,18 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from archs import ARCHS, build_model, non_embedding_params  # noqa: E402
-from measure import count_tokens, timed  # noqa: E402
+from archs import build_model, non_embedding_params  # noqa: E402
+from measure import add_model_arguments, bench_inputs, count_tokens, timed  # noqa: E402
 
-from probes.data.corpus import load_corpus  # noqa: E402
-from probes.data.queries import make_queries  # noqa: E402
 from probes.lm.distributed import global_rank, rank_device  # noqa: E402
-from probes.lm.features import FeatureSpec, compute_features, query_inputs  # noqa: E402
-from probes.lm.tokenizer import train_tokenizer  # noqa: E402
+from probes.lm.features import FeatureSpec, compute_features  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="llama3.2-1b")
-    parser.add_argument("--corpus", required=True, help="HOPS JSONL (the reference 20hops corpus)")
-    parser.add_argument(
-        "--shrink", action="store_true", help="a tiny version of the architecture (CPU smoke test)"
-    )
+    add_model_arguments(parser, "llama3.2-1b")
     parser.add_argument("--devices", type=int, default=2, help="devices of the shared pass (>= 2)")
     parser.add_argument(
         "--accelerator",
@@ -57,13 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--devices {args.devices}: give 2 or more (the one-device pass is always timed)")
 
     device = torch.device(rank_device(args.accelerator, args.devices))
-    corpus = load_corpus(args.corpus)
-    tokenizer = train_tokenizer(corpus.texts, corpus.function_tokens)  # deterministic: the same on every rank
+    inputs = bench_inputs(args.corpus)
+    tokenizer, docs = inputs.tokenizer, inputs.docs
+    qtexts, qtargets = inputs.query_texts, inputs.query_targets
     models = {
         name: build_model(args.arch, args.shrink, device, seed) for seed, name in enumerate(("old", "new"))
     }
-    docs = corpus.texts
-    qtexts, qtargets = query_inputs(make_queries(corpus))
     sides = {"docs": (docs, None), "queries": (qtexts, qtargets)}
     spec = FeatureSpec("hidden")  # all layers, last token (a query's: the one before its answer)
     options = dict(batch_size=args.batch_size, progress=False)

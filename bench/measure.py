@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import time
+from typing import NamedTuple
 
 import torch
-from archs import dtype_for
+from archs import ARCHS, dtype_for
+
+from probes.data.corpus import Corpus, load_corpus
+from probes.data.queries import Query, make_queries
+from probes.lm.features import query_inputs
+from probes.lm.tokenizer import train_tokenizer
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, arch: str) -> None:
+    """--arch (default ``arch``), --corpus and --shrink: what every benchmark runs on."""
+    parser.add_argument("--arch", choices=sorted(ARCHS), default=arch)
+    parser.add_argument("--corpus", required=True, help="HOPS JSONL (the reference 20hops corpus)")
+    parser.add_argument(
+        "--shrink", action="store_true", help="a tiny version of the architecture (CPU smoke test)"
+    )
+
+
+class BenchInputs(NamedTuple):
+    """A corpus's texts as the benchmarks feed them: its documents and its queries (prompt + answer)."""
+
+    corpus: Corpus
+    queries: list[Query]
+    tokenizer: object  # the project's tokenizer trained on the corpus (deterministic: the same on every rank)
+    docs: list[str]
+    query_texts: list[str]
+    query_targets: list[tuple[int, int]]
+
+
+def bench_inputs(corpus_path: str) -> BenchInputs:
+    corpus = load_corpus(corpus_path)
+    queries = make_queries(corpus)
+    tokenizer = train_tokenizer(corpus.texts, corpus.function_tokens)
+    return BenchInputs(corpus, queries, tokenizer, corpus.texts, *query_inputs(queries))
 
 
 def sync(device: torch.device) -> None:

@@ -30,26 +30,29 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from archs import ARCHS, build_model, dtype_for, non_embedding_params  # noqa: E402
-from measure import compile_blocks, count_tokens, matmul_rate, plain_loop, profile, timed  # noqa: E402
+from archs import build_model, dtype_for, non_embedding_params  # noqa: E402
+from measure import (  # noqa: E402
+    add_model_arguments,
+    bench_inputs,
+    compile_blocks,
+    count_tokens,
+    matmul_rate,
+    plain_loop,
+    profile,
+    timed,
+)
 
-from probes.data.corpus import load_corpus  # noqa: E402
-from probes.data.queries import candidate_answers, make_queries  # noqa: E402
-from probes.lm.features import gradient_features, hidden_features, query_inputs  # noqa: E402
+from probes.data.queries import candidate_answers  # noqa: E402
+from probes.lm.features import gradient_features, hidden_features  # noqa: E402
 from probes.lm.patch import Patcher  # noqa: E402
 from probes.lm.scoring import answer_token_ids  # noqa: E402
-from probes.lm.tokenizer import train_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="olmo2-1b")
-    parser.add_argument("--corpus", required=True, help="HOPS JSONL (the reference 20hops corpus)")
-    parser.add_argument(
-        "--shrink", action="store_true", help="a tiny version of the architecture (CPU smoke test)"
-    )
+    add_model_arguments(parser, "olmo2-1b")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per feature batch")
     parser.add_argument("--grad-batch-size", type=int, default=64, help="texts per gradient batch")
     parser.add_argument(
@@ -78,16 +81,14 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rate = matmul_rate(device)
-    corpus = load_corpus(args.corpus)
-    queries = make_queries(corpus)
-    tokenizer = train_tokenizer(corpus.texts, corpus.function_tokens)
-    candidate_ids = answer_token_ids(tokenizer, candidate_answers(corpus))
+    inputs = bench_inputs(args.corpus)
+    queries, tokenizer, docs = inputs.queries, inputs.tokenizer, inputs.docs
+    qtexts, qtargets = inputs.query_texts, inputs.query_targets
+    candidate_ids = answer_token_ids(tokenizer, candidate_answers(inputs.corpus))
     old = build_model(args.arch, args.shrink, device, seed=0)
     new = build_model(args.arch, args.shrink, device, seed=1)
     params = non_embedding_params(new)
     limit_fwd = rate / (2 * params)  # tokens/s at 100% of the matmul rate, forward only
-    docs = corpus.texts
-    qtexts, qtargets = query_inputs(queries)
     texts = docs + qtexts
     tokens = count_tokens(tokenizer, texts)
     rows = []
