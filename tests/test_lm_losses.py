@@ -70,7 +70,7 @@ def test_chunked_loss_and_activation_gradients_equal_full_logits(
             )
     finally:
         handle.remove()
-    # HF's own logits_to_keep=1 call, then chunks of at most two positions covering all predicting positions
+    # HF's own call at the last position, then chunks of at most two positions covering every predicting one
     assert widths[0] == 1 and max(widths[1:]) == two_positions_a_chunk
     assert sum(widths[1:]) == batch["input_ids"].shape[1] - 1
     # no logits [b, p, v] kept for the backward span more than HF's one position: the chunks' are recomputed

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from probes.lm.features import FeatureStep
+from probes.lm.features import FeatureStep, to_host
 from probes.lm.scoring import Tokenized
 
 
@@ -118,7 +118,7 @@ class GatherRows(L.Callback):
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._bar.close()
         index = torch.cat([index for index, _ in self._parts]).cpu()
-        part = {"index": index, "rows": torch.cat([rows for _, rows in self._parts]).cpu()}
+        part = {"index": index, "rows": to_host(torch.cat([rows for _, rows in self._parts]))}
         torch.save(part, Path(self.directory) / f"rank-{trainer.global_rank}.pt")
         self._parts = []
         trainer.strategy.barrier("feature parts written")

@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from probes.lm.scoring import Tokenized
+from probes.lm.scoring import Tokenized, last_position
 
 LOSSES = ("lm", "ce", "margin")
 
@@ -150,13 +150,13 @@ def text_losses(
 
     ``run(**kwargs)`` calls ``model`` on ``batch`` (however the caller feeds it). It gets ``logits_to_keep``
     so the vocabulary projection runs only where a target is predicted ("ce", "margin"), or only at the last
-    position ("lm", with ``output_hidden_states=True``: `lm_loss` projects the final hidden state itself, in
-    chunks of at most `LOGIT_BUDGET` logits).
+    position (`probes.lm.scoring.last_position`; "lm", with ``output_hidden_states=True``: `lm_loss` projects
+    the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits).
     """
     check_loss(loss)
     if loss == "lm":
         head = lm_head(model)
-        out = run(logits_to_keep=1, output_hidden_states=True)
+        out = run(logits_to_keep=last_position(batch["input_ids"]), output_hidden_states=True)
         rows, vocab = batch["input_ids"].shape[0], head.weight.shape[0]
         chunk = max(1, LOGIT_BUDGET // (rows * vocab))
         ids, mask = batch["input_ids"], batch["attention_mask"]

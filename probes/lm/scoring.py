@@ -196,6 +196,14 @@ def candidate_logits(
     return out
 
 
+def last_position(input_ids: Int[Tensor, "b s"]) -> Int[Tensor, "1"]:
+    """``logits_to_keep`` for the last position only, as an index tensor rather than HF's int 1: the int keeps
+    the strided slice ``hidden[:, -1:]``, on which the LM head runs as a batched matmul that reads the whole
+    vocabulary matrix once per row (89 ms for 500 rows of Llama-3.2-1B on an H100); an index gathers a
+    contiguous [b, 1, d], one matrix product."""
+    return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
+
+
 def logits_at(model, batch: dict[str, Tensor], positions: Int[Tensor, "b p"]) -> Float[Tensor, "b p v"]:
     """Logits at the given positions of each row; the vocabulary projection runs only at positions some row
     needs (with length bucketing, usually one or two)."""
