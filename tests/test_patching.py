@@ -97,6 +97,9 @@ def test_batched_forward_matches_hooked_full_forward(pair, layer):
             prompt = prompts[int(prefix.rows[row])]
             want = hooked_logits(pair.old, pair.tokenizer, prompt, patcher.layer, states[i], candidate_ids)
             torch.testing.assert_close(got[i], want, rtol=1e-10, atol=1e-10)
+            # the same candidate alone, its prompt given as one int (the prefix is then shared, not gathered)
+            alone = patcher.logits(prefix, row, states[i : i + 1].expand(2, -1))
+            torch.testing.assert_close(alone, want.expand(2, -1), rtol=1e-10, atol=1e-10)
         # f_old's own state reproduces f_old's logits
         own = patcher.logits(prefix, torch.arange(len(prefix.rows)), prefix.old)
         torch.testing.assert_close(own, prefix.logits, rtol=1e-10, atol=1e-10)

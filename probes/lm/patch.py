@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import AttentionInterface
 
-from probes.lm.scoring import tokenize
+from probes.lm.scoring import last_position, tokenize
 
 LAYER_NAMES = ("middle", "last")
 
@@ -49,15 +50,6 @@ def _stack(model):
     return stack
 
 
-def _cache_argument(block) -> str:
-    """The decoder block's keyword for the KV cache (renamed across transformers versions)."""
-    names = inspect.signature(block.forward).parameters
-    for name in ("cache", "past_key_values", "past_key_value"):
-        if name in names:
-            return name
-    raise TypeError(f"{type(block).__name__}.forward takes no KV cache argument: no prefix to reuse")
-
-
 def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
     """Keys and values of block ``index`` from a transformers DynamicCache (new ``layers`` or old lists)."""
     if hasattr(cache, "layers"):
@@ -77,23 +69,67 @@ class Prefix:
     logits: Float[Tensor, "b c"]  # f_old's candidate-answer logits at the last token
 
 
-class _PrefixKV:
-    """Stands in for a transformers Cache in attention: cached prefix rows + the candidates' own key/value."""
+class _SharedPrefix:
+    """What the candidates of one `Patcher.logits` call attend to: their prompts' cached prefix keys/values
+    (``rows``: each candidate's prompt within ``prefix``, or one int when all share a prompt)."""
 
     def __init__(self, prefix: Prefix, rows: Tensor | int):
         self.prefix, self.rows = prefix, rows
 
-    def _rows(self, cached: Tensor, count: int) -> Tensor:
-        if isinstance(self.rows, int):  # one prompt: a broadcast view, no gather
-            return cached[self.rows : self.rows + 1].expand(count, *cached.shape[1:])
-        return cached[self.rows]
+    def keys_values(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Block ``layer``'s prefix keys and values: [heads, P, dim] (one prompt) or [b, heads, P, dim]."""
+        keys, values = self.prefix.keys[layer], self.prefix.values[layer]
+        return keys[self.rows], values[self.rows]
 
-    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        keys, values = self.prefix.keys[layer_idx], self.prefix.values[layer_idx]
-        count = key.shape[0]
-        return torch.cat((self._rows(keys, count), key), dim=2), torch.cat(
-            (self._rows(values, count), value), dim=2
-        )
+
+def shared_prefix_attention(
+    module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling: float, **kwargs
+) -> tuple[Tensor, None]:
+    """Attention of each candidate's one position over its prompt's cached prefix and its own key/value.
+
+    A transformers attention function (registered as `PREFIX_ATTENTION`): ``query`` [b, H, 1, dim], ``key``
+    and ``value`` [b, H_kv, 1, dim] are the candidates' own; ``kwargs["shared_prefix"]`` holds the prefix.
+    Concatenating the prefix to every candidate's key/value (what a KV cache does) copied it b times per
+    block and took half of patching's time; here a prompt's prefix is read once per block, as one product per
+    key/value head. Scores and softmax in float32 (float64 for a float64 model), as the fused kernels do.
+    """
+    prefix_keys, prefix_values = kwargs["shared_prefix"].keys_values(module.layer_idx)
+    count, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    exact = torch.float64 if query.dtype == torch.float64 else torch.float32
+    q = query.reshape(count, kv_heads, groups, dim)
+    if prefix_keys.dim() == 3:  # one prompt: [kv_heads, count * groups, dim] @ [kv_heads, dim, P]
+        flat = q.permute(1, 0, 2, 3).reshape(kv_heads, count * groups, dim)
+        scores = (flat @ prefix_keys.transpose(1, 2)).view(kv_heads, count, groups, -1).permute(1, 0, 2, 3)
+    else:  # a prompt per candidate: [count, kv_heads, groups, dim] @ [count, kv_heads, dim, P]
+        scores = q @ prefix_keys.transpose(2, 3)
+    own = (q.to(exact) * key.to(exact)).sum(-1, keepdim=True)  # [count, kv_heads, groups, 1]
+    weights = (torch.cat((scores.to(exact), own), -1) * scaling).softmax(-1)
+    length = scores.shape[-1]
+    mixed = weights[..., :length].to(value.dtype)
+    if prefix_values.dim() == 3:
+        flat = mixed.permute(1, 0, 2, 3).reshape(kv_heads, count * groups, length)
+        out = (flat @ prefix_values).view(kv_heads, count, groups, dim).permute(1, 0, 2, 3)
+    else:
+        out = mixed @ prefix_values
+    out = out.to(exact) + weights[..., length:] * value.to(exact)
+    return out.to(query.dtype).reshape(count, 1, heads, dim), None
+
+
+PREFIX_ATTENTION = "probes_shared_prefix"
+AttentionInterface.register(PREFIX_ATTENTION, shared_prefix_attention)
+
+
+@contextmanager
+def attention_implementation(model, name: str) -> Iterator[None]:
+    """Inside the block, ``model`` runs its attention with the registered function ``name``."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 class Patcher:
@@ -113,7 +149,6 @@ class Patcher:
         weight = model.get_output_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.candidate_ids = candidate_ids.to(self.device)
-        self.cache_argument = _cache_argument(self.stack.layers[0])
         self.head = weight[self.candidate_ids]
         bias = getattr(model.get_output_embeddings(), "bias", None)
         self.bias = None if bias is None else bias[self.candidate_ids]
@@ -130,7 +165,12 @@ class Patcher:
             for start in range(0, len(members), batch_size):
                 rows = members[start : start + batch_size]
                 ids = torch.tensor([items[i].ids for i in rows], device=self.device)
-                run = self.model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+                run = self.model(
+                    input_ids=ids,
+                    use_cache=True,
+                    output_hidden_states=True,
+                    logits_to_keep=last_position(ids),
+                )
                 cache = run.cache if getattr(run, "cache", None) is not None else run.past_key_values
                 kv = {i: _layer_kv(cache, i) for i in range(self.layer, self.blocks)}
                 out.append(
@@ -158,12 +198,17 @@ class Patcher:
         if self.layer < self.blocks:
             position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
             rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
-            cache = {self.cache_argument: _PrefixKV(prefix, rows)}
-            for block in self.stack.layers[self.layer :]:
-                hidden = block(
-                    hidden, attention_mask=None, position_ids=position, position_embeddings=rotary, **cache
-                )
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            shared = _SharedPrefix(prefix, rows)
+            with attention_implementation(self.model, PREFIX_ATTENTION):
+                for block in self.stack.layers[self.layer :]:
+                    hidden = block(
+                        hidden,
+                        attention_mask=None,
+                        position_ids=position,
+                        position_embeddings=rotary,
+                        shared_prefix=shared,
+                    )
+                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             hidden = self.stack.norm(hidden)
         logits = hidden[:, 0] @ self.head.T
         return logits if self.bias is None else logits + self.bias
