@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from baselines.base import AttributionContext, Method, check_choice, register
 from probes.lm.patch import Patcher
-from probes.lm.scoring import answer_token_ids
+from probes.lm.scoring import answer_token_ids, to_device
 
 # a document's last token predicts nothing, so its LM-loss gradient there is zero: "last" would gate on noise
 DOC_POOLINGS = ("mean", "span")
@@ -116,10 +116,11 @@ class Patching(Method):
             span = torch.where(span.abs() > 1e-6, span, torch.ones_like(span))
             old, new = prefix.old, self.new_states[ids].to(device=device, dtype=prefix.old.dtype)
             block = torch.empty(len(ids), n, dtype=torch.float32, device=device)
-            for rows, docs in candidate_batches(len(ids), n, self.batch_size, device):
+            for prompts, docs in candidate_batches(len(ids), n, self.batch_size, device):
+                rows = prompts if isinstance(prompts, int) else to_device(prompts, device)
                 states = torch.where(self.masks[docs], new[rows], old[rows])
                 expand = torch.broadcast_to(answer[rows], docs.shape)
-                patched = margins(self.patcher.logits(prefix, rows, states).float(), expand)
+                patched = margins(self.patcher.logits(prefix, prompts, states).float(), expand)
                 block[rows, docs] = (patched - old_margin[rows]) / span[rows]
                 bar.update(len(docs))
             out[prefix.rows] = block.cpu()
@@ -128,9 +129,9 @@ class Patching(Method):
 
 
 def candidate_batches(q: int, n: int, size: int, device) -> Iterator[tuple[int | Tensor, Tensor]]:
-    """(prompt rows, document ids) covering every (prompt, document) pair: slices of one prompt's documents
-    when n > size (rows is then one int, so the prompt's prefix is shared without a gather), else whole
-    prompts, as many as fit in ``size``."""
+    """(prompt rows, document ids on ``device``) covering every (prompt, document) pair: slices of one
+    prompt's documents when n > size (rows is then one int), else whole prompts, as many as fit in ``size``
+    (rows on the CPU, where `Patcher.logits` reads them)."""
     if n > size:
         for row in range(q):
             for start in range(0, n, size):
@@ -138,5 +139,5 @@ def candidate_batches(q: int, n: int, size: int, device) -> Iterator[tuple[int |
         return
     per = size // n
     for first in range(0, q, per):
-        rows = torch.arange(first, min(first + per, q), device=device)
+        rows = torch.arange(first, min(first + per, q))
         yield rows.repeat_interleave(n), torch.arange(n, device=device).repeat(len(rows))

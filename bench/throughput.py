@@ -18,6 +18,7 @@ first calls of every pass on a subset) is its own line, and every rate after it 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -42,6 +43,7 @@ from measure import (  # noqa: E402
     timed,
 )
 
+from baselines.patching import Patching, candidate_batches  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
 from probes.lm.features import gradient_features, hidden_features  # noqa: E402
 from probes.lm.patch import Patcher  # noqa: E402
@@ -65,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         "--compile", action="store_true", help="torch.compile the decoder blocks (compile time shown apart)"
     )
     parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
-    parser.add_argument("--patch-batch-size", type=int, default=8192, help="candidates per patched batch")
+    parser.add_argument(
+        "--patch-batch-size",
+        type=int,
+        default=inspect.signature(Patching).parameters["batch_size"].default,
+        help="candidates per patched batch (default: the patching method's)",
+    )
     parser.add_argument(
         "--compare", action="store_true", help="also time compare.py (every training-free method)"
     )
@@ -193,12 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     prefixes, t_prefix = timed(lambda: patcher.prefixes(prompts), device)
     states = torch.randn(len(docs), new.config.hidden_size, device=device, dtype=dtype_for(device))
 
-    def patch_all():
+    def patch_all():  # batched as the patching method batches (query, document) candidates
         for prefix in prefixes:
-            for row in range(len(prefix.rows)):
-                for start in range(0, len(docs), args.patch_batch_size):
-                    chunk = states[start : start + args.patch_batch_size]
-                    patcher.logits(prefix, torch.full((len(chunk),), row), chunk)
+            for prompts, ids in candidate_batches(len(prefix.rows), len(docs), args.patch_batch_size, device):
+                patcher.logits(prefix, prompts, states[ids])
 
     _, t = timed(patch_all, device)
     evals = len(prompts) * len(docs)

@@ -8,7 +8,7 @@ from lm_fixtures import CANDIDATES, FUNCTION_TOKENS, make_micro_model, make_micr
 
 from probes.data.corpus import corpus_from_rows
 from probes.lm.load import PairMismatchError, check_pair, load_model, load_pair
-from probes.lm.scoring import TokenizationError, answer_token_ids, candidate_logits, encode
+from probes.lm.scoring import TokenizationError, answer_token_ids, candidate_logits, encode, tokenize
 
 
 @pytest.fixture
@@ -93,3 +93,14 @@ def test_candidate_logits_match_a_plain_forward(pair_dirs):
         batch = encode(pair.tokenizer, [prompt], as_prompt=True)
         logits = pair.new(input_ids=batch["input_ids"]).logits[0, -1, ids]
         torch.testing.assert_close(got[i], logits.float())
+
+
+def test_tokenize_equals_the_tokenizers_own_call(pair_dirs):
+    """`tokenize` reads ids from the Rust backend directly; they must be the tokenizer's own, specials around;
+    with truncation set on the backend it goes through the tokenizer's call instead."""
+    tokenizer = load_pair(*pair_dirs).tokenizer
+    texts = [row["text"] for row in micro_rows()] + ["<FN>(3) returns the value 7", " spaced  out\n", "x"]
+    want = tokenizer(texts)["input_ids"]
+    assert [item.ids for item in tokenize(tokenizer, texts)] == want
+    tokenizer.backend_tokenizer.enable_truncation(max_length=2)
+    assert [item.ids for item in tokenize(tokenizer, texts)] == want  # the call turns truncation off again

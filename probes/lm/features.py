@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
-from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
+from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, to_device, tokenize
 
 # Not cuDNN's attention, PyTorch's first choice on Hopper: it builds a plan per new sequence length, and every
 # length batch has its own. Flash attention ran the hidden pass of OLMo2-1B on 20hops 15% faster on an H100.
@@ -150,7 +150,7 @@ def compute_features(
         rows = step([items[i] for i in index])
         if out is None:
             out = torch.empty((len(texts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-        out[torch.tensor(index, device=rows.device)] = rows
+        out[to_device(torch.tensor(index), rows.device)] = rows
     check_finite(out, range(len(texts)), texts, spec)
     return to_host(out)
 
@@ -233,7 +233,7 @@ class FeatureStep:
     @sdpa_kernel(ATTENTION_BACKENDS)
     def __call__(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
         batch = collate(items, self.pad, self.padding_side, self.device)
-        pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype)
+        pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype, self.device)
         if self.spec.kind == "hidden":
             with torch.inference_mode():  # the decoder stack alone: hidden states need no LM head
                 states = _forward(self.model.base_model, batch, self.padding_side).hidden_states

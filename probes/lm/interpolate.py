@@ -148,7 +148,7 @@ def integrated_gradients(
         with torch.inference_mode():
             h_old = old(input_ids=batch["input_ids"], output_hidden_states=True, **kwargs).hidden_states
             h_new = new(input_ids=batch["input_ids"], output_hidden_states=True, **kwargs).hidden_states
-        pool = Pooler(chunk, batch["offset"], pooling, out_dtype)
+        pool = Pooler(chunk, batch["offset"], pooling, out_dtype, device)
         for j, layer in enumerate(layers):
             start, end = h_old[layer].clone(), h_new[layer].clone()  # out of inference mode for autograd
             grad = path_gradient(new, batch, chunk, layer, start, end, steps, loss, candidate_ids)

@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from probes.lm.scoring import Tokenized, last_position
+from probes.lm.scoring import Tokenized, last_position, to_device
 
 LOSSES = ("lm", "ce", "margin")
 
@@ -90,10 +90,11 @@ def lm_head(model) -> nn.Module:
 
 
 def target_layout(
-    items: Sequence[Tokenized], offset: Int[Tensor, "b"]
+    items: Sequence[Tokenized], offset: Int[Tensor, "b"], device: str | torch.device
 ) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"], Bool[Tensor, "b p"]]:
     """For each row: the positions that predict its target tokens, those tokens, and which entries are real
-    (rows with shorter targets repeat their first entry, marked not real)."""
+    (rows with shorter targets repeat their first entry, marked not real); built on the host from the CPU
+    ``offset``, then moved to ``device``."""
     width = max(item.target[1] - item.target[0] for item in items)
     positions = torch.zeros(len(items), width, dtype=torch.long)
     tokens = torch.zeros(len(items), width, dtype=torch.long)
@@ -104,8 +105,7 @@ def target_layout(
         positions[row] = torch.tensor(span) - 1 + start
         tokens[row] = torch.tensor([item.ids[i] for i in span])
         valid[row, : end - first] = True
-    device = offset.device
-    return positions.to(device), tokens.to(device), valid.to(device)
+    return to_device(positions, device), to_device(tokens, device), to_device(valid, device)
 
 
 def ce_loss(
@@ -161,7 +161,7 @@ def text_losses(
         chunk = max(1, LOGIT_BUDGET // (rows * vocab))
         ids, mask = batch["input_ids"], batch["attention_mask"]
         return lm_loss(head, out.hidden_states[-1], ids, mask, chunk), out
-    positions, tokens, valid = target_layout(items, batch["offset"])
+    positions, tokens, valid = target_layout(items, batch["offset"], batch["input_ids"].device)
     keep = torch.unique(positions)
     out = run(logits_to_keep=keep)
     rows = torch.arange(len(items), device=keep.device)[:, None]

@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import AttentionInterface
 
-from probes.lm.scoring import last_position, tokenize
+from probes.lm.scoring import last_position, to_device, tokenize
 
 LAYER_NAMES = ("middle", "last")
 
@@ -70,16 +70,24 @@ class Prefix:
 
 
 class _SharedPrefix:
-    """What the candidates of one `Patcher.logits` call attend to: their prompts' cached prefix keys/values
-    (``rows``: each candidate's prompt within ``prefix``, or one int when all share a prompt)."""
+    """What the candidates of one `Patcher.logits` call attend to: the cached prefixes of the ``prompts`` they
+    come from (u distinct prompts of ``prefix``), and ``inverse``, each candidate's prompt among them (None
+    when u = 1)."""
 
-    def __init__(self, prefix: Prefix, rows: Tensor | int):
-        self.prefix, self.rows = prefix, rows
+    def __init__(self, prefix: Prefix, rows: Tensor | int, device: torch.device):
+        self.prefix = prefix
+        if isinstance(rows, int):
+            self.prompts, self.inverse = slice(rows, rows + 1), None
+            return
+        prompts, inverse = torch.unique(rows.cpu(), return_inverse=True)
+        if len(prompts) == 1:
+            self.prompts, self.inverse = slice(int(prompts[0]), int(prompts[0]) + 1), None
+        else:
+            self.prompts, self.inverse = to_device(prompts, device), to_device(inverse, device)
 
     def keys_values(self, layer: int) -> tuple[Tensor, Tensor]:
-        """Block ``layer``'s prefix keys and values: [heads, P, dim] (one prompt) or [b, heads, P, dim]."""
-        keys, values = self.prefix.keys[layer], self.prefix.values[layer]
-        return keys[self.rows], values[self.rows]
+        """Block ``layer``'s prefix keys and values of the prompts, [u, heads, P, dim] each."""
+        return self.prefix.keys[layer][self.prompts], self.prefix.values[layer][self.prompts]
 
 
 def shared_prefix_attention(
@@ -88,32 +96,44 @@ def shared_prefix_attention(
     """Attention of each candidate's one position over its prompt's cached prefix and its own key/value.
 
     A transformers attention function (registered as `PREFIX_ATTENTION`): ``query`` [b, H, 1, dim], ``key``
-    and ``value`` [b, H_kv, 1, dim] are the candidates' own; ``kwargs["shared_prefix"]`` holds the prefix.
-    Concatenating the prefix to every candidate's key/value (what a KV cache does) copied it b times per
-    block and took half of patching's time; here a prompt's prefix is read once per block, as one product per
-    key/value head. Scores and softmax in float32 (float64 for a float64 model), as the fused kernels do.
+    and ``value`` [b, H_kv, 1, dim] are the candidates' own; ``kwargs["shared_prefix"]`` holds the prefixes.
+    Concatenating a prefix to every candidate's key/value (what a KV cache does) copied it b times per block
+    and took half of patching's time. Here all candidates are scored against the u prompts' prefixes at once,
+    one product per key/value head ([b, dim] x [dim, u * P]), and each keeps its own prompt's scores; the
+    values are mixed back the same way. Scores and softmax in float32 (float64 for a float64 model).
     """
-    prefix_keys, prefix_values = kwargs["shared_prefix"].keys_values(module.layer_idx)
-    count, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
+    shared = kwargs["shared_prefix"]
+    prefix_keys, prefix_values = shared.keys_values(module.layer_idx)
+    prompts, kv_heads, length, dim = prefix_keys.shape
+    count, heads = query.shape[:2]
+    groups, rows = heads // kv_heads, count * heads // kv_heads
     exact = torch.float64 if query.dtype == torch.float64 else torch.float32
-    q = query.reshape(count, kv_heads, groups, dim)
-    if prefix_keys.dim() == 3:  # one prompt: [kv_heads, count * groups, dim] @ [kv_heads, dim, P]
-        flat = q.permute(1, 0, 2, 3).reshape(kv_heads, count * groups, dim)
-        scores = (flat @ prefix_keys.transpose(1, 2)).view(kv_heads, count, groups, -1).permute(1, 0, 2, 3)
-    else:  # a prompt per candidate: [count, kv_heads, groups, dim] @ [count, kv_heads, dim, P]
-        scores = q @ prefix_keys.transpose(2, 3)
-    own = (q.to(exact) * key.to(exact)).sum(-1, keepdim=True)  # [count, kv_heads, groups, 1]
+
+    def per_kv_head(
+        x: Tensor,
+    ) -> Tensor:  # [count, kv_heads * groups or kv_heads, 1, dim] -> [kv_heads, rows, dim]
+        x = x.reshape(count, kv_heads, -1, dim).expand(count, kv_heads, groups, dim)
+        return x.permute(1, 0, 2, 3).reshape(kv_heads, rows, dim)
+
+    q = per_kv_head(query)
+    scores = q @ prefix_keys.permute(1, 3, 0, 2).reshape(kv_heads, dim, prompts * length)
+    own_prompt = None
+    if shared.inverse is not None:  # keep each candidate's own prompt's P columns
+        own_prompt = (
+            shared.inverse.repeat_interleave(groups).view(1, rows, 1, 1).expand(kv_heads, rows, 1, length)
+        )
+        scores = (
+            scores.view(kv_heads, rows, prompts, length).gather(2, own_prompt).view(kv_heads, rows, length)
+        )
+    own = (q.to(exact) * per_kv_head(key).to(exact)).sum(-1, keepdim=True)
     weights = (torch.cat((scores.to(exact), own), -1) * scaling).softmax(-1)
-    length = scores.shape[-1]
     mixed = weights[..., :length].to(value.dtype)
-    if prefix_values.dim() == 3:
-        flat = mixed.permute(1, 0, 2, 3).reshape(kv_heads, count * groups, length)
-        out = (flat @ prefix_values).view(kv_heads, count, groups, dim).permute(1, 0, 2, 3)
-    else:
-        out = mixed @ prefix_values
-    out = out.to(exact) + weights[..., length:] * value.to(exact)
+    if own_prompt is not None:  # back to u * P columns, zero outside the candidate's own prompt
+        spread = torch.zeros(kv_heads, rows, prompts, length, dtype=mixed.dtype, device=mixed.device)
+        mixed = spread.scatter_(2, own_prompt, mixed[:, :, None]).view(kv_heads, rows, prompts * length)
+    out = mixed @ prefix_values.permute(1, 0, 2, 3).reshape(kv_heads, prompts * length, dim)
+    out = out.to(exact) + weights[..., length:] * per_kv_head(value).to(exact)
+    out = out.view(kv_heads, count, groups, dim).permute(1, 0, 2, 3)
     return out.to(query.dtype).reshape(count, 1, heads, dim), None
 
 
@@ -191,14 +211,14 @@ class Patcher:
     ) -> Float[Tensor, "b c"]:
         """Candidate-answer logits of f_old when prompt ``prefix.rows[rows]`` has ``states`` at the layer.
 
-        ``rows`` is each candidate's prompt within ``prefix``, or one int when all share a prompt (faster).
+        ``rows`` is each candidate's prompt within ``prefix`` (read on the host: give a CPU tensor, or a GPU
+        one is waited for), or one int when all share a prompt.
         """
-        rows = rows if isinstance(rows, int) else rows.to(self.device)
         hidden = states.to(device=self.device, dtype=self.dtype)[:, None, :]
         if self.layer < self.blocks:
             position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
             rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
-            shared = _SharedPrefix(prefix, rows)
+            shared = _SharedPrefix(prefix, rows, self.device)
             with attention_implementation(self.model, PREFIX_ATTENTION):
                 for block in self.stack.layers[self.layer :]:
                     hidden = block(

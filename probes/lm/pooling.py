@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from probes.lm.scoring import Tokenized
+from probes.lm.scoring import Tokenized, to_device
 
 POOLINGS = ("last", "mean", "span")
 
@@ -19,8 +19,9 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
-def token_weights(item: Tokenized, pooling: str) -> list[tuple[int, float]]:
-    """(token index, weight) pairs that pool one text, indices counted from its first real token.
+def token_span(item: Tokenized, pooling: str) -> tuple[int, int]:
+    """The [start, end) token range, counted from the text's first real token, that pools one text (equal
+    weights).
 
     last: the token before the target (the position that predicts it), else the last token;
     mean: every real token (BOS included where the tokenizer adds one);
@@ -28,16 +29,17 @@ def token_weights(item: Tokenized, pooling: str) -> list[tuple[int, float]]:
     """
     n = len(item.ids)
     if pooling == "last":
-        return [((item.target[0] if item.target else n) - 1, 1.0)]
-    start, end = item.target if pooling == "span" and item.target else (0, n)
-    return [(i, 1.0 / (end - start)) for i in range(start, end)]
+        last = (item.target[0] if item.target else n) - 1
+        return last, last + 1
+    return item.target if pooling == "span" and item.target else (0, n)
 
 
 class Pooler:
     """The pooling of one batch, built once and applied to every layer's [b s d] tensor.
 
     Only the selected positions are read (a gather, then a weighted index_add in ``dtype``), so padded
-    positions never enter the result and a mean in bf16 is still accumulated in fp32.
+    positions never enter the result and a mean in bf16 is still accumulated in fp32. ``offset`` (where each
+    row's real tokens start) is read on the host; the index tensors go to ``device``.
     """
 
     def __init__(
@@ -46,20 +48,20 @@ class Pooler:
         offset: Int[Tensor, "b"],
         pooling: str,
         dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
     ):
         check_pooling(pooling)
-        rows, cols, weights = [], [], []
-        for row, (item, start) in enumerate(zip(items, offset.tolist(), strict=True)):
-            for col, weight in token_weights(item, pooling):
-                rows.append(row)
-                cols.append(start + col)
-                weights.append(weight)
-        device = offset.device
-        self.rows = torch.tensor(rows, dtype=torch.long, device=device)
-        self.cols = torch.tensor(cols, dtype=torch.long, device=device)
-        self.weights = torch.tensor(weights, dtype=dtype, device=device)[:, None]
+        device = offset.device if device is None else device
+        spans = torch.tensor([token_span(item, pooling) for item in items], dtype=torch.long).view(-1, 2)
+        counts = spans[:, 1] - spans[:, 0]
+        rows = torch.repeat_interleave(torch.arange(len(items)), counts)
+        first = torch.cumsum(counts, 0) - counts  # where each row's positions start in the flat list
+        cols = offset.cpu()[rows] + spans[rows, 0] + torch.arange(len(rows)) - first[rows]
+        weights = (1.0 / counts.to(torch.float64))[rows].to(dtype)[:, None]
+        self.rows, self.cols = to_device(rows, device), to_device(cols, device)
+        self.weights = to_device(weights, device)
         self.batch, self.dtype = len(items), dtype
-        self.single = len(rows) == len(items)  # one position per row ("last"): a plain gather
+        self.single = pooling == "last"  # one position per row: a plain gather
 
     def __call__(self, states: Float[Tensor, "b s d"]) -> Float[Tensor, "b d"]:
         picked = states[self.rows, self.cols].to(self.dtype)

@@ -100,9 +100,16 @@ def tokenize(
 
 
 def _encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of every text without specials, in one batched call (the fast tokenizers run it in Rust)."""
+    """Token ids of every text without specials, in one batched call.
+
+    A fast tokenizer with no truncation or padding set is called through its Rust backend directly:
+    transformers' conversion of each result to a Python dict cost more than the encoding (0.58 s of 0.66 s
+    for 5000 texts on an H100 host), and it returns the same ids."""
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [encoding.ids for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
@@ -134,8 +141,9 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 def collate(
     items: Sequence[Tokenized], pad_id: int, padding_side: str = "right", device: str | torch.device = "cpu"
 ) -> dict[str, Tensor]:
-    """Pad to one tensor batch: input_ids, attention_mask, position_ids (cumsum of the mask, so the padding
-    side never changes a real token's position) and ``offset`` [b], where each row's real tokens start."""
+    """Pad to one tensor batch on ``device``: input_ids, attention_mask, position_ids (cumsum of the mask, so
+    the padding side never changes a real token's position), and ``offset`` [b], where each row's real tokens
+    start, kept on the CPU (host-side bookkeeping: reading it back from a GPU would wait for the GPU)."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(item.ids) for item in items)
@@ -150,8 +158,17 @@ def collate(
     mask = torch.tensor(masks, dtype=torch.long)
     offset = torch.tensor(offsets, dtype=torch.long)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "offset": offset}
-    return {key: value.to(device) for key, value in batch.items()}
+    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+    return {**{key: to_device(value, device) for key, value in batch.items()}, "offset": offset}
+
+
+def to_device(tensor: Tensor, device: str | torch.device) -> Tensor:
+    """A CPU tensor on ``device`` without making the host wait: to a GPU through pinned memory, so the copy
+    queues behind the work already there (a copy from pageable memory waits for it to finish first)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def pad_id(tokenizer) -> int:
