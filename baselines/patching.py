@@ -50,7 +50,7 @@ class Patching(Method):
         layer: int | str = "middle",
         percentile: float = 10.0,
         pooling: str = "mean",
-        batch_size: int = 4096,
+        batch_size: int = 16384,
         prefix_batch_size: int = 64,
     ):
         """
@@ -60,7 +60,8 @@ class Patching(Method):
             percentile: share of hidden dimensions patched per document, 0..100.
             pooling: how documents' Δh and gradients are pooled for the gate: "mean" or "span" (both over
                 all real tokens of a document; "last" is refused, the gradient there is zero).
-            batch_size: (query, document) candidates pushed through the remaining blocks at once.
+            batch_size: (query, document) candidates pushed through the remaining blocks at once (16384:
+                241k candidates/s at OLMo2-1B's middle layer on an H100, against 160k at 4096).
             prefix_batch_size: queries run through f_old at once to build their prefix caches.
         """
         if not 0 <= percentile <= 100:
