@@ -76,14 +76,13 @@ class _SharedPrefix:
 
     def __init__(self, prefix: Prefix, rows: Tensor | int, device: torch.device):
         self.prefix = prefix
-        if isinstance(rows, int):
-            self.prompts, self.inverse = slice(rows, rows + 1), None
-            return
-        prompts, inverse = torch.unique(rows.cpu(), return_inverse=True)
-        if len(prompts) == 1:
-            self.prompts, self.inverse = slice(int(prompts[0]), int(prompts[0]) + 1), None
-        else:
-            self.prompts, self.inverse = to_device(prompts, device), to_device(inverse, device)
+        if not isinstance(rows, int):
+            prompts, inverse = torch.unique(rows.cpu(), return_inverse=True)
+            if len(prompts) > 1:
+                self.prompts, self.inverse = to_device(prompts, device), to_device(inverse, device)
+                return
+            rows = int(prompts[0])
+        self.prompts, self.inverse = slice(rows, rows + 1), None  # a view of the one prompt's prefix
 
     def keys_values(self, layer: int) -> tuple[Tensor, Tensor]:
         """Block ``layer``'s prefix keys and values of the prompts, [u, heads, P, dim] each."""
@@ -109,9 +108,9 @@ def shared_prefix_attention(
     groups, rows = heads // kv_heads, count * heads // kv_heads
     exact = torch.float64 if query.dtype == torch.float64 else torch.float32
 
-    def per_kv_head(
-        x: Tensor,
-    ) -> Tensor:  # [count, kv_heads * groups or kv_heads, 1, dim] -> [kv_heads, rows, dim]
+    def per_kv_head(x: Tensor) -> Tensor:
+        """[count, heads or kv_heads, 1, dim] -> [kv_heads, count * groups, dim], the query heads that share
+        a key/value head side by side (key/value heads repeated over their groups)."""
         x = x.reshape(count, kv_heads, -1, dim).expand(count, kv_heads, groups, dim)
         return x.permute(1, 0, 2, 3).reshape(kv_heads, rows, dim)
 
