@@ -195,7 +195,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     hop_functions = [f for f, h in zip(functions, hop.tolist(), strict=True) if h]
 
     def hop_report(scores):
-        return hop_subset(scores if scores is None else scores[hop], below[hop], own[hop], hop_functions)
+        return hop_subset(None if scores is None else scores[hop], below[hop], own[hop], hop_functions)
 
     results, quiet = [], global_rank() != 0
     for label, method in methods:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, micro_rows
@@ -26,18 +28,8 @@ def micro_corpus():
 
 def shuffled_corpus(corpus, seed: int):
     """The same documents in a seeded random order, and the permutation (new position -> old index)."""
-    rows = [
-        dict(
-            uid=d.uid,
-            text=d.text,
-            func=d.func,
-            role=d.role,
-            type=d.type,
-            hop_depth=d.hop_depth,
-            constant=d.constant,
-        )
-        for d in corpus.documents
-    ]
+    # a document's row: every field but where it stood (index, line), which corpus_from_rows assigns anew
+    rows = [{k: v for k, v in asdict(d).items() if k not in ("index", "line")} for d in corpus.documents]
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
     return corpus_from_rows([rows[i] for i in perm.tolist()]), perm
 
