@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model
 
+from probes.lm import scoring
 from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
 from probes.lm.losses import margin_loss
 from probes.lm.scoring import answer_token_ids, length_batches, tokenize
@@ -174,7 +175,8 @@ def test_margin_loss_sign_and_requirements(lm):
 
 
 @pytest.mark.parametrize("max_tokens", [None, 1, 7, 100])
-def test_length_batches_respect_the_token_cap(max_tokens):
+def test_length_batches_respect_the_token_cap(max_tokens, monkeypatch):
+    monkeypatch.setattr(scoring, "MAX_PADDING", 1.0)  # the padding rule has its own test
     lengths = torch.randint(1, 30, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     batches = length_batches(lengths, 16, max_tokens)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
@@ -190,6 +192,20 @@ def test_length_batches_respect_the_token_cap(max_tokens):
         assert set(sizes) == {1}
     elif max_tokens == 100:  # the cap binds for long texts but not for short ones
         assert sizes[0] == 100 // longest[0] and max(sizes) == 16
+
+
+def test_large_batches_stop_before_padding_passes_five_percent(monkeypatch):
+    lengths = torch.randint(1, 60, (500,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def padding(batches):
+        return [lengths[b[0]] * len(b) - sum(lengths[i] for i in b) for b in batches]
+
+    batches = length_batches(lengths, 64, 2000)
+    for batch, pad in zip(batches, padding(batches), strict=True):
+        if lengths[batch[0]] * (len(batch) - 1) * scoring.MIN_BATCH_SHARE >= 2000:  # large before its last
+            assert pad <= scoring.MAX_PADDING * lengths[batch[0]] * len(batch)
+    monkeypatch.setattr(scoring, "MAX_PADDING", 1.0)  # the rule off: only the text and token caps
+    assert sum(padding(batches)) < sum(padding(length_batches(lengths, 64, 2000)))
 
 
 def test_token_cap_does_not_change_features(lm):
