@@ -8,6 +8,7 @@ the model's final norm (the tensor the LM head reads; transformers ties ``hidden
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from probes.lm.compiled import compiled_blocks
 from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
@@ -71,6 +73,7 @@ def hidden_features(
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Float[Tensor, "n l d"]:
     """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings).
 
@@ -78,7 +81,7 @@ def hidden_features(
     `probes.lm.scoring.length_batches`); neither changes the result."""
     spec = FeatureSpec("hidden", pooling, layers=None if layers is None else tuple(layers))
     options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
-    options.update(dtype=dtype, progress=progress)
+    options.update(dtype=dtype, progress=progress, compile=compile)
     return compute_features(model, tokenizer, texts, spec, targets=targets, **options)
 
 
@@ -97,6 +100,7 @@ def gradient_features(
     padding_side: str = "right",
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Float[Tensor, "n l d"]:
     """Pooled activation gradients dL/dh_l of each text's own loss (see `probes.lm.losses`), at least fp32.
 
@@ -106,7 +110,7 @@ def gradient_features(
     """
     spec = FeatureSpec("grad", pooling, loss, None if layers is None else tuple(layers))
     options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
-    options.update(dtype=dtype, progress=progress)
+    options.update(dtype=dtype, progress=progress, compile=compile)
     return compute_features(
         model, tokenizer, texts, spec, targets=targets, candidate_ids=candidate_ids, **options
     )
@@ -127,17 +131,25 @@ def compute_features(
     progress: bool = True,
     devices: int = 1,
     strategy: str = "ddp",
+    compile: bool = False,
 ) -> Float[Tensor, "n l d"]:
     """The features ``spec`` names of every text, in text order, on the CPU.
 
     ``devices=1``: this process runs every length batch. ``devices>1``: a Lightning ``strategy`` ("ddp";
     "ddp_fork" on the CPU where the script cannot be relaunched) deals the batches out over that many
     devices and every rank gets all rows back (see `probes.lm.distributed`); the model must sit on the
-    rank's device.
+    rank's device. ``compile``: run the decoder blocks compiled (see `probes.lm.compiled`); the first passes
+    pay for compiling, later ones (either checkpoint, any length) reuse it.
     Each batch's rows travel to the CPU while the device computes the next (`HostRows`).
     """
     step = FeatureStep(
-        model, tokenizer, spec, candidate_ids=candidate_ids, padding_side=padding_side, dtype=dtype
+        model,
+        tokenizer,
+        spec,
+        candidate_ids=candidate_ids,
+        padding_side=padding_side,
+        dtype=dtype,
+        compile=compile,
     )
     items, batches = plan(tokenizer, texts, targets, spec, candidate_ids, batch_size, max_tokens)
     if devices > 1 and len(batches) >= devices:  # fewer batches: nothing to share (and each rank needs one)
@@ -255,8 +267,9 @@ class FeatureStep:
         candidate_ids: Int[Tensor, "c"] | None = None,
         padding_side: str = "right",
         dtype: torch.dtype | None = None,
+        compile: bool = False,
     ):
-        self.model, self.spec, self.candidate_ids = model, spec, candidate_ids
+        self.model, self.spec, self.candidate_ids, self.compile = model, spec, candidate_ids, compile
         self.pad, self.padding_side = pad_id(tokenizer), padding_side
         self.dtype = _out_dtype(model, dtype)
 
@@ -272,6 +285,10 @@ class FeatureStep:
 
     @sdpa_kernel(ATTENTION_BACKENDS)
     def __call__(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
+        with compiled_blocks(self.model) if self.compile else nullcontext():
+            return self._pooled(items)
+
+    def _pooled(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
         batch = collate(items, self.pad, self.padding_side, self.device)
         pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype, self.device)
         if self.spec.kind == "hidden":
@@ -287,6 +304,7 @@ class FeatureStep:
                 items,
                 self.spec.loss,
                 self.candidate_ids,
+                self.compile,
             )
             states = out.hidden_states
             wanted = _layer_ids(self.spec.layers, len(states))

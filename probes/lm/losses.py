@@ -10,6 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from probes.lm.compiled import compiled
 from probes.lm.scoring import Tokenized, last_position, to_device
 
 LOSSES = ("lm", "ce", "margin")
@@ -34,20 +35,23 @@ def lm_loss(
     input_ids: Int[Tensor, "b s"],
     attention_mask: Int[Tensor, "b s"],
     chunk: int,
+    compile: bool = False,
 ) -> Float[Tensor, "b"]:
     """Each text's own next-token cross-entropy, averaged over its real predicted tokens (pads masked), from
     the final hidden state through the LM ``head``, ``chunk`` positions at a time.
 
     Full-vocabulary logits never exist for the whole batch: each chunk runs under activation checkpointing,
-    so its logits are held only while that chunk is computed and recomputed in its backward.
+    so its logits are held only while that chunk is computed and recomputed in its backward. ``compile``:
+    each chunk's head, upcast, softmax and its backward run fused (`probes.lm.compiled`).
     """
     real = attention_mask.bool()
     predicted = real[:, 1:] & real[:, :-1]
     width = input_ids.shape[1]
+    nll = compiled(_chunk_nll) if compile else _chunk_nll
     # a one-token batch still runs one (empty) chunk, so the loss stays in the graph with a zero gradient
     sums = [
         checkpoint(
-            _chunk_nll,
+            nll,
             head,
             hidden[:, start : min(start + chunk, width - 1)].contiguous(),  # one GEMM, not b small ones
             input_ids[:, start + 1 : start + 1 + chunk],
@@ -145,13 +149,14 @@ def text_losses(
     items: Sequence[Tokenized],
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
+    compile: bool = False,
 ) -> tuple[Float[Tensor, "b"], object]:
     """Each text's own loss ("lm", "ce" or "margin") from one call of ``model``, and that call's output.
 
     ``run(**kwargs)`` calls ``model`` on ``batch`` (however the caller feeds it). It gets ``logits_to_keep``
     so the vocabulary projection runs only where a target is predicted ("ce", "margin"), or only at the last
     position (`probes.lm.scoring.last_position`; "lm", with ``output_hidden_states=True``: `lm_loss` projects
-    the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits).
+    the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits, compiled with ``compile``).
     """
     check_loss(loss)
     if loss == "lm":
@@ -160,7 +165,7 @@ def text_losses(
         rows, vocab = batch["input_ids"].shape[0], head.weight.shape[0]
         chunk = max(1, LOGIT_BUDGET // (rows * vocab))
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        return lm_loss(head, out.hidden_states[-1], ids, mask, chunk), out
+        return lm_loss(head, out.hidden_states[-1], ids, mask, chunk, compile), out
     positions, tokens, valid = target_layout(items, batch["offset"], batch["input_ids"].device)
     keep = torch.unique(positions)
     out = run(logits_to_keep=keep)

@@ -32,6 +32,7 @@ class FeatureStore:
         grad_batch_size: texts per forward+backward pass.
         max_tokens: padded tokens per forward pass (None = no cap; see `probes.lm.scoring.length_batches`);
             gradients use half of it, as their pass holds activations for the backward.
+        compile: run the decoder blocks compiled (`probes.lm.compiled`).
         progress: show progress bars.
         devices: devices that share each feature pass (Lightning's ``strategy``, see
             `probes.lm.distributed`); every rank must have its pair on its own device. Only rank 0 writes
@@ -50,6 +51,7 @@ class FeatureStore:
         batch_size: int = 32,
         grad_batch_size: int | None = None,
         max_tokens: int | None = None,
+        compile: bool = False,
         progress: bool = True,
         devices: int = 1,
         strategy: str = "ddp",
@@ -63,7 +65,7 @@ class FeatureStore:
         self.batch_size = batch_size
         self.grad_batch_size = grad_batch_size or max(1, batch_size // 2)
         self.devices, self.strategy = devices, strategy
-        self.max_tokens = max_tokens
+        self.max_tokens, self.compile = max_tokens, compile
         self.grad_max_tokens = None if max_tokens is None else max(1, max_tokens // 2)
         self._memo: dict[tuple, Tensor] = {}
         self._tokenizer_hash: str | None = None
@@ -99,6 +101,7 @@ class FeatureStore:
                     candidate_ids=self.candidate_ids,
                     batch_size=batch_size,
                     max_tokens=max_tokens,
+                    compile=self.compile,
                     progress=self.progress,
                     devices=self.devices,
                     strategy=self.strategy,

@@ -1,0 +1,120 @@
+"""``torch.compile`` for the feature passes: the modules inside each decoder block, one compiled function per
+module class, shared by every block and every model of that class.
+
+Eager Hugging Face blocks spend most of their time outside the matmuls: every RMSNorm makes fp32 round trips
+through memory, rotary embeddings and SwiGLU run as a chain of element-wise kernels. Compiling fuses each
+chain into a few kernels. The units are the blocks' children (attention, MLP, norms), not the blocks:
+transformers records hidden states and attentions with forward hooks, and tracing those hooks breaks the
+graph; a child's ``forward`` is replaced by its class's compiled ``forward`` bound to it, so ``__call__`` and
+its hooks stay eager. Weights are graph inputs (dynamo inlines modules), so the blocks of both checkpoints
+share one compiled function per class and mode (inference, gradients); batch size and length are dynamic, so
+length batches do not recompile (but for a few variants: a length divisible by 8 or not, a single row).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+_LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
+
+_COMPILED: dict[Callable, Callable] = {}
+# Entries one code object may collect: static then dynamic shapes, no-grad and grad mode, and a few model
+# configurations (dtype, width) per process. Past the limit dynamo would quietly run the rest eager.
+RECOMPILE_LIMIT = 32
+
+
+class FuseSharedInputLinears(CustomGraphPass):
+    """Bias-free linear maps of one input become one map by the concatenated weights, split afterwards:
+    attention's q, k and v projections and the MLP's gate and up run as one wide GEMM each. A 2048-wide
+    projection of 1B models ran at ~460 TFLOP/s on an H100, the 8192-wide ones at ~730. The concatenation
+    copies the weights on every call (24 MB per 1B block), a small price beside the GEMMs of a batch."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        order = {node: i for i, node in enumerate(graph.nodes)}
+        groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in _LINEAR and _bias(node) is None:
+                groups.setdefault(node.args[0], []).append(node)
+        for x, linears in groups.items():
+            weights = [node.args[1] if len(node.args) > 1 else node.kwargs["weight"] for node in linears]
+            # the fused map goes after its input and weights, and must come before any use of the maps
+            ready = max([x, *weights], key=order.__getitem__)
+            uses = [order[user] for node in linears for user in node.users]
+            if len(linears) < 2 or (uses and order[ready] >= min(uses)):
+                continue
+            with graph.inserting_after(ready):
+                cat = graph.call_function(torch.cat, (weights,), {"dim": 0})
+            with graph.inserting_after(cat):
+                fused = graph.call_function(torch._C._nn.linear, (x, cat))
+            with graph.inserting_after(fused):
+                sizes = [w.meta["example_value"].shape[0] for w in weights]
+                parts = graph.call_function(torch.split, (fused, sizes), {"dim": -1})
+            point = parts
+            for i, node in enumerate(linears):
+                with graph.inserting_after(point):
+                    point = graph.call_function(operator.getitem, (parts, i))
+                point.meta.update(node.meta)
+                node.replace_all_uses_with(point)
+                graph.erase_node(node)
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files((str(Path(__file__)),))
+
+
+def _bias(node: torch.fx.Node):
+    return node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+
+
+def compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once per process, every tensor dimension dynamic but the parameters' (batch size and
+    length vary from batch to batch; widths meet the static weights and become static themselves), with
+    linear maps of one input fused (`FuseSharedInputLinears`). Decorators that keep ``__wrapped__`` (runtime
+    type checks, transformers' deprecation wrappers) are left out: dynamo would trace them too, and every
+    method such a wrapper wraps shares its code object, and with it dynamo's cache and recompile limit."""
+    fn = inspect.unwrap(fn)
+    if fn not in _COMPILED:
+        options = {"pre_grad_custom_pass": FuseSharedInputLinears()}
+        _COMPILED[fn] = torch.compile(fn, dynamic=True, options=options)
+    return _COMPILED[fn]
+
+
+def compiled_forward(cls: type) -> Callable:
+    """``cls.forward`` compiled, taking the module as its first argument."""
+    return compiled(cls.forward)
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM or its base model (``base_model.layers``)."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(
+            f"cannot compile {type(model).__name__}: its base model has no ModuleList 'layers' of decoder "
+            "blocks; run it with compile off"
+        )
+    return layers
+
+
+@contextmanager
+def compiled_blocks(model) -> Iterator[None]:
+    """Run the children of ``model``'s decoder blocks through their class's compiled ``forward``; each gets
+    its class's eager ``forward`` back on leaving, also after an error. A child whose ``forward`` was already
+    replaced on the instance (by a hook library, say) is left as it is."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    blocks = decoder_blocks(model)
+    children = [c for block in blocks for c in block.children() if "forward" not in c.__dict__]
+    try:
+        for child in children:
+            child.forward = functools.partial(compiled_forward(type(child)), child)
+        yield
+    finally:
+        for child in children:
+            child.__dict__.pop("forward", None)
