@@ -1,4 +1,4 @@
-"""Benchmark helpers: device sync, timed calls, the matmul ceiling, the plain loop, compiling, profiles."""
+"""Benchmark helpers: device sync, timed calls, the matmul ceiling, the plain loop, profiles."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def median_time(fn, device, repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``fn``: single runs of the same pass on an H100 varied by up
+    to 25% from one run to the next."""
+    times = sorted(timed(fn, device)[1] for _ in range(repeats))
+    return times[len(times) // 2]
+
+
 def matmul_rate(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
     """Measured bf16 matmul FLOP/s of the card (median of ``repeats`` after warm-up, random data)."""
     dtype = dtype_for(device)
@@ -87,17 +94,6 @@ def plain_loop(model, tokenizer, texts: list[str], batch_size: int = 64) -> torc
             pooled.append(torch.stack([h[rows, last] for h in out.hidden_states], 1).float().cpu())
             del out
     return torch.cat(pooled)
-
-
-def compile_blocks(model) -> None:
-    """``torch.compile`` each decoder block in place, with dynamic shapes (every batch has its own length
-    and row count). Blocks, not the whole model: they hold nearly all the work and its eager element-wise
-    kernels (RMSNorm, rotary, SiLU), while HF's hidden-state capture and the chunked LM loss stay eager."""
-    # all blocks of both models share one code object, and the passes call it in different ways (grad mode on
-    # or off, a mask or none, a KV cache in patching): past the default 8 variants dynamo runs the rest eager
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for block in model.model.layers:
-        block.compile(dynamic=True)
 
 
 def profile(fn, what: str, rows: int = 25) -> None:

@@ -1,18 +1,20 @@
 """Throughput of the shared feature pass, patching and compare.py on 1B architectures with random weights.
 
     python bench/throughput.py --arch olmo2-1b --corpus .data/hops/20hops.jsonl [--out DIR]
-        [--max-tokens N] [--compile]
+        [--max-tokens N] [--repeats N] [--compile] [--compare]
 
 The published checkpoints cannot be downloaded on the GPU machines, so the OLMo2-1B and Llama-3.2-1B
 architectures are built from their configs with random bf16 weights (speed does not depend on the weights).
 Texts are the corpus's documents and its queries, tokenised by the project's own tokenizer trained on the
 corpus (token counts differ a little from the published tokenizers; every rate below is per real token).
 
-Each rate is also given as a fraction of the hardware limit: 2 x non-embedding parameters x tokens FLOPs
-forward (x3 with the backward) over the card's bf16 matmul rate measured in the same run. The "plain loop" is
-what the feature pass replaces: batches of 64 in corpus order, padding to the longest, all hidden states and
-full logits kept, pooled afterwards. With --compile every decoder block is compiled first; compiling (the
-first calls of every pass on a subset) is its own line, and every rate after it is of the compiled model.
+Each rate is the median of --repeats runs and is also given as a fraction of the hardware limit: 2 x
+non-embedding parameters x tokens FLOPs forward (x3 with the backward) over the card's bf16 matmul rate
+measured in the same run. The "plain loop" is what the feature pass replaces: batches of 64 in corpus order,
+padding to the longest, all hidden states and full logits kept, pooled afterwards. With --compile the feature
+and gradient passes run their decoder blocks compiled (`probes.lm.compiled`, the passes' own ``compile``
+option); compiling (with one unrated run of both passes) is its own line, and their rates after it are of
+the compiled blocks. The plain loop and patching run eager either way.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from archs import build_model, dtype_for, non_embedding_params  # noqa: E402
 from measure import (  # noqa: E402
     add_model_arguments,
     bench_inputs,
-    compile_blocks,
     count_tokens,
     matmul_rate,
+    median_time,
     plain_loop,
     profile,
     timed,
@@ -56,7 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_model_arguments(parser, "olmo2-1b")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per feature batch")
-    parser.add_argument("--grad-batch-size", type=int, default=64, help="texts per gradient batch")
+    parser.add_argument(
+        "--grad-batch-size",
+        type=int,
+        default=None,
+        help="texts per gradient batch (default: half of --batch-size, like compare.py)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="each rate is the median of this many runs (not the plain loop)",
+    )
     parser.add_argument(
         "--max-tokens",
         type=int,
@@ -64,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also cap a feature batch at this many padded tokens (gradient batches: half, like compare.py)",
     )
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the decoder blocks (compile time shown apart)"
+        "--compile",
+        action="store_true",
+        help="feature passes with compile=True (compile time shown apart)",
     )
     parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
     parser.add_argument(
@@ -125,43 +140,36 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     grad_tokens = None if args.max_tokens is None else max(1, args.max_tokens // 2)
-    opts = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, progress=False)
-    gopts = dict(batch_size=args.grad_batch_size, max_tokens=grad_tokens, progress=False)
+    opts = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, progress=False, compile=args.compile)
+    grad_batch = args.grad_batch_size or max(1, args.batch_size // 2)
+    gopts = dict(batch_size=grad_batch, max_tokens=grad_tokens, progress=False, compile=args.compile)
     if args.compile:
 
-        def first_calls():  # each pass below once on a subset, so that no rate includes compiling
-            plain_loop(old, tokenizer, texts[:128])
-            for model in (old, new):
-                hidden_features(model, tokenizer, docs[:256], **opts)
-                hidden_features(model, tokenizer, qtexts[:256], targets=qtargets[:256], **opts)
-            gradient_features(new, tokenizer, docs[:64], loss="lm", pooling="mean", **gopts)
-            gradient_features(new, tokenizer, qtexts[:64], targets=qtargets[:64], loss="ce", **gopts)
-            patcher = Patcher(old, tokenizer, candidate_ids, layer="middle")
-            for prefix in patcher.prefixes([q.prompt for q in queries[: args.patch_queries]]):
-                patcher.logits(
-                    prefix, torch.zeros(4, dtype=torch.long), torch.randn(4, new.config.hidden_size)
-                )
+        def first_calls():  # every compiled variant (grad or not, length divisible by 8 or not) before rating
+            hidden_features(old, tokenizer, docs, **opts)
+            hidden_features(old, tokenizer, qtexts, targets=qtargets, **opts)
+            gradient_features(new, tokenizer, docs, loss="lm", pooling="mean", **gopts)
+            gradient_features(new, tokenizer, qtexts, targets=qtargets, loss="ce", **gopts)
 
-        for model in (old, new):
-            compile_blocks(model)
         _, t = timed(first_calls, device)
-        print(f"{'torch.compile + first calls (not rated)':42s} {t:8.2f} s", flush=True)
-        rows.append(dict(what="torch.compile + first calls", seconds=round(t, 2)))
+        print(f"{'torch.compile + one pass of each (not rated)':42s} {t:8.2f} s", flush=True)
+        rows.append(dict(what="torch.compile + one pass of each", seconds=round(t, 2)))
 
     plain_loop(old, tokenizer, texts[:128])  # warm-up (kernels, allocator)
     _, t = timed(lambda: plain_loop(old, tokenizer, texts), device)
     record("plain loop, one checkpoint", t, tokens, 1, "bs 64, pad to longest, all states + logits")
 
     hidden_features(old, tokenizer, docs[:256], **opts)  # warm-up
-    _, t = timed(
+    t = median_time(
         lambda: (
             hidden_features(old, tokenizer, docs, **opts),
             hidden_features(old, tokenizer, qtexts, targets=qtargets, **opts),
         ),
         device,
+        args.repeats,
     )
     record("feature pass (hidden, all layers), one ckpt", t, tokens, 1, "length-bucketed, pooled on device")
-    _, t = timed(
+    t = median_time(
         lambda: [
             (
                 hidden_features(m, tokenizer, docs, **opts),
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             for m in (old, new)
         ],
         device,
+        args.repeats,
     )
     record("feature pass, both checkpoints", t, 2 * tokens, 1)
 
@@ -177,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     # nothing, so its LM-loss gradient there is exactly zero)
     try:
         gradient_features(new, tokenizer, docs[:64], loss="lm", pooling="mean", **gopts)  # warm-up
-        _, t = timed(
+        t = median_time(
             lambda: (
                 gradient_features(new, tokenizer, docs, loss="lm", pooling="mean", **gopts),
                 gradient_features(new, tokenizer, qtexts, targets=qtargets, loss="ce", **gopts),
             ),
             device,
+            args.repeats,
         )
         record("gradient pass (dL/dh, all layers) at f_new", t, tokens, 3, "docs lm loss, queries answer ce")
     except FloatingPointError as error:  # random bf16 weights can overflow; report it and go on
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             for prompts, ids in candidate_batches(len(prefix.rows), len(docs), args.patch_batch_size, device):
                 patcher.logits(prefix, prompts, states[ids])
 
-    _, t = timed(patch_all, device)
+    t = median_time(patch_all, device, args.repeats)
     evals = len(prompts) * len(docs)
     print(
         f"{'patching (middle layer), candidates':42s} {t:8.2f} s {evals / t:12,.0f} evals/s  "
