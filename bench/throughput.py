@@ -14,7 +14,8 @@ measured in the same run. The "plain loop" is what the feature pass replaces: ba
 padding to the longest, all hidden states and full logits kept, pooled afterwards. With --compile the feature
 and gradient passes run their decoder blocks compiled (`probes.lm.compiled`, the passes' own ``compile``
 option); compiling (with one unrated run of both passes) is its own line, and their rates after it are of
-the compiled blocks. The plain loop and patching run eager either way.
+the compiled blocks. The plain loop and patching run eager either way. Passes over the same texts share their
+tokens (`probes.lm.features`), as the passes of compare.py's FeatureStore do: tokenising is its own line.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from baselines.patching import Patching, candidate_batches  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
 from probes.lm.features import gradient_features, hidden_features  # noqa: E402
 from probes.lm.patch import Patcher  # noqa: E402
-from probes.lm.scoring import answer_token_ids  # noqa: E402
+from probes.lm.scoring import answer_token_ids, tokenize  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         _, t = timed(first_calls, device)
         print(f"{'torch.compile + one pass of each (not rated)':42s} {t:8.2f} s", flush=True)
         rows.append(dict(what="torch.compile + one pass of each", seconds=round(t, 2)))
+
+    _, t = timed(lambda: (tokenize(tokenizer, docs), tokenize(tokenizer, qtexts, qtargets)), device)
+    print(f"{'tokenising docs + queries (not rated)':42s} {t:8.2f} s", flush=True)
+    rows.append(dict(what="tokenising docs + queries", seconds=round(t, 2)))
 
     plain_loop(old, tokenizer, texts[:128])  # warm-up (kernels, allocator)
     _, t = timed(lambda: plain_loop(old, tokenizer, texts), device)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model
 
-from probes.lm import scoring
+from probes.lm import features, scoring
 from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
 from probes.lm.losses import margin_loss
 from probes.lm.scoring import answer_token_ids, length_batches, tokenize
@@ -206,6 +206,19 @@ def test_large_batches_stop_before_padding_passes_five_percent(monkeypatch):
             assert pad <= scoring.MAX_PADDING * lengths[batch[0]] * len(batch)
     monkeypatch.setattr(scoring, "MAX_PADDING", 1.0)  # the rule off: only the text and token caps
     assert sum(padding(batches)) < sum(padding(length_batches(lengths, 64, 2000)))
+
+
+def test_passes_over_the_same_texts_tokenise_them_once(lm):
+    _, tokenizer, _ = lm
+    texts, targets = queries()
+    first = features._tokenized(tokenizer, texts, targets)
+    assert first == tokenize(tokenizer, texts, targets)
+    assert features._tokenized(tokenizer, list(texts), [tuple(t) for t in targets]) is first  # equal inputs
+    assert features._tokenized(tokenizer, texts, None) == tokenize(tokenizer, texts)  # other targets: anew
+    grown = copy.deepcopy(tokenizer)
+    before = features._tokenized(grown, ["<NEW> x"], None)
+    grown.add_tokens(["<NEW>"])  # the same tokenizer with another vocabulary: anew, even for the same texts
+    assert features._tokenized(grown, ["<NEW> x"], None) == tokenize(grown, ["<NEW> x"]) != before
 
 
 def test_token_cap_does_not_change_features(lm):
