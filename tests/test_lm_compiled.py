@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from probes.lm.compiled import FuseSharedInputLinears, compiled_blocks, decoder_blocks
+from probes.lm.compiled import compiled_blocks, decoder_blocks, fuse_shared_input_linears
 from probes.lm.features import gradient_features, hidden_features
 from probes.lm.tokenizer import train_tokenizer
 
@@ -51,7 +51,7 @@ def test_fusing_linears_of_one_input_keeps_the_outputs():
     for node in traced.graph.nodes:  # dynamo's graphs carry each tensor's example value; give the weights one
         if node.op == "get_attr":
             node.meta["example_value"] = getattr(module, node.target)
-    FuseSharedInputLinears()(traced.graph)
+    fuse_shared_input_linears(traced.graph)
     traced.recompile()
     linears = [n for n in traced.graph.nodes if n.op == "call_function" and n.target is F.linear]
     # q, k, v -> one; o (another input) and the biased map stay

@@ -21,67 +21,77 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-
-_LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
+import torch.nn.functional as F
 
 _COMPILED: dict[Callable, Callable] = {}
-# Entries one code object may collect: static then dynamic shapes, no-grad and grad mode, and a few model
-# configurations (dtype, width) per process. Past the limit dynamo would quietly run the rest eager.
+# Entries one code object may collect: grad mode on or off, a length divisible by 8 or not, single rows, and a
+# few model configurations (dtype, width) per process. Past the limit dynamo would quietly run the rest eager.
 RECOMPILE_LIMIT = 32
 
 
-class FuseSharedInputLinears(CustomGraphPass):
+def fuse_shared_input_linears(graph: torch.fx.Graph) -> None:
     """Bias-free linear maps of one input become one map by the concatenated weights, split afterwards:
     attention's q, k and v projections and the MLP's gate and up run as one wide GEMM each. A 2048-wide
     projection of 1B models ran at ~460 TFLOP/s on an H100, the 8192-wide ones at ~730. The concatenation
-    copies the weights on every call (24 MB per 1B block), a small price beside the GEMMs of a batch."""
-
-    def __call__(self, graph: torch.fx.Graph) -> None:
-        order = {node: i for i, node in enumerate(graph.nodes)}
-        groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
-        for node in graph.nodes:
-            if node.op == "call_function" and node.target in _LINEAR and _bias(node) is None:
-                groups.setdefault(node.args[0], []).append(node)
-        for x, linears in groups.items():
-            weights = [node.args[1] if len(node.args) > 1 else node.kwargs["weight"] for node in linears]
-            # the fused map goes after its input and weights, and must come before any use of the maps
-            ready = max([x, *weights], key=order.__getitem__)
-            uses = [order[user] for node in linears for user in node.users]
-            if len(linears) < 2 or (uses and order[ready] >= min(uses)):
-                continue
-            with graph.inserting_after(ready):
-                cat = graph.call_function(torch.cat, (weights,), {"dim": 0})
-            with graph.inserting_after(cat):
-                fused = graph.call_function(torch._C._nn.linear, (x, cat))
-            with graph.inserting_after(fused):
-                sizes = [w.meta["example_value"].shape[0] for w in weights]
-                parts = graph.call_function(torch.split, (fused, sizes), {"dim": -1})
-            point = parts
-            for i, node in enumerate(linears):
-                with graph.inserting_after(point):
-                    point = graph.call_function(operator.getitem, (parts, i))
-                point.meta.update(node.meta)
-                node.replace_all_uses_with(point)
-                graph.erase_node(node)
-
-    def uuid(self) -> bytes:
-        return get_hash_for_files((str(Path(__file__)),))
+    copies the weights on every call (24 MB per 1B block), a small price beside the GEMMs of a batch.
+    Weight nodes need their ``meta["example_value"]`` (dynamo's graphs carry it)."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is F.linear and _bias(node) is None:
+            groups.setdefault(node.args[0], []).append(node)
+    for x, linears in groups.items():
+        weights = [node.args[1] if len(node.args) > 1 else node.kwargs["weight"] for node in linears]
+        # the fused map goes after its input and weights, and must come before any use of the maps
+        ready = max([x, *weights], key=order.__getitem__)
+        uses = [order[user] for node in linears for user in node.users]
+        if len(linears) < 2 or (uses and order[ready] >= min(uses)):
+            continue
+        with graph.inserting_after(ready):
+            cat = graph.call_function(torch.cat, (weights,), {"dim": 0})
+        with graph.inserting_after(cat):
+            fused = graph.call_function(F.linear, (x, cat))
+        with graph.inserting_after(fused):
+            sizes = [w.meta["example_value"].shape[0] for w in weights]
+            parts = graph.call_function(torch.split, (fused, sizes), {"dim": -1})
+        point = parts
+        for i, node in enumerate(linears):
+            with graph.inserting_after(point):
+                point = graph.call_function(operator.getitem, (parts, i))
+            point.meta.update(node.meta)
+            node.replace_all_uses_with(point)
+            graph.erase_node(node)
 
 
 def _bias(node: torch.fx.Node):
     return node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
 
 
+def _fusion_pass():
+    """`fuse_shared_input_linears` as inductor's pre-grad pass, with the hash its compile cache keys on.
+    Built on first use: importing inductor takes 1.5-2 s, which no run with compile off should pay."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class FuseSharedInputLinears(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            fuse_shared_input_linears(graph)
+
+        def uuid(self) -> bytes:
+            return get_hash_for_files((str(Path(__file__)),))
+
+    return FuseSharedInputLinears()
+
+
 def compiled(fn: Callable) -> Callable:
     """``fn`` compiled once per process, every tensor dimension dynamic but the parameters' (batch size and
     length vary from batch to batch; widths meet the static weights and become static themselves), with
-    linear maps of one input fused (`FuseSharedInputLinears`). Decorators that keep ``__wrapped__`` (runtime
-    type checks, transformers' deprecation wrappers) are left out: dynamo would trace them too, and every
-    method such a wrapper wraps shares its code object, and with it dynamo's cache and recompile limit."""
+    linear maps of one input fused (`fuse_shared_input_linears`). Decorators that keep ``__wrapped__``
+    (runtime type checks, transformers' deprecation wrappers) are left out: dynamo would trace them too, and
+    every method such a wrapper wraps shares its code object, and with it dynamo's cache and recompile
+    limit."""
     fn = inspect.unwrap(fn)
     if fn not in _COMPILED:
-        options = {"pre_grad_custom_pass": FuseSharedInputLinears()}
+        options = {"pre_grad_custom_pass": _fusion_pass()}
         _COMPILED[fn] = torch.compile(fn, dynamic=True, options=options)
     return _COMPILED[fn]
 
