@@ -11,7 +11,14 @@ from tqdm.auto import tqdm
 
 from baselines.base import QUERY_LOSSES, AttributionContext, Method, check_choice, register
 from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
-from probes.lm.example_grads import PROJECTIONS, RandomProjection, batch_example_gradients, owners
+from probes.lm.example_grads import (
+    PROJECTIONS,
+    KroneckerProjection,
+    RandomProjection,
+    batch_example_gradients,
+    batch_projected_gradients,
+    owners,
+)
 from probes.lm.features import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 
@@ -26,7 +33,9 @@ class GradSim(Method):
 
     Args:
         projection_dim: dimension P of the random projection; 0 or None = the exact full gradient.
-        projection: "sparse" (count sketch, cost independent of P), "rademacher" or "gaussian" (dense).
+        projection: "sparse" (count sketch, cost independent of P), "rademacher" or "gaussian" (dense), all
+            of the exact per-example gradient; or "kronecker" (Linear weights only, P = k x k), which never
+            forms it: the one that runs at 1B scale (see `probes.lm.example_grads.KroneckerProjection`).
         seed: seed of the projection.
         loss: the query loss, "ce" or "margin".
         similarity: "cosine" or "dot".
@@ -51,7 +60,7 @@ class GradSim(Method):
         chunk_size: int = 4096,
     ):
         for option, value, choices in (
-            ("projection", projection, PROJECTIONS),
+            ("projection", projection, (*PROJECTIONS, "kronecker")),
             ("loss", loss, QUERY_LOSSES),
             ("similarity", similarity, SIMILARITIES),
             ("normalize", normalize, NORMALISATIONS),
@@ -88,11 +97,16 @@ class GradSim(Method):
             )
         n_params = sum(named[n].numel() for n in names)
         dim = s["projection_dim"]
-        self.projection = (
-            RandomProjection(n_params, dim, s["projection"], s["seed"], s["cache_mb"]) if dim else None
-        )
-        self.pair, self.candidate_ids = pair, ctx.candidate_ids
         self.holders = owners(pair.new, names)
+        if s["projection"] == "kronecker":
+            if not dim:
+                raise ValueError("method 'grad_sim': projection 'kronecker' needs a projection_dim (k x k)")
+            self.projection = KroneckerProjection(self.holders, dim, s["seed"])
+        else:
+            self.projection = (
+                RandomProjection(n_params, dim, s["projection"], s["seed"], s["cache_mb"]) if dim else None
+            )
+        self.pair, self.candidate_ids = pair, ctx.candidate_ids
         self.query_texts, self.query_targets = query_inputs(ctx.queries)
         self.queries: dict[int, Tensor] = {}  # query id -> features, computed when a query is first scored
         self.scorer.fit(self._features(ctx.corpus.texts, None, "lm", "grad_sim docs")[:, None])
@@ -105,11 +119,16 @@ class GradSim(Method):
         for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
             chunk = [items[i] for i in index]
             batch = collate(chunk, pad_id(pair.tokenizer), "right", next(pair.new.parameters()).device)
-            names = list(self.holders)
-            grads = batch_example_gradients(
-                pair.new, batch, chunk, loss, names, self.candidate_ids, self.holders
-            )
-            rows = (self.projection(grads) if self.projection is not None else torch.cat(grads, 1)).cpu()
+            if isinstance(self.projection, KroneckerProjection):
+                rows = batch_projected_gradients(
+                    pair.new, batch, chunk, loss, self.projection, self.candidate_ids
+                ).cpu()
+            else:
+                names = list(self.holders)
+                grads = batch_example_gradients(
+                    pair.new, batch, chunk, loss, names, self.candidate_ids, self.holders
+                )
+                rows = (self.projection(grads) if self.projection is not None else torch.cat(grads, 1)).cpu()
             if out is None:
                 out = torch.empty(len(items), rows.shape[1], dtype=rows.dtype)
             out[index] = rows

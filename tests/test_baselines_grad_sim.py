@@ -12,7 +12,13 @@ from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thr
 
 from baselines.base import build_method
 from probes.data.queries import make_queries
-from probes.lm.example_grads import RandomProjection, batch_example_gradients, owners
+from probes.lm.example_grads import (
+    KroneckerProjection,
+    RandomProjection,
+    batch_example_gradients,
+    batch_projected_gradients,
+    owners,
+)
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair
@@ -89,6 +95,39 @@ def test_batching_chunking_and_caching_do_not_change_scores(setup):
     torch.testing.assert_close(again, scores)
     ids = torch.arange(len(scores))
     torch.testing.assert_close(torch.cat([method.score(ids[:3]), method.score(ids[3:])]), scores)
+
+
+def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup):
+    """Projected from each call's inputs and output gradients, against the exact per-example gradients times
+    the [out * in, k * k] matrix kron(A, B) that the factored form never builds."""
+    corpus, _, pair = setup
+    names = [n for n, _ in pair.new.named_parameters() if n.endswith("proj.weight")]
+    holders = owners(pair.new, names)
+    projection = KroneckerProjection(holders, 16, seed=3)
+    items = tokenize(pair.tokenizer, corpus.texts)
+    batch = collate(items, pad_id(pair.tokenizer))
+    got = batch_projected_gradients(pair.new, batch, items, "lm", projection)
+    exact = batch_example_gradients(pair.new, batch, items, "lm", names)
+    expected = sum(
+        g @ torch.kron(*projection.factors(n, g.device, g.dtype)) for n, g in zip(names, exact, strict=True)
+    )
+    torch.testing.assert_close(got, expected / 4)
+    other = batch_projected_gradients(pair.new, batch, items, "lm", KroneckerProjection(holders, 16, seed=4))
+    assert not torch.allclose(other, got)
+
+
+def test_kronecker_projection_preserves_cosines(setup):
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries, "proj")
+    _, scores = scores_of(setup, projection="kronecker", projection_dim=1024, param_filter="proj")
+    assert (scores - cosine(qs, docs)).abs().max() < 0.2
+
+
+def test_kronecker_projection_names_what_it_cannot_project(setup):
+    with pytest.raises(TypeError, match="'model.embed_tokens.weight' is Embedding.weight"):
+        scores_of(setup, projection="kronecker", projection_dim=16)
+    with pytest.raises(ValueError, match="square projection_dim"):
+        scores_of(setup, projection="kronecker", projection_dim=15, param_filter="proj")
 
 
 def test_random_projection_blocks_and_scaling():

@@ -59,25 +59,26 @@ def _rule(module: nn.Module, attr: str, x: Tensor, g: Tensor) -> Tensor:
     return (g * normed.to(x.dtype)).sum(1)
 
 
-def batch_example_gradients(
+Calls = dict[int, list[tuple[Tensor, Tensor]]]
+
+
+def _record_calls(
     model: nn.Module,
     batch: dict[str, Tensor],
     items: Sequence[Tokenized],
     loss: str,
-    names: Sequence[str],
-    candidate_ids: Int[Tensor, "c"] | None = None,
-    holders: dict[str, list[tuple[nn.Module, str]]] | None = None,
-) -> list[Float[Tensor, "b _"]]:
-    """Each text's gradient of its own loss (see `probes.lm.interpolate.text_loss`) w.r.t. each named
-    parameter, flattened to ``[b, numel]``, in ``names`` order; exact, from one batched forward and backward.
+    holders: dict[str, list[tuple[nn.Module, str]]],
+    candidate_ids: Int[Tensor, "c"] | None,
+) -> Calls:
+    """One batched forward and backward of each text's own loss; for every module holding a named
+    parameter, each call's input and output gradient, keyed by the module's id.
 
     Texts never attend to each other, so the gradient reaching a module's output at a text's positions is that
-    text's own; pads get zero gradient. Hooks record each module's input and output gradient (removed in
-    ``finally``); the frozen model is not modified and no parameter gradient is accumulated.
+    text's own; pads get zero gradient. Hooks record them (removed in ``finally``); the frozen model is not
+    modified and no parameter gradient is accumulated.
     """
-    holders = owners(model, names) if holders is None else holders
     modules = {id(m): m for pairs in holders.values() for m, _ in pairs}
-    calls: dict[int, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+    calls: Calls = defaultdict(list)
     embedding = model.get_input_embeddings()
     roots: list[Tensor] = []
 
@@ -98,6 +99,23 @@ def batch_example_gradients(
     finally:
         for handle in handles:
             handle.remove()
+    return calls
+
+
+def batch_example_gradients(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    loss: str,
+    names: Sequence[str],
+    candidate_ids: Int[Tensor, "c"] | None = None,
+    holders: dict[str, list[tuple[nn.Module, str]]] | None = None,
+) -> list[Float[Tensor, "b _"]]:
+    """Each text's gradient of its own loss (see `probes.lm.interpolate.text_loss`) w.r.t. each named
+    parameter, flattened to ``[b, numel]``, in ``names`` order; exact, from one batched forward and backward
+    (`_record_calls`)."""
+    holders = owners(model, names) if holders is None else holders
+    calls = _record_calls(model, batch, items, loss, holders, candidate_ids)
     out = []
     for name in names:
         parts = [_rule(m, attr, x, g) for m, attr in holders[name] for x, g in calls[id(m)]]
@@ -109,6 +127,69 @@ def batch_example_gradients(
             grad = grad + part
         out.append(grad.flatten(1))
     return out
+
+
+class KroneckerProjection:
+    """A seeded random projection of the per-example gradients of Linear weights to ``dim`` = k x k
+    coordinates that never forms them: the weight gradient of one call is ``sum_t g_t x_t^T``, and its
+    projection by ``A (x) B`` (A: [out, k], B: [in, k], Gaussian) is ``sum_t (A^T g_t)(B^T x_t)^T``, two thin
+    products per token (the factored projection of LoGra, Choe et al. 2024). Every parameter has its own
+    (A, B), seeded by ``seed`` and its position in ``names``, all added into one ``dim``-space and scaled by
+    1/sqrt(dim): inner products are preserved in expectation, as by the other projections. The exact
+    per-example gradient of a 1B model's weights is 1.5e9 numbers per text; this costs ~k x (in + out) per
+    token and weight.
+    """
+
+    def __init__(self, holders: dict[str, list[tuple[nn.Module, str]]], dim: int, seed: int = 0):
+        k = math.isqrt(dim)
+        if k * k != dim:
+            raise ValueError(f"projection 'kronecker' needs a square projection_dim (k x k), got {dim}")
+        for name, pairs in holders.items():
+            for module, attr in pairs:
+                if not isinstance(module, nn.Linear) or attr != "weight":
+                    raise TypeError(
+                        f"projection 'kronecker' covers Linear weights, but {name!r} is "
+                        f"{type(module).__name__}.{attr}; leave it out with a param_filter "
+                        "(e.g. 'proj.weight$')"
+                    )
+        self.holders, self.dim, self.k, self.seed = holders, dim, k, seed
+        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def factors(self, name: str, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(A, B) of parameter ``name``: [out, k] and [in, k]."""
+        if name not in self._factors:
+            weight = getattr(*self.holders[name][0])
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + list(self.holders).index(name))
+            a = torch.randn(weight.shape[0], self.k, generator=generator)
+            b = torch.randn(weight.shape[1], self.k, generator=generator)
+            self._factors[name] = (a.to(device, dtype), b.to(device, dtype))
+        return self._factors[name]
+
+    def __call__(self, calls: Calls, rows: int, like: Tensor) -> Float[Tensor, "b dim"]:
+        """The projected gradients of ``rows`` texts from `_record_calls`' record; ``like`` gives their
+        device and dtype."""
+        out = torch.zeros(rows, self.k, self.k, dtype=like.dtype, device=like.device)
+        for name, pairs in self.holders.items():
+            a, b = self.factors(name, like.device, like.dtype)
+            for module, _ in pairs:
+                for x, g in calls[id(module)]:
+                    out += torch.einsum("btk,btl->bkl", g.to(like.dtype) @ a, x.to(like.dtype) @ b)
+        return out.flatten(1) / math.sqrt(self.dim)
+
+
+def batch_projected_gradients(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    items: Sequence[Tokenized],
+    loss: str,
+    projection: KroneckerProjection,
+    candidate_ids: Int[Tensor, "c"] | None = None,
+) -> Float[Tensor, "b dim"]:
+    """Each text's gradient w.r.t. the projection's Linear weights, projected by it (`KroneckerProjection`),
+    from one batched forward and backward; at least float32."""
+    calls = _record_calls(model, batch, items, loss, projection.holders, candidate_ids)
+    like = torch.empty(0, dtype=torch.promote_types(model.dtype, torch.float32), device=model.device)
+    return projection(calls, len(items), like)
 
 
 PROJECTIONS = ("sparse", "rademacher", "gaussian")
