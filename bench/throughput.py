@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         (Path(args.out) / f"throughput-{args.arch}.json").write_text(json.dumps(result, indent=2))
 
 
-# grad_sim's default projection forms each text's exact parameter gradient (1.5e9 numbers at 1B) before
-# projecting it; at 1B it projects the Linear weights' gradients by Kronecker factors instead.
+# grad_sim's default projection forms each text's exact parameter gradient (1.5e9 numbers at 1B) and projects
+# it in 4096-row blocks from Python (not run at 1B); here it projects the Linear weights' gradients by
+# Kronecker factors instead.
 GRAD_SIM_AT_SCALE = {"projection": "kronecker", "projection_dim": 256, "param_filter": r"proj\.weight$"}
 
 
