@@ -15,17 +15,13 @@ from dataclasses import asdict, dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from tqdm.auto import tqdm
 
 from probes.lm.compiled import compiled_blocks
 from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
-from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
-
-# Not cuDNN's attention, PyTorch's first choice on Hopper: it builds a plan per new sequence length, and every
-# length batch has its own. Flash attention ran the hidden pass of OLMo2-1B on 20hops 15% faster on an H100.
-ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, collate, length_batches, pad_id, tokenize
 
 
 @dataclass(frozen=True)

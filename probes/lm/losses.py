@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from torch.nn.attention import sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from probes.lm.compiled import compiled
-from probes.lm.scoring import Tokenized, last_position, to_device
+from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, last_position, to_device
 
 LOSSES = ("lm", "ce", "margin")
 
@@ -142,6 +143,7 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+@sdpa_kernel(ATTENTION_BACKENDS)
 def text_losses(
     model,
     run: Callable[..., object],
@@ -157,6 +159,7 @@ def text_losses(
     so the vocabulary projection runs only where a target is predicted ("ce", "margin"), or only at the last
     position (`probes.lm.scoring.last_position`; "lm", with ``output_hidden_states=True``: `lm_loss` projects
     the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits, compiled with ``compile``).
+    Attention runs on `probes.lm.scoring.ATTENTION_BACKENDS` (its backward follows the forward's kernel).
     """
     check_loss(loss)
     if loss == "lm":

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from torch.nn.attention import SDPBackend
 from tqdm.auto import tqdm
+
+# The attention kernels the project's own passes run (the feature passes, each text's loss): not cuDNN's,
+# PyTorch's first choice on Hopper, which builds a plan per new sequence length, and every length batch has
+# its own. Flash attention ran the hidden pass of OLMo2-1B on 20hops 15% faster on an H100.
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class TokenizationError(ValueError):
