@@ -51,6 +51,7 @@ from probes.data.queries import candidate_answers  # noqa: E402
 from probes.lm.features import gradient_features, hidden_features  # noqa: E402
 from probes.lm.patch import Patcher  # noqa: E402
 from probes.lm.scoring import answer_token_ids, tokenize  # noqa: E402
+from probes.lm.store import gradient_batching  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,9 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    grad_tokens = None if args.max_tokens is None else max(1, args.max_tokens // 2)
     opts = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, progress=False, compile=args.compile)
-    grad_batch = args.grad_batch_size or max(1, args.batch_size // 2)
+    grad_batch, grad_tokens = gradient_batching(args.batch_size, args.max_tokens, args.grad_batch_size)
     gopts = dict(batch_size=grad_batch, max_tokens=grad_tokens, progress=False, compile=args.compile)
     if args.compile:
 

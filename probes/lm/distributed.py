@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from probes.lm.features import FeatureStep, to_host
+from probes.lm.features import FeatureStep
 from probes.lm.scoring import Tokenized
 
 
@@ -122,6 +122,15 @@ class GatherRows(L.Callback):
         torch.save(part, Path(self.directory) / f"rank-{trainer.global_rank}.pt")
         self._parts = []
         trainer.strategy.barrier("feature parts written")
+
+
+def to_host(tensor: Tensor) -> Tensor:
+    """``tensor`` on the CPU. From a GPU, the pages of the CPU copy are first touched by a parallel fill: a
+    device-to-host copy into fresh memory faults them in one at a time (331 ms for 418 MB on an H100 host,
+    74 ms with the fill first)."""
+    if tensor.device.type == "cpu":
+        return tensor
+    return torch.empty(tensor.shape, dtype=tensor.dtype).zero_().copy_(tensor)
 
 
 def distributed_features(

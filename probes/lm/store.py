@@ -15,6 +15,14 @@ SIDES = ("docs", "queries")
 AUTO_LOSS = {"docs": "lm", "queries": "ce"}
 
 
+def gradient_batching(
+    batch_size: int, max_tokens: int | None, grad_batch_size: int | None = None
+) -> tuple[int, int | None]:
+    """Texts and padded tokens per gradient batch, given the forward pass's: half of each unless
+    ``grad_batch_size`` is given (a gradient pass holds its activations for the backward)."""
+    return grad_batch_size or max(1, batch_size // 2), None if max_tokens is None else max(1, max_tokens // 2)
+
+
 class FeatureStore:
     """Pooled per-layer features of the training documents and of ALL queries (methods index rows by id).
 
@@ -63,10 +71,10 @@ class FeatureStore:
         self.targets = {"docs": None, "queries": [tuple(t) for t in query_targets]}
         self.candidate_ids = candidate_ids
         self.batch_size = batch_size
-        self.grad_batch_size = grad_batch_size or max(1, batch_size // 2)
         self.devices, self.strategy = devices, strategy
         self.max_tokens, self.compile = max_tokens, compile
-        self.grad_max_tokens = None if max_tokens is None else max(1, max_tokens // 2)
+        grad = gradient_batching(batch_size, max_tokens, grad_batch_size)
+        self.grad_batch_size, self.grad_max_tokens = grad
         self._memo: dict[tuple, Tensor] = {}
         self._tokenizer_hash: str | None = None
 
