@@ -42,6 +42,10 @@ class GradSim(Method):
         normalize: "none", "zscore" or "whiten" of the projected gradients, fitted on the documents.
         param_filter: regular expression; only parameters whose name it matches (re.search) are used.
         batch_size: examples whose gradients are projected together.
+        max_tokens: also cap a batch at this many padded tokens (longest text x texts; see
+            `probes.lm.scoring.length_batches`); null = no cap. The exact projections hold ``batch_size``
+            whole gradients, the Kronecker one only the activations of one forward and backward: at 1B it
+            runs batches as large as the gradient feature pass's.
         cache_mb: keep the projection matrix in memory when it fits this many MiB.
         chunk_size: documents scored at once.
     """
@@ -56,6 +60,7 @@ class GradSim(Method):
         normalize: str = "none",
         param_filter: str | None = None,
         batch_size: int = 32,
+        max_tokens: int | None = None,
         cache_mb: int | float = 512,
         chunk_size: int = 4096,
     ):
@@ -66,10 +71,10 @@ class GradSim(Method):
             ("normalize", normalize, NORMALISATIONS),
         ):
             check_choice("grad_sim", option, value, choices)
-        if (projection_dim or 0) < 0 or batch_size < 1:
+        if (projection_dim or 0) < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
             raise ValueError(
-                f"method 'grad_sim': projection_dim ({projection_dim}) must be >= 0 (0/None = exact) "
-                f"and batch_size ({batch_size}) >= 1"
+                f"method 'grad_sim': projection_dim ({projection_dim}) must be >= 0 (0/None = exact), "
+                f"batch_size ({batch_size}) >= 1 and max_tokens ({max_tokens}) >= 1 or None"
             )
         super().__init__(
             projection_dim=projection_dim or 0,
@@ -80,6 +85,7 @@ class GradSim(Method):
             normalize=normalize,
             param_filter=str(param_filter),
             batch_size=batch_size,
+            max_tokens=max_tokens,
             cache_mb=cache_mb,
             chunk_size=chunk_size,
         )
@@ -106,19 +112,21 @@ class GradSim(Method):
             self.projection = (
                 RandomProjection(n_params, dim, s["projection"], s["seed"], s["cache_mb"]) if dim else None
             )
-        self.pair, self.candidate_ids = pair, ctx.candidate_ids
+        self.pair, self.candidate_ids, self.device = pair, ctx.candidate_ids, ctx.device
         self.query_texts, self.query_targets = query_inputs(ctx.queries)
         self.queries: dict[int, Tensor] = {}  # query id -> features, computed when a query is first scored
-        self.scorer.fit(self._features(ctx.corpus.texts, None, "lm", "grad_sim docs")[:, None])
+        docs = self._features(ctx.corpus.texts, None, "lm", "grad_sim docs")
+        self.scorer.fit(docs[:, None], device=ctx.device)
 
     def _features(self, texts, targets, loss, desc) -> Tensor:
         """Projected (or exact) per-example gradients of ``texts``, ``batch_size`` texts at a time."""
         pair, items = self.pair, tokenize(self.pair.tokenizer, texts, targets)
         out = None
-        batches = length_batches([len(i.ids) for i in items], self.settings["batch_size"])
+        s = self.settings
+        batches = length_batches([len(i.ids) for i in items], s["batch_size"], s["max_tokens"])
         for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
             chunk = [items[i] for i in index]
-            batch = collate(chunk, pad_id(pair.tokenizer), "right", next(pair.new.parameters()).device)
+            batch = collate(chunk, pad_id(pair.tokenizer), "right", self.device)
             if isinstance(self.projection, KroneckerProjection):
                 rows = batch_projected_gradients(
                     pair.new, batch, chunk, loss, self.projection, self.candidate_ids

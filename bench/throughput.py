@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # grad_sim's default projection forms each text's exact parameter gradient (1.5e9 numbers at 1B) and projects
 # it in 4096-row blocks from Python (not run at 1B); here it projects the Linear weights' gradients by
-# Kronecker factors instead.
+# Kronecker factors instead, in batches as large as the gradient feature pass's.
 GRAD_SIM_AT_SCALE = {"projection": "kronecker", "projection_dim": 256, "param_filter": r"proj\.weight$"}
 
 
@@ -276,7 +276,9 @@ def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Names
     config["methods"] = [m for m in config["methods"] if m["method"] not in skip]
     for entry in config["methods"]:
         if entry["method"] == "grad_sim":  # the projection that runs at 1B scale (see baselines/grad_sim.py)
-            entry["options"] = {**GRAD_SIM_AT_SCALE, **entry["options"]}
+            batch_size, max_tokens = gradient_batching(args.batch_size, args.max_tokens, args.grad_batch_size)
+            batching = {"batch_size": batch_size, "max_tokens": max_tokens}
+            entry["options"] = {**GRAD_SIM_AT_SCALE, **batching, **entry["options"]}
     (root / "compare.yaml").write_text(yaml.safe_dump(config))
     cmd = [
         sys.executable,

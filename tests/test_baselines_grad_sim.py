@@ -12,6 +12,7 @@ from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thr
 
 from baselines.base import build_method
 from probes.data.queries import make_queries
+from probes.lm import losses
 from probes.lm.example_grads import (
     KroneckerProjection,
     RandomProjection,
@@ -93,19 +94,24 @@ def test_batching_chunking_and_caching_do_not_change_scores(setup):
     method, scores = scores_of(setup, projection_dim=128, batch_size=4)
     _, again = scores_of(setup, projection_dim=128, batch_size=3, cache_mb=0, chunk_size=2)
     torch.testing.assert_close(again, scores)
+    _, capped = scores_of(setup, projection_dim=128, batch_size=8, max_tokens=12)
+    torch.testing.assert_close(capped, scores)
     ids = torch.arange(len(scores))
     torch.testing.assert_close(torch.cat([method.score(ids[:3]), method.score(ids[3:])]), scores)
 
 
-def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup):
+def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup, monkeypatch):
     """Projected from each call's inputs and output gradients, against the exact per-example gradients times
-    the [out * in, k * k] matrix kron(A, B) that the factored form never builds."""
+    the [out * in, k * k] matrix kron(A, B) that the factored form never builds. The LM head runs once per
+    chunk of 2 positions: several calls of one module, of different widths, add up."""
     corpus, _, pair = setup
-    names = [n for n, _ in pair.new.named_parameters() if n.endswith("proj.weight")]
+    names = [n for n, _ in pair.new.named_parameters() if n.endswith(("proj.weight", "lm_head.weight"))]
+    assert "lm_head.weight" in names
     holders = owners(pair.new, names)
     projection = KroneckerProjection(holders, 16, seed=3)
     items = tokenize(pair.tokenizer, corpus.texts)
     batch = collate(items, pad_id(pair.tokenizer))
+    monkeypatch.setattr(losses, "LOGIT_BUDGET", 2 * len(items) * pair.new.config.vocab_size)
     got = batch_projected_gradients(pair.new, batch, items, "lm", projection)
     exact = batch_example_gradients(pair.new, batch, items, "lm", names)
     expected = sum(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -59,26 +59,25 @@ def _rule(module: nn.Module, attr: str, x: Tensor, g: Tensor) -> Tensor:
     return (g * normed.to(x.dtype)).sum(1)
 
 
-Calls = dict[int, list[tuple[Tensor, Tensor]]]
-
-
 def _record_calls(
     model: nn.Module,
     batch: dict[str, Tensor],
     items: Sequence[Tokenized],
     loss: str,
-    holders: dict[str, list[tuple[nn.Module, str]]],
+    modules: Sequence[nn.Module],
     candidate_ids: Int[Tensor, "c"] | None,
-) -> Calls:
-    """One batched forward and backward of each text's own loss; for every module holding a named
-    parameter, each call's input and output gradient, keyed by the module's id.
+    on_input: Callable[[nn.Module, Tensor], object],
+    on_grad: Callable[[nn.Module, object, Tensor], None],
+) -> None:
+    """One batched forward and backward of each text's own loss; every call of each of ``modules`` hands
+    its input ``x`` (detached) to ``on_input(module, x)`` in the forward, and what that returned with the
+    call's output gradient ``g`` to ``on_grad(module, kept, g)`` when ``g`` is ready in the backward.
 
     Texts never attend to each other, so the gradient reaching a module's output at a text's positions is that
-    text's own; pads get zero gradient. Hooks record them (removed in ``finally``); the frozen model is not
+    text's own; pads get zero gradient. Hooks (removed in ``finally``) see the calls; the frozen model is not
     modified and no parameter gradient is accumulated.
     """
-    modules = {id(m): m for pairs in holders.values() for m, _ in pairs}
-    calls: Calls = defaultdict(list)
+    recorded = {id(m) for m in modules}
     embedding = model.get_input_embeddings()
     roots: list[Tensor] = []
 
@@ -86,12 +85,12 @@ def _record_calls(
         if module is embedding:  # the graph starts here: the frozen weights need no gradient
             output = output.detach().requires_grad_(True)
             roots.append(output)
-        if id(module) in modules:
-            x = args[0].detach()
-            output.register_hook(lambda g: calls[id(module)].append((x, g)))
+        if id(module) in recorded:
+            kept = on_input(module, args[0].detach())
+            output.register_hook(lambda g: on_grad(module, kept, g))
         return output
 
-    handles = [m.register_forward_hook(record) for m in {**modules, id(embedding): embedding}.values()]
+    handles = [m.register_forward_hook(record) for m in {*modules, embedding}]
     try:
         with torch.enable_grad():
             total = text_loss(model, batch, items, loss, candidate_ids).sum()
@@ -99,7 +98,10 @@ def _record_calls(
     finally:
         for handle in handles:
             handle.remove()
-    return calls
+
+
+def _modules(holders: dict[str, list[tuple[nn.Module, str]]]) -> list[nn.Module]:
+    return list({id(m): m for pairs in holders.values() for m, _ in pairs}.values())
 
 
 def batch_example_gradients(
@@ -115,7 +117,17 @@ def batch_example_gradients(
     parameter, flattened to ``[b, numel]``, in ``names`` order; exact, from one batched forward and backward
     (`_record_calls`)."""
     holders = owners(model, names) if holders is None else holders
-    calls = _record_calls(model, batch, items, loss, holders, candidate_ids)
+    calls: dict[int, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+    _record_calls(
+        model,
+        batch,
+        items,
+        loss,
+        _modules(holders),
+        candidate_ids,
+        on_input=lambda module, x: x,
+        on_grad=lambda module, x, g: calls[id(module)].append((x, g)),
+    )
     out = []
     for name in names:
         parts = [_rule(m, attr, x, g) for m, attr in holders[name] for x, g in calls[id(m)]]
@@ -137,7 +149,7 @@ class KroneckerProjection:
     (A, B), seeded by ``seed`` and its position in ``names``, all added into one ``dim``-space and scaled by
     1/sqrt(dim): inner products are preserved in expectation, as by the other projections. The exact
     per-example gradient of a 1B model's weights is 1.5e9 numbers per text; this costs ~k x (in + out) per
-    token and weight.
+    token and weight, and only the thin products are kept (`batch_projected_gradients`).
     """
 
     def __init__(self, holders: dict[str, list[tuple[nn.Module, str]]], dim: int, seed: int = 0):
@@ -153,28 +165,24 @@ class KroneckerProjection:
                         "(e.g. 'proj.weight$')"
                     )
         self.holders, self.dim, self.k, self.seed = holders, dim, k, seed
-        self._factors: dict[str, tuple[Tensor, Tensor]] = {}
+        self.modules = _modules(holders)
+        self.names = {id(module): name for name, pairs in holders.items() for module, _ in pairs}
+        self._factors: dict[tuple[str, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def factors(self, name: str, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(A, B) of parameter ``name``: [out, k] and [in, k]."""
-        if name not in self._factors:
+        key = (name, device, dtype)
+        if key not in self._factors:
             weight = getattr(*self.holders[name][0])
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + list(self.holders).index(name))
             a = torch.randn(weight.shape[0], self.k, generator=generator)
             b = torch.randn(weight.shape[1], self.k, generator=generator)
-            self._factors[name] = (a.to(device, dtype), b.to(device, dtype))
-        return self._factors[name]
+            self._factors[key] = (a.to(device, dtype), b.to(device, dtype))
+        return self._factors[key]
 
-    def __call__(self, calls: Calls, rows: int, like: Tensor) -> Float[Tensor, "b dim"]:
-        """The projected gradients of ``rows`` texts from `_record_calls`' record; ``like`` gives their
-        device and dtype."""
-        out = torch.zeros(rows, self.k, self.k, dtype=like.dtype, device=like.device)
-        for name, pairs in self.holders.items():
-            a, b = self.factors(name, like.device, like.dtype)
-            for module, _ in pairs:
-                for x, g in calls[id(module)]:
-                    out += torch.einsum("btk,btl->bkl", g.to(like.dtype) @ a, x.to(like.dtype) @ b)
-        return out.flatten(1) / math.sqrt(self.dim)
+    def of(self, module: nn.Module, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(A, B) of the weight that ``module`` holds, on ``like``'s device and in its dtype."""
+        return self.factors(self.names[id(module)], like.device, like.dtype)
 
 
 def batch_projected_gradients(
@@ -186,10 +194,35 @@ def batch_projected_gradients(
     candidate_ids: Int[Tensor, "c"] | None = None,
 ) -> Float[Tensor, "b dim"]:
     """Each text's gradient w.r.t. the projection's Linear weights, projected by it (`KroneckerProjection`),
-    from one batched forward and backward; at least float32."""
-    calls = _record_calls(model, batch, items, loss, projection.holders, candidate_ids)
-    like = torch.empty(0, dtype=torch.promote_types(model.dtype, torch.float32), device=model.device)
-    return projection(calls, len(items), like)
+    from one batched forward and backward; at least float32.
+
+    Each call's input is projected to ``B^T x`` [b, t, k] in the forward and its output gradient to ``A^T g``
+    in the backward, in the model's dtype, as soon as they exist: only these thin products are kept (the full
+    inputs and gradients are freed as the backward goes on). One product over all calls' positions, at least
+    float32, then sums ``(A^T g)(B^T x)^T`` for every call at once.
+    """
+    grads: list[Tensor] = []
+    inputs: list[Tensor] = []
+
+    def on_grad(module: nn.Module, projected_input: Tensor, g: Tensor) -> None:
+        grads.append(g @ projection.of(module, g)[0])
+        inputs.append(projected_input)
+
+    _record_calls(
+        model,
+        batch,
+        items,
+        loss,
+        projection.modules,
+        candidate_ids,
+        on_input=lambda module, x: x @ projection.of(module, x)[1],
+        on_grad=on_grad,
+    )
+    dtype = torch.promote_types(model.dtype, torch.float32)
+    if not grads:  # no projected weight took part in this loss
+        return torch.zeros(len(items), projection.dim, dtype=dtype, device=model.device)
+    out = torch.einsum("btk,btl->bkl", torch.cat(grads, 1).to(dtype), torch.cat(inputs, 1).to(dtype))
+    return out.flatten(1) / math.sqrt(projection.dim)
 
 
 PROJECTIONS = ("sparse", "rademacher", "gaussian")
