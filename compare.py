@@ -37,8 +37,9 @@ class PairConfig:
             per process; worth it when the passes are long (large corpora) and the feature cache is cold.
         score_batch_size: test queries per call to a method's score().
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
-        threads: CPU intra-op threads (null = torch's default). 1 by default: on 2 shared cores two threads
-            ran the patched forward ~6x slower than one.
+        threads: CPU intra-op threads while the models run on the CPU (null = torch's default). 1 by
+            default: on 2 shared cores two threads ran the patched forward ~6x slower than one. With a GPU
+            torch's default stays: the CPU then ranks and writes, on every core.
         devices: devices that share the feature passes (hidden states, gradients) through Lightning's ddp
             strategy. Above 1, the first uncached pass relaunches compare.py once per extra device; every rank
             loads the pair on its own device (device cuda -> cuda:LOCAL_RANK) and runs the methods, and rank 0
@@ -203,7 +204,8 @@ def run(cfg: Namespace, out: Path) -> str | None:
         return hop_subset(None if scores is None else scores[hop], below[hop], own[hop], hop_functions)
 
     results, quiet = [], global_rank() != 0
-    for label, method in methods:
+    while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
+        label, method = methods.pop(0)
         start = time.perf_counter()
         method.prepare(ctx)
         batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.model.threads or threads)
+    if cfg.model.threads and torch.device(cfg.model.device).type == "cpu":
+        torch.set_num_threads(cfg.model.threads)
     try:
         table = run(cfg, out)
     finally:

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -29,6 +30,11 @@ class AttributionContext:
     features: FeatureStore | None
     val_ids: Int[Tensor, "q_val"]
     val_relevant: Bool[Tensor, "q_val n"]
+
+    @property
+    def device(self) -> torch.device:
+        """Where methods compute: f_new's device (the CPU without a model pair)."""
+        return torch.device("cpu") if self.pair is None else next(self.pair.new.parameters()).device
 
     def require(self, field: str, method: str):
         """``getattr(self, field)``, or an error saying that ``method`` needs it."""

@@ -80,7 +80,10 @@ class FeatureMethod(Method):
         self.queries = queries
         # the layer weights see the validation queries' features and relevance, nothing else
         self.scorer.fit(
-            docs, queries[ctx.val_ids] if learned else None, ctx.val_relevant if learned else None
+            docs,
+            queries[ctx.val_ids] if learned else None,
+            ctx.val_relevant if learned else None,
+            device=ctx.device,
         )
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:

@@ -188,10 +188,15 @@ class LayerScorer:
         docs: Float[Tensor, "n l d"],
         val_queries: Float[Tensor, "q l d"] | None = None,
         val_relevant: Bool[Tensor, "q n"] | None = None,
+        device: str | torch.device | None = None,
     ) -> LayerScorer:
-        """Select layers, fit the normalisation on the documents and (aggregate="learned") the weights."""
+        """Select layers, fit the normalisation on the documents and (aggregate="learned") the weights.
+
+        ``device`` (default: the documents'): where the fitting and every later ``score`` compute (e.g. the
+        models' GPU: one CPU thread took seconds per score call on 1B features); scores come back to the CPU.
+        """
         self.chosen = select_layers(self.layers, docs.shape[1])
-        chosen = docs[:, self.chosen]
+        chosen = docs[:, self.chosen].to(device or docs.device)
         self.docs = self._unit(self.normaliser.fit(chosen)(chosen))  # ready for a plain dot product
         if self.aggregate == "learned":
             if val_queries is None or val_relevant is None or len(val_queries) == 0:
@@ -199,16 +204,17 @@ class LayerScorer:
                     "aggregate='learned' needs validation queries and their relevance (ctx.val_ids)"
                 )
             sims = layer_similarity(self._prepare(val_queries), self.docs, "dot")
-            self.weights = fit_layer_weights(sims, val_relevant, self.fit_steps)
+            self.weights = fit_layer_weights(sims, val_relevant.to(sims.device), self.fit_steps)
         return self
 
     def _unit(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1, eps=EPS) if self.similarity == "cosine" else x
 
     def _prepare(self, queries: Tensor) -> Tensor:
-        return self._unit(self.normaliser(queries[:, self.chosen]))
+        return self._unit(self.normaliser(queries[:, self.chosen].to(self.docs.device)))
 
     def score(self, queries: Float[Tensor, "q l d"]) -> Float[Tensor, "q n"]:
+        """Scores of ``queries`` against every fitted document, on the CPU."""
         q = self._prepare(queries)
         chunks = [
             aggregate(
@@ -219,4 +225,4 @@ class LayerScorer:
             )
             for i in range(0, len(self.docs), self.chunk_size)
         ]
-        return torch.cat(chunks, dim=1)
+        return torch.cat(chunks, dim=1).cpu()
