@@ -13,7 +13,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
-from probes.data.datamodule import HopsDataModule
+from probes.data.hops import HopsData
 from probes.report import FILES, HOP_SUBSET, MethodResult, as_float32, check_labels, write_results
 
 
@@ -81,7 +81,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--config", action=ActionConfigFile, help="a YAML config such as configs/compare.yaml"
     )
-    parser.add_class_arguments(HopsDataModule, "data")
+    parser.add_class_arguments(HopsData, "data")
     parser.add_class_arguments(PairConfig, "model")
     parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
     parser.add_argument(
@@ -106,7 +106,7 @@ def default_out(cfg: Namespace) -> Path:
 def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
     """(label, Method) for every entry, plus the DLP; fails before any model loads on a bad name or option."""
     from baselines.base import build_method
-    from probes.lm.distributed import rank_device
+    from probes.lm.ranks import rank_device
 
     entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
     if cfg.dlp_checkpoint:
@@ -125,7 +125,7 @@ def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
 
 
 def load_everything(cfg: Namespace):
-    """The DataModule, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness."""
+    """The data, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness."""
     from probes.lm import (
         FeatureCache,
         FeatureStore,
@@ -133,10 +133,10 @@ def load_everything(cfg: Namespace):
         load_pair,
         query_inputs,
     )
-    from probes.lm.distributed import global_rank, rank_device
     from probes.lm.evaluate import query_correctness
+    from probes.lm.ranks import global_rank, rank_device
 
-    data = HopsDataModule(**cfg.data.as_dict())
+    data = HopsData(**cfg.data.as_dict())
     data.prepare()
     model = cfg.model
     old, new = model.old, model.new
@@ -169,7 +169,7 @@ def load_everything(cfg: Namespace):
         batch_size=model.feature_batch_size,
         max_tokens=model.feature_max_tokens,
         compile=model.feature_compile,
-        progress=global_rank() == 0,
+        progress=global_rank(model.devices) == 0,
         devices=model.devices,
     )
     data.set_correctness(query_correctness(pair.new, pair.tokenizer, data.queries, data.candidates))
@@ -184,7 +184,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     """
     from baselines.base import AttributionContext
     from probes.data.queries import hop_relevance
-    from probes.lm.distributed import global_rank
+    from probes.lm.ranks import global_rank
     from probes.metrics import aggregate, hop_subset, per_query_metrics, random_expectation
 
     methods = build_methods(cfg)
@@ -203,7 +203,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     def hop_report(scores):
         return hop_subset(None if scores is None else scores[hop], below[hop], own[hop], hop_functions)
 
-    results, quiet = [], global_rank() != 0
+    results, quiet = [], global_rank(cfg.model.devices) != 0
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
         label, method = methods.pop(0)
         start = time.perf_counter()

@@ -27,8 +27,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from archs import build_model, non_embedding_params  # noqa: E402
 from measure import add_model_arguments, bench_inputs, count_tokens, timed  # noqa: E402
 
-from probes.lm.distributed import global_rank, rank_device  # noqa: E402
 from probes.lm.features import FeatureSpec, compute_features  # noqa: E402
+from probes.lm.ranks import global_rank, rank_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             for side, (texts, targets) in sides.items()
         }
 
-    lead = global_rank() == 0  # the launching process; the ranks Lightning starts skip the one-device run
+    # the launching process; the ranks Lightning starts skip the one-device run
+    lead = global_rank(args.devices) == 0
     if lead:
         tokens = 2 * count_tokens(tokenizer, docs + qtexts)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

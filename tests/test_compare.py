@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,3 +145,21 @@ def test_feature_max_tokens_reaches_the_store(config):
     cfg = compare.build_parser().parse_args(["--config", str(config(model={"feature_max_tokens": 40}))])
     features = compare.load_everything(cfg)[3]
     assert (features.max_tokens, features.grad_max_tokens) == (40, 20)
+
+
+def test_one_device_run_never_imports_lightning(config, tmp_path):
+    """compare.py on one device imports neither Lightning nor torchmetrics (seconds of start-up on a GPU
+    machine), nor does any built-in method but the DLP; a fresh interpreter, as a user runs it."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import compare
+from baselines.base import BUILTIN, method_class
+compare.main(["--config", {str(config())!r}, "--out", {str(tmp_path / "out")!r}])
+for name in BUILTIN:
+    if name != "dlp":
+        method_class(name)
+print(sorted(m for m in ("lightning", "torchmetrics") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -21,9 +21,9 @@ from lm_fixtures import (
 import probes.lm.store as store_module
 from probes.lm import distributed
 from probes.lm.cache import FeatureCache
-from probes.lm.distributed import rank_device
 from probes.lm.features import FeatureSpec, compute_features, query_inputs
 from probes.lm.load import load_pair
+from probes.lm.ranks import rank_device
 from probes.lm.scoring import answer_token_ids
 from probes.lm.store import FeatureStore
 
@@ -83,6 +83,6 @@ def test_store_shares_its_passes_and_only_rank_zero_caches_them(tmp_path, monkey
     got, expected = shared.hidden("new", "docs"), alone.hidden("new", "docs")
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert len(list(cache.root.iterdir())) == 1  # this process is rank 0
-    monkeypatch.setattr(store_module, "global_rank", lambda: 1)
+    monkeypatch.setattr(store_module, "global_rank", lambda devices: 1)
     shared.hidden("old", "docs")
     assert len(list(cache.root.iterdir())) == 1  # another rank computes the same tensor and does not write

@@ -1,4 +1,4 @@
-"""HOPS data: corpus model, queries and ground truth, corpus generator, and the shared DataModule."""
+"""HOPS data: corpus model, queries and ground truth, corpus generator, the shared split, its DataModule."""
 
 from probes.data.corpus import (
     FUNC_TOKEN_RE,

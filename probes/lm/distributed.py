@@ -12,7 +12,6 @@ would have to pickle the model, which transformers (>= 5) cannot do once the mod
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -22,33 +21,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from probes.lm.features import FeatureStep
 from probes.lm.scoring import Tokenized
-
-
-def global_rank() -> int:
-    """This process's rank in a DDP run: 0 outside one and in the process that launched it (Lightning reads
-    it from the environment of a relaunched script before any Trainer starts, and sets it on each rank)."""
-    return int(rank_zero_only.rank)
-
-
-def rank_device(device: str, devices: int) -> str:
-    """Where this rank's models go: with several devices, "cuda" is the rank's own ``cuda:LOCAL_RANK``."""
-    if devices < 1:
-        raise ValueError(f"devices={devices}: must be >= 1")
-    if devices == 1 or device == "cpu":
-        return device
-    if device != "cuda":
-        raise ValueError(
-            f"device {device!r} with devices={devices}: give 'cuda' (each rank takes cuda:<LOCAL_RANK>) "
-            "or 'cpu'"
-        )
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
 class LengthBatches(Dataset):

@@ -68,7 +68,7 @@ def evaluate_pair(
 
     Returns ``{"old": summary, "new": summary, "correct": {"old": Bool[q], "new": Bool[q]}}``, each summary
     ``{"base": float, "wrapper": float, "functions": {name: float}}``; the correctness tensors follow
-    ``make_queries(corpus, inputs, query_format)`` order (for ``HopsDataModule.set_correctness``).
+    ``make_queries(corpus, inputs, query_format)`` order (for ``HopsData.set_correctness``).
     """
     old, new, tokenizer = (pair.old, pair.new, pair.tokenizer) if hasattr(pair, "old") else pair
     if not isinstance(corpus, Corpus):

@@ -6,9 +6,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.lm.cache import FeatureCache, content_hash
-from probes.lm.distributed import global_rank
 from probes.lm.features import FeatureSpec, compute_features
 from probes.lm.load import ModelPair
+from probes.lm.ranks import global_rank
 
 SIDES = ("docs", "queries")
 # DESIGN.md: a document's loss is its own next-token loss, a query's the cross-entropy of its answer
@@ -121,7 +121,7 @@ class FeatureStore:
                 extra = {"targets": targets, "tokenizer": self.tokenizer_hash()}
                 if spec.loss == "margin":
                     extra["candidates"] = self.candidate_ids.tolist()
-                write = self.devices == 1 or global_rank() == 0
+                write = global_rank(self.devices) == 0
                 self._memo[key] = self.cache.get_or_compute(
                     model, texts, spec, compute, extra=extra, write=write
                 )

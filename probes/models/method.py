@@ -53,9 +53,9 @@ class DLPMethod(Method):
 
     def _check_corpus(self, module: ProbeModule, ctx: AttributionContext) -> None:
         """The multi-hot head's outputs are this corpus's document indices: refuse another corpus."""
-        from probes.data.datamodule import HopsDataModule
+        from probes.data.hops import HopsData
 
-        trained_on = HopsDataModule.resolve_corpus_path(module.hparams.corpus_path)
+        trained_on = HopsData.resolve_corpus_path(module.hparams.corpus_path)
         if ctx.corpus.path is not None and not _same_file(trained_on, ctx.corpus.path):
             raise ValueError(
                 f"method 'dlp': checkpoint {self.settings['checkpoint']} was trained on corpus {trained_on}, "
