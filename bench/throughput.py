@@ -24,6 +24,7 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -264,7 +265,8 @@ GRAD_SIM_AT_SCALE = {"projection": "kronecker", "projection_dim": 256, "param_fi
 
 def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Namespace) -> dict:
     """Wall time of compare.py methods of configs/compare.yaml less --compare-skip (grad_sim with
-    `GRAD_SIM_AT_SCALE`), whole test split of --corpus, with the benchmark's --batch-size and --max-tokens."""
+    `GRAD_SIM_AT_SCALE`), whole test split of --corpus, with the benchmark's --batch-size and --max-tokens:
+    the median of --repeats runs, each a fresh process (imports and model loading included)."""
     import yaml
 
     root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -304,11 +306,20 @@ def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Names
         str(root / "out"),
     ]
     env = dict(os.environ, PROBES_CACHE=str(root / "cache"))
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
-    seconds = time.perf_counter() - start
-    print(f"{'compare.py wall (models loaded from disk)':42s} {seconds:8.2f} s; skipped: {skip or 'none'}")
-    return dict(what="compare.py wall", seconds=round(seconds, 2), skipped=skip)
+    runs = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        runs.append(time.perf_counter() - start)
+    seconds = statistics.median(runs)
+    every = ", ".join(f"{run:.1f}" for run in runs)
+    print(
+        f"{'compare.py wall (models loaded from disk)':42s} {seconds:8.2f} s (runs: {every}); "
+        f"skipped: {skip or 'none'}"
+    )
+    return dict(
+        what="compare.py wall", seconds=round(seconds, 2), runs=[round(r, 2) for r in runs], skipped=skip
+    )
 
 
 if __name__ == "__main__":
