@@ -43,22 +43,32 @@ def two_positions_a_chunk(monkeypatch, tokenizer):
     return 2
 
 
+@pytest.mark.parametrize("observed", [False, True])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_chunked_loss_and_activation_gradients_equal_full_logits(
-    tokenizer, two_positions_a_chunk, padding_side
+    tokenizer, two_positions_a_chunk, padding_side, observed, monkeypatch
 ):
-    model = micro(tokenizer)
+    """Unobserved, the frozen head's chunks compute their gradient with their loss (HeadNLL); with a hook on
+    the head (which sees every chunk's width), they run checkpointed instead. Both are exact."""
+    model = micro(tokenizer).requires_grad_(False)  # frozen, as loaded: the graph starts at the embeddings
     items = tokenize(tokenizer, list(TEXTS))
     assert len({len(item.ids) for item in items}) > 2  # padding matters
     batch = collate(items, pad_id(tokenizer), padding_side)
-    widths, saved = [], []
-    handle = model.lm_head.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
+    embeds = model.get_input_embeddings()(batch["input_ids"]).requires_grad_(True)
+    widths, saved, fused = [], [], []
+    apply = losses.HeadNLL.apply
+    monkeypatch.setattr(losses.HeadNLL, "apply", lambda *args: fused.append(args[2].shape[1]) or apply(*args))
+    handle = (
+        model.lm_head.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
+        if observed
+        else None
+    )
     try:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
             per_text, out = losses.text_losses(
                 model,
                 lambda **kw: model(
-                    input_ids=batch["input_ids"],
+                    inputs_embeds=embeds,
                     attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"],
                     use_cache=False,
@@ -69,20 +79,23 @@ def test_chunked_loss_and_activation_gradients_equal_full_logits(
                 "lm",
             )
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     # HF's own call at the last position, then chunks of at most two positions covering every predicting one
-    assert widths[0] == 1 and max(widths[1:]) == two_positions_a_chunk
-    assert sum(widths[1:]) == batch["input_ids"].shape[1] - 1
+    chunks = widths[1:] if observed else fused
+    assert (widths[:1] == [1]) == observed and not (observed and fused)
+    assert max(chunks) == two_positions_a_chunk and sum(chunks) == batch["input_ids"].shape[1] - 1
     # no logits [b, p, v] kept for the backward span more than HF's one position: the chunks' are recomputed
     logits = [shape for shape in saved if len(shape) == 3 and len(tokenizer) in shape]
     assert saved and all(shape.numel() <= len(items) * len(tokenizer) for shape in logits)
-    grads = torch.autograd.grad(per_text.sum(), out.hidden_states)
+    weights = torch.arange(1.0, len(items) + 1, dtype=per_text.dtype)  # each text's own upstream gradient
+    grads = torch.autograd.grad((per_text * weights).sum(), out.hidden_states)
     for row, item in enumerate(items):
         loss, states, _ = reference(model, item.ids)
         torch.testing.assert_close(per_text[row], loss, rtol=0, atol=1e-12)
         start, n = int(batch["offset"][row]), len(item.ids)
         got = torch.stack([g[row] for g in grads])
-        torch.testing.assert_close(got[:, start : start + n], states, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got[:, start : start + n], weights[row] * states, rtol=0, atol=1e-11)
         assert not got[:, :start].any() and not got[:, start + n :].any()  # pads get no gradient
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.nn.attention import sdpa_kernel
+from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
 from probes.lm.compiled import compiled
@@ -41,28 +42,63 @@ def lm_loss(
     """Each text's own next-token cross-entropy, averaged over its real predicted tokens (pads masked), from
     the final hidden state through the LM ``head``, ``chunk`` positions at a time.
 
-    Full-vocabulary logits never exist for the whole batch: each chunk runs under activation checkpointing,
-    so its logits are held only while that chunk is computed and recomputed in its backward. ``compile``:
-    each chunk's head, upcast, softmax and its backward run fused (`probes.lm.compiled`).
+    Full-vocabulary logits never exist for the whole batch, nor are they kept for the backward. Through a
+    frozen, unobserved Linear head (`_fusable`) each chunk's gradient w.r.t. its hidden states is computed
+    with its loss (`HeadNLL`): two head GEMMs per position. Otherwise (a trainable head, or hooks that must
+    see its calls, as per-example parameter gradients do) each chunk runs under activation checkpointing and
+    its logits are recomputed in the backward: three. ``compile``: each chunk's head, upcast, softmax (and
+    gradient) run fused (`probes.lm.compiled`).
     """
     real = attention_mask.bool()
     predicted = real[:, 1:] & real[:, :-1]
     width = input_ids.shape[1]
-    nll = compiled(_chunk_nll) if compile else _chunk_nll
+    fused = torch.is_grad_enabled() and hidden.requires_grad and _fusable(head)
+    if fused:
+        fn = compiled(_chunk_nll_and_grad) if compile else _chunk_nll_and_grad
+    else:
+        nll = compiled(_chunk_nll) if compile else _chunk_nll
+    sums = []
     # a one-token batch still runs one (empty) chunk, so the loss stays in the graph with a zero gradient
-    sums = [
-        checkpoint(
-            nll,
-            head,
+    for start in range(0, max(width - 1, 1), chunk):
+        args = (
             hidden[:, start : min(start + chunk, width - 1)].contiguous(),  # one GEMM, not b small ones
             input_ids[:, start + 1 : start + 1 + chunk],
             predicted[:, start : start + chunk],
-            use_reentrant=False,
-            preserve_rng_state=False,  # a linear map and a softmax: nothing random to replay
         )
-        for start in range(0, max(width - 1, 1), chunk)
-    ]
+        if fused:
+            sums.append(HeadNLL.apply(fn, head.weight, *args))
+        else:
+            # a linear map and a softmax: nothing random to replay
+            sums.append(checkpoint(nll, head, *args, use_reentrant=False, preserve_rng_state=False))
     return torch.stack(sums).sum(0) / predicted.sum(-1).clamp(min=1)
+
+
+def _fusable(head: nn.Module) -> bool:
+    """Whether ``head``'s calls may skip autograd (`HeadNLL`): a bias-free Linear whose weight needs no
+    gradient and that no hook observes."""
+    hooks = (head._forward_hooks, head._forward_pre_hooks, head._backward_hooks, head._backward_pre_hooks)
+    hooked = any(hooks) or module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+    return type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad and not hooked
+
+
+class HeadNLL(torch.autograd.Function):
+    """Each text's summed cross-entropy over one chunk through a frozen head, its gradient w.r.t. the
+    chunk's hidden states computed in the same pass (softmax - one-hot, times the head weight) and kept:
+    the backward scales it by each text's incoming gradient instead of recomputing the logits.
+
+    A text's loss depends on its own rows only, so d(loss_b)/d(hidden_b) times the upstream gradient of
+    loss_b is the whole gradient of row b."""
+
+    @staticmethod
+    def forward(ctx, fn, weight, hidden, targets, predicted):
+        nll, grad = fn(weight, hidden, targets, predicted)
+        ctx.save_for_backward(grad)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        (grad,) = ctx.saved_tensors
+        return None, None, (grad * grad_nll[:, None, None]).to(grad.dtype), None, None
 
 
 def _chunk_nll(
@@ -79,6 +115,25 @@ def _chunk_nll(
     logits = _upcast(head(hidden))
     nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     return torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum(-1)
+
+
+def _chunk_nll_and_grad(
+    weight: Float[Tensor, "v d"],
+    hidden: Float[Tensor, "b c d"],
+    targets: Int[Tensor, "b c"],
+    predicted: Bool[Tensor, "b c"],
+) -> tuple[Float[Tensor, "b"], Float[Tensor, "b c d"]]:
+    """`_chunk_nll` through the head ``weight``, and each text's gradient of its sum w.r.t. ``hidden``: the
+    logits' gradient (softmax - one-hot at predicted positions, at least fp32) in ``hidden``'s dtype, times
+    ``weight``, as autograd computes it."""
+    log_probs = _upcast(F.linear(hidden, weight)).log_softmax(-1)
+    picked = -log_probs.gather(-1, targets[..., None])[..., 0]
+    keep = predicted.to(log_probs.dtype)
+    grad_logits = (
+        log_probs.exp().scatter_add(-1, targets[..., None], -torch.ones_like(picked)[..., None])
+        * keep[..., None]
+    )
+    return (picked * keep).sum(-1), grad_logits.to(hidden.dtype) @ weight
 
 
 def lm_head(model) -> nn.Module:
