@@ -3,6 +3,7 @@ fuse linear maps of one input."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from probes.lm.compiled import compiled_blocks, decoder_blocks, fuse_shared_input_linears
+from probes.lm.compiled import _fusion_pass, compiled_blocks, decoder_blocks, fuse_shared_input_linears
 from probes.lm.features import gradient_features, hidden_features
 from probes.lm.tokenizer import train_tokenizer
 
@@ -110,3 +111,11 @@ def test_compiling_a_model_without_decoder_blocks_names_it():
     with pytest.raises(ValueError, match="NoLayers.*'layers'"):
         with compiled_blocks(NoLayers()):
             pass
+
+
+def test_fusion_pass_pickles_for_the_compile_caches():
+    """Inductor's caches pickle their options: a pass they cannot pickle made every compile warn and bypass
+    them. One pass per process, pickled by name."""
+    fusion = _fusion_pass()
+    assert _fusion_pass() is fusion
+    assert type(pickle.loads(pickle.dumps(fusion))) is type(fusion)

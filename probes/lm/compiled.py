@@ -67,6 +67,7 @@ def _bias(node: torch.fx.Node):
     return node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
 
 
+@functools.cache
 def _fusion_pass():
     """`fuse_shared_input_linears` as inductor's pre-grad pass, with the hash its compile cache keys on.
     Built on first use: importing inductor takes 1.5-2 s, which no run with compile off should pay."""
@@ -79,6 +80,11 @@ def _fusion_pass():
         def uuid(self) -> bytes:
             return get_hash_for_files((str(Path(__file__)),))
 
+    # inductor's compile caches pickle their options, this pass among them: by name, as the one class of that
+    # name in this module (a class local to this function cannot be pickled: every compile warned and
+    # bypassed the cache)
+    FuseSharedInputLinears.__qualname__ = FuseSharedInputLinears.__name__
+    globals()[FuseSharedInputLinears.__name__] = FuseSharedInputLinears
     return FuseSharedInputLinears()
 
 
