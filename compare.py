@@ -33,7 +33,7 @@ class PairConfig:
             gradient passes at half), so batches of long texts shrink instead of running out of memory;
             null = no cap.
         feature_compile: run the feature passes' decoder blocks through torch.compile (see
-            probes/lm/compiled.py): on an H100 the 1B passes ran 1.3-1.8x faster, after 15-50 s of compiling
+            probes/lm/compiled.py): on an H100 the 1B passes ran 1.3-1.9x faster, after 15-50 s of compiling
             per process; worth it when the passes are long (large corpora) and the feature cache is cold.
         score_batch_size: test queries per call to a method's score().
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
