@@ -73,11 +73,16 @@ def lm_loss(
     return torch.stack(sums).sum(0) / predicted.sum(-1).clamp(min=1)
 
 
+HOOK_KINDS = ("forward", "forward_pre", "backward", "backward_pre")  # a module's own and torch's global hooks
+
+
 def _fusable(head: nn.Module) -> bool:
     """Whether ``head``'s calls may skip autograd (`HeadNLL`): a bias-free Linear whose weight needs no
     gradient and that no hook observes."""
-    hooks = (head._forward_hooks, head._forward_pre_hooks, head._backward_hooks, head._backward_pre_hooks)
-    hooked = any(hooks) or module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+    hooked = any(
+        getattr(head, f"_{kind}_hooks") or getattr(module_hooks, f"_global_{kind}_hooks")
+        for kind in HOOK_KINDS
+    )
     return type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad and not hooked
 
 
