@@ -44,17 +44,17 @@ class HopsDataModule(HopsData, L.LightningDataModule):
         self.save_hyperparameters(options)
 
     def prepare_data(self) -> None:
-        self.resolve_corpus_path(self.hparams.corpus_path)
+        self.resolve_corpus_path(self.options.corpus_path)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = _QueryBatches(self.split_ids[split], self.queries, self.relevant)
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        generator = torch.Generator().manual_seed(self.options.seed) if shuffle else None
         return DataLoader(
-            data, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=generator,
-            collate_fn=data.collate, num_workers=self.hparams.num_workers,
+            data, batch_size=self.options.batch_size, shuffle=shuffle, generator=generator,
+            collate_fn=data.collate, num_workers=self.options.num_workers,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
