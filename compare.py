@@ -69,11 +69,15 @@ class MethodEntry:
         label: its name in every output (unique; the same method may appear under several labels).
         method: a registered method name (see baselines.base.method_names()).
         options: keyword options of that method.
+        tune: options to choose on the validation queries only (see probes/tune.py): ``{option: [values]}``
+            (their product) or a list of option dicts; each point overrides ``options``, is scored on val by
+            macro mAP, and the best one scores the test split. null = no tuning.
     """
 
     label: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, list[Any]] | list[dict[str, Any]] | None = None
 
 
 def build_parser() -> ArgumentParser:
@@ -103,22 +107,25 @@ def default_out(cfg: Namespace) -> Path:
     )
 
 
-def build_methods(cfg: Namespace) -> list[tuple[str, Any]]:
-    """(label, Method) for every entry, plus the DLP; fails before any model loads on a bad name or option."""
+def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
+    """(label, [(tuned options, Method) for every grid point]) for every entry, plus the DLP; fails before
+    any model loads on a bad name, option or grid point."""
     from baselines.base import build_method
     from probes.lm.ranks import rank_device
+    from probes.tune import grid_points
 
-    entries = [(e.label, e.method, dict(e.options or {})) for e in cfg.methods]
+    entries = [(e.label, e.method, dict(e.options or {}), getattr(e, "tune", None)) for e in cfg.methods]
     if cfg.dlp_checkpoint:
         device = rank_device(cfg.model.device, cfg.model.devices)
-        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint, "device": device}))
+        entries.append(("dlp", "dlp", {"checkpoint": cfg.dlp_checkpoint, "device": device}, None))
     if not entries:
         raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
-    check_labels([label for label, _, _ in entries])
+    check_labels([label for label, *_ in entries])
     methods = []
-    for label, name, options in entries:
+    for label, name, options, grid in entries:
         try:
-            methods.append((label, build_method(name, **options)))
+            points = grid_points(grid)
+            methods.append((label, [(p, build_method(name, **{**options, **p})) for p in points]))
         except (TypeError, ValueError) as err:
             raise ValueError(f"methods entry {label!r}: {err}") from None
     return methods
@@ -186,6 +193,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     from probes.data.queries import hop_relevance
     from probes.lm.ranks import global_rank
     from probes.metrics import aggregate, hop_subset, per_query_metrics, random_expectation
+    from probes.tune import tune
 
     methods = build_methods(cfg)
     data, pair, candidate_ids, features = load_everything(cfg)
@@ -203,18 +211,25 @@ def run(cfg: Namespace, out: Path) -> str | None:
     def hop_report(scores):
         return hop_subset(None if scores is None else scores[hop], below[hop], own[hop], hop_functions)
 
+    val = dict(
+        val_ids=val_ids,
+        relevant=ctx.val_relevant,
+        functions=[data.query_functions[int(i)] for i in val_ids],
+        is_wrapper=data.is_wrapper[val_ids],
+        batch_size=cfg.model.score_batch_size,
+    )
     results, quiet = [], global_rank(cfg.model.devices) != 0
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
-        label, method = methods.pop(0)
+        label, candidates = methods.pop(0)
         start = time.perf_counter()
-        method.prepare(ctx)
+        method, tuned = tune(candidates, lambda m: m.prepare(ctx), **val)
         batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         seconds = time.perf_counter() - start
         per_query = per_query_metrics(scores, relevant)
         report = aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
         report["subsets"][HOP_SUBSET] = hop_report(scores)
-        results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds))
+        results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds, tuned))
     random = random_expectation(relevant, functions, is_wrapper, correct)
     random["subsets"][HOP_SUBSET] = hop_report(None)
     if quiet:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Float
@@ -17,6 +18,9 @@ from torch import Tensor
 
 from probes.cache import atomic_path
 from probes.metrics import KS, flatten, metric_names
+
+if TYPE_CHECKING:
+    from probes.tune import Tuned
 
 # the table's columns: (metric key, header), reported per subset (macro over functions)
 MAIN_METRICS = (
@@ -52,6 +56,7 @@ class MethodResult:
     per_query: dict[str, Float[Tensor, " q"]]
     report: dict
     seconds: float
+    tuned: Tuned | None = None  # the options chosen on the validation queries, when a grid was given
 
 
 def write_results(
@@ -87,6 +92,7 @@ def write_results(
             "method": r.hparams.get("method", ""),
             "hparams": r.hparams,
             "seconds": r.seconds,
+            **({"tuned": {"chosen": r.tuned.chosen, "trials": r.tuned.trials}} if _was_tuned(r) else {}),
             **_report(r.report),
         }
         for r in results
@@ -95,6 +101,10 @@ def write_results(
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return table
+
+
+def _was_tuned(result: MethodResult) -> bool:
+    return result.tuned is not None and bool(result.tuned.trials)
 
 
 def _report(report: dict) -> dict:
@@ -148,6 +158,12 @@ def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
         "out. Time: prepare + scoring; features shared by several methods count where they are first "
         "computed."
     )
+    tuned = [r for r in results if _was_tuned(r)]
+    if tuned:
+        lines.append(
+            "\nOptions chosen on the validation queries (best macro mAP of the grid; time includes the grid):"
+        )
+        lines += [f"- {r.label}: {r.tuned.summary()} (of {len(r.tuned.trials)})" for r in tuned]
     return "\n".join(lines)
 
 

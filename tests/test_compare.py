@@ -163,3 +163,27 @@ print(sorted(m for m in ("lightning", "torchmetrics") if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_tuned_entry_reports_its_choice_and_every_trial(config, tmp_path):
+    """A grid is scored on the validation queries; the chosen point scores the test split and is written to
+    metrics.json and table.md (the choice is the trial with the best val macro mAP)."""
+    methods = [
+        {"label": "random_t", "method": "random", "options": {}, "tune": {"seed": [0, 1, 2]}},
+        {"label": "bm25", "method": "bm25", "options": {}},
+    ]
+    out = compare.main(["--config", str(config(methods=methods)), "--out", str(tmp_path / "out")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    tuned = metrics["random_t"]["tuned"]
+    assert [t["options"] for t in tuned["trials"]] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    best = max(tuned["trials"], key=lambda t: t["val_map"])
+    assert tuned["chosen"] == best["options"] == {"seed": metrics["random_t"]["hparams"]["seed"]}
+    assert "tuned" not in metrics["bm25"]
+    assert f"- random_t: seed={tuned['chosen']['seed']} (of 3)" in (out / "table.md").read_text()
+
+
+def test_a_bad_grid_point_is_named_before_loading(config):
+    bad = [{"label": "r", "method": "random", "tune": {"sed": [0, 1]}}]
+    cfg = compare.build_parser().parse_args(["--config", str(config(methods=bad))])
+    with pytest.raises(ValueError, match="'r'.*sed"):
+        compare.build_methods(cfg)
