@@ -13,12 +13,15 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
    the seed-0 DLP of each split through compare.py (``--dlp_checkpoint``), all sharing one feature cache;
 4. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
-A step whose outputs exist is skipped, so a study cut short resumes where it stopped.
+A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
+runs only the steps whose names match (fnmatch: ``'dlp/*' 'compare/by_input'``), with the pair's build and
+evaluation: a study split over machines that keep nothing between calls (each builds the same seeded pair).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -115,6 +118,23 @@ def jobs(args) -> list[Job]:
     return found
 
 
+def select(all_jobs: list[Job], patterns: list[str] | None) -> list[Job]:
+    """The jobs whose names match a pattern, plus the pair's build and evaluation; a need that is not
+    selected is replaced by its own needs (a compare run that only waited for another to share its feature
+    cache still waits for the pair)."""
+    if not patterns:
+        return all_jobs
+    keep = {"build", "evaluate"} | {
+        job.name for job in all_jobs if any(fnmatch.fnmatchcase(job.name, p) for p in patterns)
+    }
+    needs = {job.name: job.needs for job in all_jobs}
+
+    def kept(names: list[str]) -> list[str]:
+        return [m for n in names for m in ([n] if n in keep else kept(needs[n]))]
+
+    return [Job(j.name, j.commands, kept(j.needs), j.stdout) for j in all_jobs if j.name in keep]
+
+
 def run_all(all_jobs: list[Job], slots: int, out: Path, env: dict) -> dict[str, str]:
     """Run the jobs, at most ``slots`` at once, each once its needs succeeded; returns name -> outcome.
 
@@ -187,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--feature-batch-size", type=int, default=128, help="compare.py model.feature_batch_size"
     )
+    parser.add_argument(
+        "--steps", nargs="+", default=None, help="run only the steps matching these fnmatch patterns"
+    )
     args = parser.parse_args(argv)
     args.corpus, args.out = args.corpus.resolve(), args.out.resolve()
     if not args.corpus.is_file():
         parser.error(f"--corpus {args.corpus}: no such file")
     env = dict(os.environ, PROBES_CACHE=str(args.out / "cache"), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    outcome = run_all(jobs(args), args.jobs, args.out, env)
+    outcome = run_all(select(jobs(args), args.steps), args.jobs, args.out, env)
     (args.out / "outcome.json").write_text(json.dumps(outcome, indent=1) + "\n")
     summary = summarise(args, outcome, time.perf_counter() - start)
     (args.out / "summary.md").write_text(summary)

@@ -1,0 +1,37 @@
+"""scripts/study.py's step selection: a study split over several machines runs the steps asked for."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+study = sys.modules.setdefault("study", importlib.util.module_from_spec(spec))
+spec.loader.exec_module(study)
+
+
+def names(jobs):
+    return {job.name: job.needs for job in jobs}
+
+
+def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(tmp_path):
+    args = argparse.Namespace(
+        corpus=tmp_path / "c.jsonl",
+        out=tmp_path,
+        preset="small",
+        seed=0,
+        seeds=[0, 1],
+        device="cpu",
+        feature_batch_size=8,
+    )
+    jobs = study.jobs(args)
+    assert study.select(jobs, None) == jobs
+    chosen = names(study.select(jobs, ["compare/by_function", "compare/ablations/*"]))
+    assert {"build", "evaluate", "compare/by_function", "compare/ablations/pooling"} <= set(chosen)
+    assert not any(name.startswith("dlp/") for name in chosen) and "compare/by_input" not in chosen
+    assert chosen["compare/by_function"] == ["build"]  # compare/by_input was only shared cache
+    dlp = names(study.select(jobs, ["dlp/*"]))
+    assert set(dlp) == {"build", "evaluate"} | {n for n in names(jobs) if n.startswith("dlp/")}
