@@ -40,6 +40,8 @@ def test_layers_all_included_the_embeddings():
     docs = torch.randn(6, 4, 5, dtype=torch.float64)
     assert LayerScorer("all").fit(docs).chosen == [1, 2, 3]
     assert LayerScorer(None).fit(docs).chosen == [0, 1, 2, 3]  # rows that are not hidden states
+    with pytest.raises(ValueError, match="layers=None"):  # never an empty selection (NaN scores)
+        LayerScorer("all").fit(docs[:, :1])
 
 
 def test_center_removes_a_constant_offset_from_each_side():

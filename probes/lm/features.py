@@ -50,6 +50,11 @@ def hidden_state_ids(spec, n_states: int) -> list[int]:
     (see LAYER_NAMES); ints may be negative (from the end). Raises on an index out of range or named twice."""
     check_layer_spec(spec)
     if spec == "all":
+        if n_states < 2:
+            raise ValueError(
+                f"layers='all' (block outputs 1..L) names nothing among {n_states} hidden state(s); features "
+                "that are not hidden states take layers=None (every row)"
+            )
         return list(range(1, n_states))
     if spec == "all_with_embeddings":
         return list(range(n_states))
