@@ -6,23 +6,28 @@ from jaxtyping import Float
 from torch import Tensor
 
 from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
-from baselines.feature_method import FeatureMethod, gradient_doc_pooling
+from baselines.feature_method import FeatureMethod, apply_preset
 
 
 @register("act_grad")
 class ActGrad(FeatureMethod):
     """Similarity of ``g_l = dL/dh_l`` at f_new for a query (answer loss) and a document (its own LM loss).
 
+    Structurally zero settings are refused: ``doc_pooling="last"`` (a document's last token predicts
+    nothing) and ``query_pooling="span"`` (the answer loss is read before the answer).
+
     Args:
         loss: the query loss: "ce" (cross-entropy of the answer) or "margin" (minus the correct-logit margin
             against the other candidate answers).
-        doc_pooling: "mean" (default) or "span" over the document's tokens ("last" is refused: zero gradient).
-        **knobs: FeatureMethod's (query pooling, layers, similarity, normalize, aggregate, ...).
+        preset: None (use the knobs) or "seed" (the seed plan's literal setting, documents' gradients at
+            their second-to-last token; see `baselines.feature_method.presets`).
+        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """
 
-    def __init__(self, loss: str = "ce", doc_pooling: str = "mean", **knobs):
+    def __init__(self, loss: str = "ce", preset: str | None = None, **knobs):
         check_choice("act_grad", "loss", loss, QUERY_LOSSES)
-        super().__init__(loss=loss, doc_pooling=gradient_doc_pooling("act_grad", doc_pooling), **knobs)
+        knobs = apply_preset("act_grad", preset, knobs)
+        super().__init__(loss=loss, preset=str(preset), **knobs)
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
         store, s = ctx.require("features", self.name), self.settings

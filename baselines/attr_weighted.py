@@ -8,68 +8,85 @@ from torch import Tensor
 
 from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
 from baselines.delta_h import delta_hidden
-from baselines.feature_method import FeatureMethod, gradient_doc_pooling
-from baselines.layers import select_layers
-from probes.lm.features import query_inputs
+from baselines.feature_method import FeatureMethod, apply_preset
+from probes.lm.features import hidden_state_ids, query_inputs
 from probes.lm.interpolate import integrated_gradients
+
+PRODUCTS = ("per_position", "of_means")
 
 
 @register("attr_weighted")
 class AttrWeighted(FeatureMethod):
-    """Similarity of ``a_l = Δh̄_l ⊙ ḡ_l`` of a query and a document, aggregated over layers.
+    """Similarity of attributions ``a_l`` of a query and a document, aggregated over layers.
 
-    ``Δh = h^new - h^old`` and ``g = dL/dh`` at f_new (query: answer loss; document: its own LM loss), both
-    pooled as the knobs say. With ``ig_steps = K > 0``, ``ḡ_l`` is replaced by the mean of the gradient at
-    K interpolated states ``h_old + (k/K) Δh`` (k = 1..K) of layer l, f_new computing everything above it:
-    ``Δh̄_l ⊙ ḡ_IG`` is the K-step Riemann sum of integrated gradients (K = 1 equals the plain variant). These
-    extra passes run the LM here (the FeatureStore holds only f_new's gradients), once per selected layer.
+    ``Δh = h^new - h^old`` and ``g = dL/dh`` at f_new (query: answer loss; document: its own LM loss).
+    ``product="per_position"`` (default): ``a_l = pool_t(Δh_l,t ⊙ g_l,t)``, multiplied at each position
+    before pooling (summed over positions it is the first-order estimate of the loss change); at one position
+    (queries' "last") it equals the product of the pooled features. ``product="of_means"``: the seed plan's
+    ``Δh̄_l ⊙ ḡ_l``, the product of the pooled features. With ``ig_steps = K > 0``, ``g_l`` is replaced by the
+    mean of the gradient at K interpolated states ``h_old + (k/K) Δh`` (k = 1..K) of layer l, f_new computing
+    everything above it: times Δh it is the K-step Riemann sum of integrated gradients (K = 1 equals the
+    plain variant). These extra passes run the LM here, once per selected layer.
 
     Args:
         loss: the query loss, "ce" or "margin".
+        product: "per_position" or "of_means".
         ig_steps: 0 for the plain gradient, else the number of integrated-gradient steps K.
         ig_batch_size: texts per integrated-gradient pass (each runs all K steps at once: K x texts rows).
-        doc_pooling: "mean" (default) or "span" over the document's tokens ("last" is refused: zero gradient).
-        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
+        preset: None (use the knobs) or "seed" (product of means, last-token pooling; documents at their
+            second-to-last token; see `baselines.feature_method.presets`).
+        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...);
+            query_pooling="span" and doc_pooling="last" are refused (zero gradients there).
     """
 
     def __init__(
-        self, loss: str = "ce", ig_steps: int = 0, ig_batch_size: int = 16, doc_pooling: str = "mean", **knobs
+        self,
+        loss: str = "ce",
+        product: str = "per_position",
+        ig_steps: int = 0,
+        ig_batch_size: int = 16,
+        preset: str | None = None,
+        **knobs,
     ):
         check_choice("attr_weighted", "loss", loss, QUERY_LOSSES)
+        check_choice("attr_weighted", "product", product, PRODUCTS)
         if ig_steps < 0 or ig_batch_size < 1:
             raise ValueError(
                 f"method 'attr_weighted': ig_steps ({ig_steps}) must be >= 0 and ig_batch_size "
                 f"({ig_batch_size}) >= 1"
             )
-        doc_pooling = gradient_doc_pooling("attr_weighted", doc_pooling)
-        super().__init__(
-            loss=loss, ig_steps=ig_steps, ig_batch_size=ig_batch_size, doc_pooling=doc_pooling, **knobs
-        )
+        options = apply_preset("attr_weighted", preset, dict(knobs, product=product, ig_steps=ig_steps))
+        super().__init__(loss=loss, ig_batch_size=ig_batch_size, preset=str(preset), **options)
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
         store, s = ctx.require("features", self.name), self.settings
-        dh_docs = delta_hidden(store, "docs", s["doc_pooling"])
-        dh_queries = delta_hidden(store, "queries", s["query_pooling"])
-        if s["ig_steps"] == 0:
-            g_docs = store.grads("docs", s["doc_pooling"], loss="lm")
-            g_queries = store.grads("queries", s["query_pooling"], loss=s["loss"])
-        else:
-            g_docs, g_queries = self._integrated(ctx, dh_docs.shape[1])
-        return dh_docs * g_docs.to(dh_docs.dtype), dh_queries * g_queries.to(dh_queries.dtype)
+        sides = (("docs", s["doc_pooling"], "lm"), ("queries", s["query_pooling"], s["loss"]))
+        if s["ig_steps"]:
+            return self._integrated(ctx, ctx.require("pair", self.name).new.config.num_hidden_layers + 1)
+        if s["product"] == "per_position":
+            docs, queries = (store.attributions(side, pooling, loss) for side, pooling, loss in sides)
+            return docs, queries
+        docs, queries = (
+            delta_hidden(store, side, pooling) * store.grads(side, pooling, loss)
+            for side, pooling, loss in sides
+        )
+        return docs, queries
 
-    def _integrated(self, ctx: AttributionContext, n_layers: int) -> tuple[Tensor, Tensor]:
-        """Path-mean gradients at the selected layers (zeros elsewhere: the scorer never reads them)."""
-        pair, s = ctx.require("pair", self.name), self.settings
-        layers = select_layers(s["layers"], n_layers)
+    def _integrated(self, ctx: AttributionContext, n_states: int) -> tuple[Tensor, Tensor]:
+        """Integrated-gradient attributions at the selected layers (zeros elsewhere: the scorer never reads
+        them), per position or as the product of the pooled Δh and path-mean gradient."""
+        pair, store, s = ctx.require("pair", self.name), ctx.require("features", self.name), self.settings
+        layers = hidden_state_ids(s["layers"], n_states)
         texts, targets = query_inputs(ctx.queries)
         options = dict(layers=layers, steps=s["ig_steps"], batch_size=s["ig_batch_size"])
+        per_position = s["product"] == "per_position"
         sides = (
-            (ctx.corpus.texts, None, "lm", s["doc_pooling"]),
-            (texts, targets, s["loss"], s["query_pooling"]),
+            ("docs", ctx.corpus.texts, None, "lm", s["doc_pooling"]),
+            ("queries", texts, targets, s["loss"], s["query_pooling"]),
         )
         out = []
-        for side_texts, side_targets, loss, pooling in sides:
-            grads = integrated_gradients(
+        for side, side_texts, side_targets, loss, pooling in sides:
+            values = integrated_gradients(
                 pair.old,
                 pair.new,
                 pair.tokenizer,
@@ -78,9 +95,12 @@ class AttrWeighted(FeatureMethod):
                 loss=loss,
                 candidate_ids=ctx.candidate_ids,
                 pooling=pooling,
+                times_delta=per_position,
                 **options,
             )
-            full = torch.zeros(len(side_texts), n_layers, grads.shape[-1], dtype=grads.dtype)
-            full[:, layers] = grads
+            full = torch.zeros(len(side_texts), n_states, values.shape[-1], dtype=values.dtype)
+            full[:, layers] = values
+            if not per_position:
+                full = delta_hidden(store, side, pooling).to(full.dtype) * full
             out.append(full)
         return out[0], out[1]

@@ -6,7 +6,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from baselines.base import AttributionContext, register
-from baselines.feature_method import KNOB_DEFAULTS, FeatureMethod, reference_knobs
+from baselines.feature_method import FeatureMethod, apply_preset
 
 
 def delta_hidden(store, side: str, pooling: str) -> Float[Tensor, "b l d"]:
@@ -18,20 +18,19 @@ def delta_hidden(store, side: str, pooling: str) -> Float[Tensor, "b l d"]:
 class DeltaH(FeatureMethod):
     """Similarity of ``Δh_l(query)`` and ``Δh_l(doc)`` with ``Δh = h^new - h^old``, aggregated over layers.
 
-    ``preset="reference"`` reproduces the reference experiments' Δh-similarity script: one hidden state (the
-    last, or ``num_hidden_layers // 2`` with ``reference_layer="middle"``), queries pooled at their last
-    prompt token, documents by the mean over all real tokens including BOS, cosine, no normalisation. With
-    ``f_old == f_new`` every Δh is zero and every score 0 (never NaN); ties are left to the metrics (document
-    index order).
+    With ``f_old == f_new`` every Δh is zero and every score 0 (never NaN); ties are left to the metrics
+    (document index order). ``normalize="center"`` removes Δh's context-independent part (its mean over the
+    documents, resp. over all queries) before the cosine.
 
     Args:
-        preset: None (use the knobs) or "reference".
+        preset: None (use the knobs), "seed" (the seed plan's literal setting) or "reference" (the reference
+            experiments' Δh-similarity script); see `baselines.feature_method.presets`.
         reference_layer: "last" or "middle", for preset="reference".
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """
 
     def __init__(self, preset: str | None = None, reference_layer: str = "last", **knobs):
-        knobs = reference_knobs("delta_h", preset, reference_layer, {**KNOB_DEFAULTS, **knobs})
+        knobs = apply_preset("delta_h", preset, knobs, reference_layer)
         super().__init__(preset=str(preset), reference_layer=reference_layer, **knobs)
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:

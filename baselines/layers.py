@@ -2,60 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from probes.lm.features import check_layer_spec, hidden_state_ids
+
 SIMILARITIES = ("cosine", "dot")
 NORMALISATIONS = ("none", "zscore", "whiten")
+# "center" needs every query's features at once (their mean is removed from each): the feature methods' only
+FEATURE_NORMALISATIONS = (*NORMALISATIONS, "center")
 AGGREGATIONS = ("mean", "topk", "learned")
 EPS = 1e-12
 
 
-def select_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
-    """Hidden-state indices (0 = embeddings, ``n_layers - 1`` = last) chosen by ``spec``.
-
-    ``spec``: "all", "last", "middle" (block ``(n_layers - 1) // 2``, as the reference scripts), one int or a
-    list of ints; negative ints count from the end.
-    """
-    if spec == "all":
-        return list(range(n_layers))
-    if spec == "last":
-        return [n_layers - 1]
-    if spec == "middle":
-        return [(n_layers - 1) // 2]
-    items = [spec] if isinstance(spec, int) else spec
-    if (
-        isinstance(items, str)
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in items)
-        or not items
-    ):
-        raise ValueError(f"layers={spec!r}: give 'all', 'last', 'middle', an int or a non-empty list of ints")
-    out = []
-    for i in items:
-        if not -n_layers <= i < n_layers:
-            raise ValueError(
-                f"layers={spec!r}: index {i} is out of range for {n_layers} hidden states (0 = embeddings)"
-            )
-        out.append(i % n_layers)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers={spec!r} names a hidden state twice")
-    return out
-
-
 class Normaliser:
-    """Per-layer feature normalisation fitted on the training documents: none, z-score, or ZCA whitening."""
+    """Per-layer feature normalisation fitted on the training documents: none, centring, z-score, or ZCA
+    whitening.
+
+    "center" removes a context-independent part (a large share of Δh: Minder et al. 2025) before the cosine:
+    from documents their mean over the corpus, from queries their mean over ALL queries of the context (given
+    to ``fit``; queries are pooled differently from documents, so the document mean is not theirs to lose;
+    unsupervised, no relevance is read). z-score and whitening use the document mean and scale on both sides.
+    """
 
     def __init__(self, mode: str = "none", shrinkage: float = 1e-3):
         self.mode, self.shrinkage = mode, shrinkage
 
-    def fit(self, docs: Float[Tensor, "n l d"]) -> Normaliser:
+    def fit(self, docs: Float[Tensor, "n l d"], queries: Float[Tensor, "Q l d"] | None = None) -> Normaliser:
         if self.mode == "none":
             return self
         self.mean = docs.mean(0)
+        if self.mode == "center":
+            if queries is None or len(queries) == 0:
+                raise ValueError("normalize='center' needs every query's features (their mean is removed)")
+            self.query_mean = queries.to(docs.device).mean(0)
+            return self
         centred = (docs - self.mean).double()
         if self.mode == "zscore":
             # a dimension (nearly) constant over the documents carries no information: zero it, not blow it up
@@ -73,9 +56,12 @@ class Normaliser:
         self.scale = self.scale.to(docs.dtype)
         return self
 
-    def __call__(self, x: Float[Tensor, "b l d"]) -> Float[Tensor, "b l d"]:
+    def __call__(self, x: Float[Tensor, "b l d"], queries: bool = False) -> Float[Tensor, "b l d"]:
+        """``x`` normalised; ``queries``: ``x`` are query features (only "center" treats them apart)."""
         if self.mode == "none":
             return x
+        if self.mode == "center":
+            return x - (self.query_mean if queries else self.mean)
         if self.mode == "zscore":
             return (x - self.mean) * self.scale
         return torch.einsum("bld,lde->ble", x - self.mean, self.scale)
@@ -148,9 +134,12 @@ class LayerScorer:
     """Scores query features against fitted document features with the shared knobs, in document chunks.
 
     Args:
-        layers: hidden states to use ("all", "last", "middle", an int or a list; 0 = embeddings).
+        layers: hidden states to use (see `probes.lm.features.LAYER_NAMES`: "all" = block outputs 1..L,
+            "all_with_embeddings", "middle", "last", an int or a list; 0 = embeddings), or None: every row of
+            features that are not hidden states.
         similarity: "cosine" or "dot", per layer.
-        normalize: "none", "zscore" or "whiten", per layer, fitted on the training documents.
+        normalize: "none", "center", "zscore" or "whiten", per layer, fitted on the training documents
+            (see `Normaliser`; "center" also on all queries).
         aggregate: "mean", "topk" or "learned" (convex weights fitted on validation relevance only).
         topk: layers averaged by aggregate="topk".
         fit_steps: Adam steps for aggregate="learned".
@@ -169,11 +158,13 @@ class LayerScorer:
     ):
         for option, value, choices in (
             ("similarity", similarity, SIMILARITIES),
-            ("normalize", normalize, NORMALISATIONS),
+            ("normalize", normalize, FEATURE_NORMALISATIONS),
             ("aggregate", aggregate, AGGREGATIONS),
         ):
             if value not in choices:
                 raise ValueError(f"option {option}={value!r} is not one of {list(choices)}")
+        if layers is not None:
+            check_layer_spec(layers)
         if topk < 1 or chunk_size < 1 or fit_steps < 0:
             raise ValueError(
                 f"topk ({topk}) and chunk_size ({chunk_size}) must be >= 1, fit_steps ({fit_steps}) >= 0"
@@ -189,15 +180,19 @@ class LayerScorer:
         val_queries: Float[Tensor, "q l d"] | None = None,
         val_relevant: Bool[Tensor, "q n"] | None = None,
         device: str | torch.device | None = None,
+        queries: Float[Tensor, "Q l d"] | None = None,
     ) -> LayerScorer:
-        """Select layers, fit the normalisation on the documents and (aggregate="learned") the weights.
+        """Select layers, fit the normalisation on the documents (and, normalize="center", on ``queries``:
+        all of them, no relevance) and (aggregate="learned") the weights.
 
         ``device`` (default: the documents'): where the fitting and every later ``score`` compute (e.g. the
         models' GPU: one CPU thread took seconds per score call on 1B features); scores come back to the CPU.
         """
-        self.chosen = select_layers(self.layers, docs.shape[1])
+        n_rows = docs.shape[1]
+        self.chosen = list(range(n_rows)) if self.layers is None else hidden_state_ids(self.layers, n_rows)
         chosen = docs[:, self.chosen].to(device or docs.device)
-        self.docs = self._unit(self.normaliser.fit(chosen)(chosen))  # ready for a plain dot product
+        all_queries = None if queries is None else queries[:, self.chosen]
+        self.docs = self._unit(self.normaliser.fit(chosen, all_queries)(chosen))  # ready for a dot product
         if self.aggregate == "learned":
             if val_queries is None or val_relevant is None or len(val_queries) == 0:
                 raise ValueError(
@@ -211,7 +206,7 @@ class LayerScorer:
         return F.normalize(x, dim=-1, eps=EPS) if self.similarity == "cosine" else x
 
     def _prepare(self, queries: Tensor) -> Tensor:
-        return self._unit(self.normaliser(queries[:, self.chosen].to(self.docs.device)))
+        return self._unit(self.normaliser(queries[:, self.chosen].to(self.docs.device), queries=True))
 
     def score(self, queries: Float[Tensor, "q l d"]) -> Float[Tensor, "q n"]:
         """Scores of ``queries`` against every fitted document, on the CPU."""

@@ -10,11 +10,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from baselines.base import AttributionContext, Method, check_choice, register
+from baselines.feature_method import apply_preset
 from probes.lm.patch import Patcher
 from probes.lm.scoring import answer_token_ids, to_device
 
 # a document's last token predicts nothing, so its LM-loss gradient there is zero: "last" would gate on noise
 DOC_POOLINGS = ("mean", "span")
+GATES = ("per_position", "of_means")
 
 
 def gate_masks(attribution: Float[Tensor, "n d"], percentile: float) -> Bool[Tensor, "n d"]:
@@ -37,8 +39,10 @@ def margins(logits: Float[Tensor, "b c"], answer: Int[Tensor, "b"]) -> Float[Ten
 class Patching(Method):
     """Score (query, z) = (margin with z's gate patched - f_old's margin) / (f_new's margin - f_old's margin).
 
-    The gate of training document z is the top ``percentile``% dimensions of |Δh_ℓ(z) ⊙ g_ℓ(z)| (both
-    checkpoints' states and f_new's gradient of z's own next-token loss, from the shared FeatureStore). Per
+    The gate of training document z is the top ``percentile``% dimensions of its attribution |a_ℓ(z)| at
+    layer ℓ (both checkpoints' states and f_new's gradient of z's own next-token loss, from the shared
+    FeatureStore): ``gate="per_position"`` pools ``Δh_ℓ,t ⊙ g_ℓ,t`` over z's tokens, ``"of_means"`` multiplies
+    the pooled ``Δh̄_ℓ ⊙ ḡ_ℓ`` (the seed plan's, and the ``preset="seed"`` setting). Per
     query f_old runs once on the prompt with its keys/values kept; the state at layer ℓ of the last prompt
     token is f_old's with the gated dimensions set to f_new's (from the FeatureStore's query states), and all
     documents' patched states are pushed through the remaining blocks in batches of ``batch_size``. A query
@@ -50,6 +54,8 @@ class Patching(Method):
         layer: int | str = "middle",
         percentile: float = 10.0,
         pooling: str = "mean",
+        gate: str = "per_position",
+        preset: str | None = None,
         batch_size: int = 16384,
         prefix_batch_size: int = 64,
     ):
@@ -60,21 +66,28 @@ class Patching(Method):
             percentile: share of hidden dimensions patched per document, 0..100.
             pooling: how documents' Δh and gradients are pooled for the gate: "mean" or "span" (both over
                 all real tokens of a document; "last" is refused, the gradient there is zero).
+            gate: "per_position" (pooled Δh_t ⊙ g_t) or "of_means" (Δh̄ ⊙ ḡ).
+            preset: None or "seed" (middle layer, 10%, mean pooling, gate of means; see
+                `baselines.feature_method.presets`).
             batch_size: (query, document) candidates pushed through the remaining blocks at once (16384:
                 241k candidates/s at OLMo2-1B's middle layer on an H100, against 160k at 4096).
             prefix_batch_size: queries run through f_old at once to build their prefix caches.
         """
+        fixed = dict(layer=layer, percentile=percentile, pooling=pooling, gate=gate)
+        fixed = apply_preset("patching", preset, fixed)
+        layer, percentile, pooling, gate = (fixed[k] for k in ("layer", "percentile", "pooling", "gate"))
         if not 0 <= percentile <= 100:
             raise ValueError(f"method 'patching': option percentile={percentile!r} is not in 0..100")
         check_choice("patching", "pooling", pooling, DOC_POOLINGS)
+        check_choice("patching", "gate", gate, GATES)
         if batch_size < 1 or prefix_batch_size < 1:
             raise ValueError(
                 f"method 'patching': options batch_size={batch_size} and "
                 f"prefix_batch_size={prefix_batch_size} must both be >= 1"
             )
-        self.layer, self.percentile, self.pooling = layer, percentile, pooling
+        self.layer, self.percentile, self.pooling, self.gate = layer, percentile, pooling, gate
         self.batch_size, self.prefix_batch_size = batch_size, prefix_batch_size
-        super().__init__(layer=layer, percentile=percentile, pooling=pooling)
+        super().__init__(layer=layer, percentile=percentile, pooling=pooling, gate=gate, preset=str(preset))
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair, features = ctx.require("pair", "patching"), ctx.require("features", "patching")
@@ -82,11 +95,14 @@ class Patching(Method):
         self.ctx = ctx
         self.patcher = Patcher(pair.old, pair.tokenizer, candidate_ids, self.layer)
         layer = self.patcher.layer
-        delta = (
-            features.hidden("new", "docs", self.pooling)[:, layer]
-            - features.hidden("old", "docs", self.pooling)[:, layer]
-        )
-        attribution = delta * features.grads("docs", self.pooling)[:, layer]
+        if self.gate == "per_position":
+            attribution = features.attributions("docs", self.pooling)[:, layer]
+        else:
+            delta = (
+                features.hidden("new", "docs", self.pooling)[:, layer]
+                - features.hidden("old", "docs", self.pooling)[:, layer]
+            )
+            attribution = delta * features.grads("docs", self.pooling)[:, layer]
         self.masks = gate_masks(attribution.float(), self.percentile).to(self.patcher.device)
         # f_new's state at the patch layer and its candidate logits (head on the final-norm state), per query
         new_states = features.hidden("new", "queries", "last")

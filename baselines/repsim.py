@@ -6,25 +6,22 @@ from jaxtyping import Float
 from torch import Tensor
 
 from baselines.base import AttributionContext, register
-from baselines.feature_method import KNOB_DEFAULTS, FeatureMethod, reference_knobs
+from baselines.feature_method import FeatureMethod, apply_preset
 
 
 @register("repsim")
 class RepSim(FeatureMethod):
     """Similarity of ``h_l^new(query)`` and ``h_l^new(doc)``, per layer, aggregated over layers.
 
-    ``preset="reference"`` reproduces the reference experiments' RepSim script: one hidden state (the last, or
-    ``num_hidden_layers // 2`` with ``reference_layer="middle"``), queries pooled at their last prompt token,
-    documents by the mean over all real tokens including BOS, cosine, no normalisation.
-
     Args:
-        preset: None (use the knobs) or "reference".
+        preset: None (use the knobs), "seed" (the seed plan's literal setting) or "reference" (the reference
+            experiments' RepSim script); see `baselines.feature_method.presets`.
         reference_layer: "last" or "middle", for preset="reference".
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """
 
     def __init__(self, preset: str | None = None, reference_layer: str = "last", **knobs):
-        knobs = reference_knobs("repsim", preset, reference_layer, {**KNOB_DEFAULTS, **knobs})
+        knobs = apply_preset("repsim", preset, knobs, reference_layer)
         super().__init__(preset=str(preset), reference_layer=reference_layer, **knobs)
 
     def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:

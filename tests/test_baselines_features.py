@@ -12,6 +12,7 @@ from baselines.base import build_method
 from probes.data.queries import make_queries
 from probes.lm.features import query_inputs
 from probes.lm.load import load_pair
+from probes.lm.scoring import tokenize
 from probes.lm.store import FeatureStore
 
 FEATURE_METHODS = ["repsim", "delta_h", "act_grad", "attr_weighted"]
@@ -113,27 +114,136 @@ def test_reference_preset_reproduces_the_reference_scripts(pair, layer):
         torch.testing.assert_close(scores, reference)
 
 
-def test_attr_weighted_is_delta_h_times_grad_and_one_ig_step_is_plain(pair):
+def test_attr_weighted_of_means_is_delta_h_times_grad_and_one_ig_step_is_plain(pair):
     corpus = micro_corpus()
     queries = make_queries(corpus, inputs=[1, 2])
     ctx = context(corpus, queries, pair)
     store = ctx.features
-    method, plain = run("attr_weighted", ctx, layers=[0, 2], similarity="dot", aggregate="mean")
+    options = dict(layers=[1, 2], similarity="dot", product="of_means")
+    method, plain = run("attr_weighted", ctx, **options)
     docs, qs = method.features(ctx)
     delta_d = store.hidden("new", "docs", "mean") - store.hidden("old", "docs", "mean")
     torch.testing.assert_close(docs, delta_d * store.grads("docs", "mean"))
     delta_q = store.hidden("new", "queries") - store.hidden("old", "queries")
     torch.testing.assert_close(qs, delta_q * store.grads("queries"))
-    _, one_step = run("attr_weighted", ctx, layers=[0, 2], similarity="dot", ig_steps=1, ig_batch_size=3)
+    _, one_step = run("attr_weighted", ctx, **options, ig_steps=1, ig_batch_size=3)
     torch.testing.assert_close(one_step, plain)
-    _, more = run("attr_weighted", ctx, layers=[0, 2], ig_steps=4)
+    _, more = run("attr_weighted", ctx, **options, ig_steps=4)
     assert torch.isfinite(more).all() and not torch.allclose(more, plain)
 
 
+def reference_attributions(pair, items, loss_of):
+    """Per text, one plain full forward of each checkpoint and one backward: (h_new - h_old) ⊙ dL/dh at every
+    position and layer, then the mean over the text's tokens: [n, l, d]."""
+    out = []
+    for item in items:
+        ids = torch.tensor([item.ids])
+        old = pair.old(input_ids=ids, output_hidden_states=True).hidden_states
+        embeds = pair.new.get_input_embeddings()(ids).detach().requires_grad_(True)  # frozen weights
+        run_new = pair.new(inputs_embeds=embeds, output_hidden_states=True)
+        grads = torch.autograd.grad(loss_of(item, run_new.logits[0]), run_new.hidden_states)
+        per_layer = [
+            ((h - o) * g)[0].mean(0) for h, o, g in zip(run_new.hidden_states, old, grads, strict=True)
+        ]
+        out.append(torch.stack(per_layer))
+    return torch.stack(out)
+
+
+def test_attr_weighted_multiplied_pooled_means_not_positions(pair):
+    """Regression: attr_weighted was mean(Δh) ⊙ mean(g); by default it is now mean_t(Δh_t ⊙ g_t), checked
+    against a brute-force float64 reference on both sides (documents: their LM loss; queries: the answer's
+    cross-entropy, query_pooling='mean'); per position and of means differ."""
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    ctx = context(corpus, queries, pair, batch_size=3)
+    method = build_method("attr_weighted", query_pooling="mean")
+    docs, qs = method.features(ctx)
+    texts, targets = query_inputs(queries)
+
+    def lm(item, logits):
+        return F.cross_entropy(logits[:-1], torch.tensor(item.ids[1:]))
+
+    def answer(item, logits):
+        start, end = item.target
+        return F.cross_entropy(logits[start - 1 : end - 1], torch.tensor(item.ids[start:end]))
+
+    with torch.enable_grad():
+        ref_docs = reference_attributions(pair, tokenize(pair.tokenizer, corpus.texts), lm)
+        ref_queries = reference_attributions(pair, tokenize(pair.tokenizer, texts, targets), answer)
+    torch.testing.assert_close(docs, ref_docs, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(qs, ref_queries, rtol=1e-7, atol=1e-12)
+    of_means, _ = build_method("attr_weighted", query_pooling="mean", product="of_means").features(ctx)
+    assert not torch.allclose(of_means, docs)
+
+
+def test_attr_weighted_integrated_gradients_per_position(pair):
+    """One integrated-gradient step per position is the plain per-position attribution."""
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    ctx = context(corpus, queries, pair)
+    _, plain = run("attr_weighted", ctx, layers=[1, 2], similarity="dot")
+    _, one_step = run("attr_weighted", ctx, layers=[1, 2], similarity="dot", ig_steps=1, ig_batch_size=3)
+    torch.testing.assert_close(one_step, plain)
+
+
 @pytest.mark.parametrize("name", ["act_grad", "attr_weighted"])
-def test_last_token_document_gradients_are_refused(name):
-    with pytest.raises(ValueError, match="doc_pooling='last'"):
-        build_method(name, doc_pooling="last")
+def test_span_query_pooling_of_gradients_gave_all_zero_scores(name):
+    """Regression: query_pooling='span' pooled dL/dh over the answer's own positions, exactly 0 under causal
+    attention (the answer loss is read before the answer): every score was 0. Refused at construction."""
+    with pytest.raises(ValueError, match=f"{name}.*query_pooling='span'.*position before the answer"):
+        build_method(name, query_pooling="span")
+
+
+@pytest.mark.parametrize("name", ["repsim", "delta_h"])
+@pytest.mark.parametrize("layers", [0, [0, 2], "all_with_embeddings"])
+def test_embeddings_at_the_last_query_token_are_refused(name, layers):
+    with pytest.raises(ValueError, match="embeddings.*query-independent"):
+        build_method(name, layers=layers)
+    build_method(name, layers=layers, query_pooling="mean")  # in context, not one token's embedding
+
+
+def test_a_negative_index_naming_the_embeddings_is_refused_at_prepare(pair):
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1])
+    method = build_method("repsim", layers=[-3])  # 3 hidden states: -3 is 0
+    with pytest.raises(ValueError, match="embeddings"):
+        method.prepare(context(corpus, queries, pair))
+
+
+def test_documents_are_mean_pooled_by_default():
+    for name in FEATURE_METHODS:
+        assert build_method(name).settings["doc_pooling"] == "mean"
+        assert build_method(name).settings["layers"] == "all"
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_seed_preset_is_the_literal_plan_setting(name, pair):
+    method = build_method(name, preset="seed")
+    s = method.settings
+    assert (s["query_pooling"], s["layers"], s["aggregate"], s["similarity"]) == (
+        "last",
+        "all",
+        "mean",
+        "cosine",
+    )
+    gradient = name in ("act_grad", "attr_weighted")
+    assert s["doc_pooling"] == ("penultimate" if gradient else "last")  # the last token's gradient is 0
+    if name == "attr_weighted":
+        assert s["product"] == "of_means" and s["ig_steps"] == 0
+    with pytest.raises(ValueError, match="preset='seed' fixes query_pooling"):
+        build_method(name, preset="seed", query_pooling="mean")
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    method.prepare(context(corpus, queries, pair))
+    scores = method.score(torch.arange(len(queries)))
+    assert torch.isfinite(scores).all() and scores.abs().sum() > 0
+
+
+def test_penultimate_document_gradients_are_not_zero_and_last_are(pair):
+    corpus = micro_corpus()
+    ctx = context(corpus, make_queries(corpus, inputs=[1]), pair)
+    assert ctx.features.grads("docs", "last").abs().max() == 0
+    assert (ctx.features.grads("docs", "penultimate")[:, 1:].flatten(1).abs().amax(1) > 0).all()
 
 
 @pytest.mark.parametrize("name", ["act_grad", "attr_weighted"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics.pairwise import cosine_similarity
 from test_baselines_fixtures import make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
 
@@ -16,20 +17,53 @@ from baselines.layers import (
     aggregate,
     fit_layer_weights,
     layer_similarity,
-    select_layers,
 )
 from probes.data.queries import make_queries
+from probes.lm.features import hidden_state_ids
 
 
-def test_select_layers():
-    assert select_layers("all", 4) == [0, 1, 2, 3]
-    assert select_layers("last", 4) == [3]
-    assert select_layers("middle", 17) == [8]  # num_hidden_layers // 2, as the reference scripts
-    assert select_layers(-1, 4) == [3]
-    assert select_layers([0, -2], 4) == [0, 2]
-    for bad in (4, [1, 1], [], "first"):
+def test_hidden_state_ids():
+    assert hidden_state_ids("all_with_embeddings", 4) == [0, 1, 2, 3]
+    assert hidden_state_ids("last", 4) == [3]
+    assert hidden_state_ids("middle", 17) == [8]  # num_hidden_layers // 2, as the reference scripts
+    assert hidden_state_ids(-1, 4) == [3]
+    assert hidden_state_ids([0, -2], 4) == [0, 2]  # the embeddings when named
+    for bad in (4, [1, 1], [], "first", True):
         with pytest.raises(ValueError, match="layers="):
-            select_layers(bad, 4)
+            hidden_state_ids(bad, 4)
+
+
+def test_layers_all_included_the_embeddings():
+    """Regression: layers='all' read hidden state 0 (the embeddings): at a query's last prompt token one
+    token's embedding, the same for every query: a query-independent term in every score."""
+    assert hidden_state_ids("all", 4) == [1, 2, 3]
+    docs = torch.randn(6, 4, 5, dtype=torch.float64)
+    assert LayerScorer("all").fit(docs).chosen == [1, 2, 3]
+    assert LayerScorer(None).fit(docs).chosen == [0, 1, 2, 3]  # rows that are not hidden states
+    with pytest.raises(ValueError, match="layers=None"):  # never an empty selection (NaN scores)
+        LayerScorer("all").fit(docs[:, :1])
+
+
+def test_center_removes_a_constant_offset_from_each_side():
+    """normalize='center': documents lose their corpus mean, queries the mean over all queries, so an offset
+    added to every document and another to every query (Δh's context-independent part) changes nothing."""
+    g = torch.Generator().manual_seed(5)
+    docs = torch.randn(8, 3, 4, generator=g, dtype=torch.float64)
+    queries = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
+    offset = 10 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    shift = 10 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+
+    def scores(mode, d, q):
+        return LayerScorer("all_with_embeddings", normalize=mode).fit(d, queries=q).score(q[1:4])
+
+    centred = scores("center", docs, queries)
+    torch.testing.assert_close(scores("center", docs + offset, queries + shift), centred)
+    assert not torch.allclose(scores("none", docs + offset, queries + shift), scores("none", docs, queries))
+    q = F.normalize(queries[1:4] - queries.mean(0), dim=-1)
+    d = F.normalize(docs - docs.mean(0), dim=-1)
+    torch.testing.assert_close(centred, torch.einsum("qld,nld->qn", q, d) / 3)
+    with pytest.raises(ValueError, match="center"):
+        LayerScorer(normalize="center").fit(docs)
 
 
 def test_similarity_matches_sklearn_per_layer_and_zero_vectors_give_zero():

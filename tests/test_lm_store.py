@@ -105,16 +105,17 @@ def test_store_computes_each_feature_once(pair, tmp_path, monkeypatch, on_disk):
         ("grads", ("docs",)),
         ("grads", ("queries",)),
         ("grads", ("queries", "last", "margin")),
+        ("attributions", ("docs", "mean")),
     ]
     results = [getattr(store, method)(*args) for method, args in asked]
-    assert counted.calls == 6
+    assert counted.calls == 7
     assert results[0].shape == (len(TEXTS), 3, 32) and results[4].shape == (len(texts), 3, 32)
     assert not torch.equal(results[0], results[1])  # f_old vs f_new
     again = [getattr(store, method)(*args) for method, args in asked]
     assert store.grads("docs", "last", "lm") is results[3] and store.grads("queries", loss="ce") is results[4]
-    assert counted.calls == 6 and all(a is b for a, b in zip(again, results, strict=True))
+    assert counted.calls == 7 and all(a is b for a, b in zip(again, results, strict=True))
     fresh = [getattr(make_store(), method)(*args) for method, args in asked]
-    assert counted.calls == (6 if on_disk else 12)
+    assert counted.calls == (7 if on_disk else 14)
     for a, b in zip(fresh, results, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="side must be one of"):
@@ -134,3 +135,32 @@ def test_store_caps_tokens_per_pass_and_gradients_at_half(pair, monkeypatch):
     store = FeatureStore(pair, list(TEXTS), texts, targets, candidates, max_tokens=41)
     store.hidden("new", "docs"), store.grads("docs")
     assert seen == [("hidden", 41), ("grad", 20)]
+
+
+def test_cache_entry_of_another_feature_version_is_never_read(pair, tmp_path):
+    """An entry written by feature code of version 1 is not read by version 2 (recomputed), and back."""
+    spec = FeatureSpec("hidden", "mean")
+    fn = Counter(lambda: torch.zeros(2, 1, 1))
+    FeatureCache(tmp_path / "features", version=1).get_or_compute(pair.new, TEXTS[:2], spec, fn)
+    FeatureCache(tmp_path / "features", version=2).get_or_compute(pair.new, TEXTS[:2], spec, fn)
+    assert fn.calls == 2
+    FeatureCache(tmp_path / "features", version=1).get_or_compute(pair.new, TEXTS[:2], spec, fn)
+    assert fn.calls == 2 and cache_module.FEATURE_VERSION >= 2  # bumped for per-position attributions
+    assert FeatureCache(tmp_path).version == cache_module.FEATURE_VERSION
+
+
+def test_attributions_at_one_position_are_the_product_and_keyed_by_both_checkpoints(pair, tmp_path):
+    texts, targets = query_inputs(QUERIES)
+    candidates = answer_token_ids(pair.tokenizer, CANDIDATES)
+    cache = FeatureCache(tmp_path / "features")
+
+    def make_store():
+        return FeatureStore(pair, list(TEXTS), texts, targets, candidates, cache=cache, batch_size=3)
+
+    store = make_store()
+    attr = store.attributions("queries", "last")
+    delta = store.hidden("new", "queries", "last") - store.hidden("old", "queries", "last")
+    torch.testing.assert_close(attr, delta * store.grads("queries", "last"))
+    assert attr.abs().sum() > 0
+    perturb(pair.old, scale=1e-2)  # another f_old, the same f_new: the entry must not be read
+    assert not torch.allclose(make_store().attributions("queries", "last"), attr)

@@ -10,9 +10,9 @@ from baselines.base import AttributionContext, build_method
 from baselines.patching import gate_masks, margins
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
-from probes.lm.features import query_inputs
+from probes.lm.features import hidden_state_ids, query_inputs
 from probes.lm.load import load_pair
-from probes.lm.patch import Patcher, num_blocks
+from probes.lm.patch import Patcher, num_blocks, resolve_layer
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.lm.store import FeatureStore
 
@@ -160,7 +160,38 @@ def test_margin_is_answer_minus_best_other():
     assert margins(logits, torch.tensor([1, 2])).tolist() == [1.0, -1.0]
 
 
-@pytest.mark.parametrize(("option", "value"), [("percentile", 120.0), ("pooling", "last"), ("batch_size", 0)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("percentile", 120.0), ("pooling", "last"), ("batch_size", 0), ("gate", "sum"), ("preset", "paper")],
+)
 def test_bad_option_is_named(option, value):
     with pytest.raises(ValueError, match=option):
         build_method("patching", **{option: value})
+
+
+def test_gate_per_position_or_of_means(setup):
+    """The default gate ranks dimensions by the pooled per-position Δh_t ⊙ g_t, "of_means" (and the seed
+    preset) by Δh̄ ⊙ ḡ: the masks follow the FeatureStore's matching features."""
+    store, layer = setup.features, BLOCKS // 2
+    for gate, attribution in (
+        ("per_position", store.attributions("docs", "mean")[:, layer]),
+        (
+            "of_means",
+            (store.hidden("new", "docs", "mean") - store.hidden("old", "docs", "mean"))[:, layer]
+            * store.grads("docs", "mean")[:, layer],
+        ),
+    ):
+        method = build_method("patching", gate=gate, percentile=30.0)
+        method.prepare(setup)
+        assert torch.equal(method.masks, gate_masks(attribution.float(), 30.0))
+    seed = build_method("patching", preset="seed")
+    assert (seed.gate, seed.layer, seed.percentile, seed.pooling) == ("of_means", "middle", 10.0, "mean")
+    with pytest.raises(ValueError, match="preset='seed' fixes percentile"):
+        build_method("patching", preset="seed", percentile=20.0)
+
+
+def test_layer_resolvers_agree(pair):
+    """Patching's layer and the feature methods' layers name the same hidden state."""
+    states = num_blocks(pair.old) + 1
+    for spec in ("middle", "last", 0, 2, -1, -2):
+        assert [resolve_layer(pair.old, spec)] == hidden_state_ids(spec, states)

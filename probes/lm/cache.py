@@ -19,6 +19,10 @@ from probes.cache import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 SAMPLE = 256  # strided elements per parameter hashed exactly, besides its float64 sum and norm
+# The version of what a cached feature means, part of every key: bump it whenever the feature code changes a
+# feature's value (pooling, layers, what is multiplied), so entries of older code are never read.
+# 2: "penultimate" pooling, per-position attributions (kind "attr"), one shared layer resolver.
+FEATURE_VERSION = 2
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -60,16 +64,19 @@ def content_hash(value: object) -> str:
 class FeatureCache:
     """Feature tensors on disk under ``root`` (default ``cache_dir()/"features"``), one safetensors file each.
 
-    The key covers the model's weights (`model_fingerprint`), the texts, the spec and ``extra`` (targets,
-    candidate ids, the tokenizer), so a stale entry is never found; files appear atomically, so a crash
+    The key covers the feature code's ``version`` (default FEATURE_VERSION), the model's weights
+    (`model_fingerprint`), the texts, the spec and ``extra`` (targets, candidate ids, the tokenizer, the old
+    checkpoint of an attribution), so a stale entry is never found; files appear atomically, so a crash
     mid-write leaves nothing behind, and an unreadable file is recomputed.
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, version: int = FEATURE_VERSION):
         self.root = Path(root).expanduser() if root is not None else cache_dir() / "features"
+        self.version = version
 
     def key(self, model: torch.nn.Module, texts: Sequence[str], spec: object, extra: object = None) -> str:
-        return content_hash([model_fingerprint(model), content_hash(list(texts)), spec, extra])
+        parts = [model_fingerprint(model), content_hash(list(texts)), spec, extra]
+        return content_hash([f"features v{self.version}", *parts])
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"

@@ -1,8 +1,9 @@
-"""Per-layer pooled hidden states h_l and activation gradients g_l = dL/dh_l of texts, batched by length.
+"""Per-layer pooled hidden states h_l, activation gradients g_l = dL/dh_l and attributions Δh_l ⊙ g_l.
 
 Layer index l runs over what Hugging Face returns with ``output_hidden_states=True``: 0 = the embeddings
 (the first block's input), l = the output of block l, and the last index L = the final hidden state AFTER
 the model's final norm (the tensor the LM head reads; transformers ties ``hidden_states[-1]`` to it).
+`hidden_state_ids` is the one resolver of a layer option into these indices.
 """
 
 from __future__ import annotations
@@ -23,10 +24,64 @@ from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
 from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, collate, length_batches, pad_id, tokenize
 
+# "all": the block outputs 1..L (the embeddings, index 0, are the same vector for a token wherever it stands:
+# pooled at one token they are a context-independent term); "all_with_embeddings": 0..L; "middle": L // 2
+# (as the reference scripts: num_hidden_layers // 2); "last": L. Ints (negative from the end) name states.
+LAYER_NAMES = ("all", "all_with_embeddings", "middle", "last")
+
+
+def check_layer_spec(spec) -> None:
+    """Raise unless ``spec`` is one of LAYER_NAMES, an int or a non-empty list of distinct ints."""
+    if isinstance(spec, str):
+        if spec not in LAYER_NAMES:
+            raise ValueError(f"layers={spec!r}: give one of {list(LAYER_NAMES)}, an int or a list of ints")
+        return
+    items = [spec] if isinstance(spec, int) else spec
+    if (
+        not isinstance(items, (list, tuple))
+        or not items
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in items)
+    ):
+        raise ValueError(f"layers={spec!r}: give one of {list(LAYER_NAMES)}, an int or a non-empty int list")
+
+
+def hidden_state_ids(spec, n_states: int) -> list[int]:
+    """Hidden-state indices (0 = embeddings .. ``n_states - 1`` = after the final norm) that ``spec`` names
+    (see LAYER_NAMES); ints may be negative (from the end). Raises on an index out of range or named twice."""
+    check_layer_spec(spec)
+    if spec == "all":
+        if n_states < 2:
+            raise ValueError(
+                f"layers='all' (block outputs 1..L) names nothing among {n_states} hidden state(s); features "
+                "that are not hidden states take layers=None (every row)"
+            )
+        return list(range(1, n_states))
+    if spec == "all_with_embeddings":
+        return list(range(n_states))
+    if spec in ("middle", "last"):
+        return [(n_states - 1) // 2 if spec == "middle" else n_states - 1]
+    out = []
+    for i in [spec] if isinstance(spec, int) else spec:
+        if not -n_states <= i < n_states:
+            raise ValueError(
+                f"layers={spec!r}: index {i} is out of range for {n_states} hidden states (0 = embeddings)"
+            )
+        out.append(i % n_states)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers={spec!r} names a hidden state twice")
+    return out
+
+
+KINDS = ("hidden", "grad", "attr")
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What to compute: ``kind`` "hidden" or "grad", pooling, loss (grads only), layers (None = all)."""
+    """What to compute: ``kind``, pooling, loss (grads and attributions only), layers (None = all states).
+
+    kind: "hidden" (h_l of the model), "grad" (g_l = dL/dh_l of the model's loss) or "attr" (per position
+    ``(h_l^model - h_l^old) ⊙ g_l``, multiplied before pooling: first-order loss change along old -> model).
+    """
 
     kind: str
     pooling: str = "last"
@@ -34,18 +89,18 @@ class FeatureSpec:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if self.kind not in ("hidden", "grad"):
-            raise ValueError(f"FeatureSpec.kind must be 'hidden' or 'grad', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"FeatureSpec.kind must be one of {KINDS}, got {self.kind!r}")
         check_pooling(self.pooling)
-        if (self.kind == "grad") != (self.loss is not None):
-            raise ValueError(f"FeatureSpec: kind 'grad' needs a loss, kind 'hidden' takes none: {self}")
+        if (self.kind == "hidden") != (self.loss is None):
+            raise ValueError(f"FeatureSpec: kinds 'grad', 'attr' need a loss, 'hidden' takes none: {self}")
         if self.loss is not None:
             check_loss(self.loss)
 
     @property
     def what(self) -> str:
-        """A short name for progress bars and errors: "hidden" or "grad (<loss>)"."""
-        return "hidden" if self.kind == "hidden" else f"grad ({self.loss})"
+        """A short name for progress bars and errors: "hidden", "grad (<loss>)" or "attr (<loss>)"."""
+        return "hidden" if self.kind == "hidden" else f"{self.kind} ({self.loss})"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +176,7 @@ def compute_features(
     *,
     targets: Sequence[tuple[int, int]] | None = None,
     candidate_ids: Int[Tensor, "c"] | None = None,
+    old=None,
     batch_size: int = 32,
     max_tokens: int | None = None,
     padding_side: str = "right",
@@ -130,7 +186,8 @@ def compute_features(
     strategy: str = "ddp",
     compile: bool = False,
 ) -> Float[Tensor, "n l d"]:
-    """The features ``spec`` names of every text, in text order, on the CPU.
+    """The features ``spec`` names of every text, in text order, on the CPU (kind "attr": ``old`` is the
+    checkpoint its Δh starts from, on the model's device).
 
     ``devices=1``: this process runs every length batch. ``devices>1``: a Lightning ``strategy`` ("ddp";
     "ddp_fork" on the CPU where the script cannot be relaunched) deals the batches out over that many
@@ -144,6 +201,7 @@ def compute_features(
         tokenizer,
         spec,
         candidate_ids=candidate_ids,
+        old=old,
         padding_side=padding_side,
         dtype=dtype,
         compile=compile,
@@ -226,7 +284,7 @@ def plan(
 ) -> tuple[list[Tokenized], list[list[int]]]:
     """Check the inputs ``spec`` needs, tokenise, and group the text indices into length batches of at most
     ``batch_size`` texts and ``max_tokens`` padded tokens."""
-    if spec.kind == "grad" and spec.loss != "lm" and targets is None:
+    if spec.loss not in (None, "lm") and targets is None:
         raise ValueError(f"loss {spec.loss!r} needs targets (the answer's character span in each text)")
     if spec.loss == "margin" and candidate_ids is None:
         raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
@@ -272,11 +330,15 @@ class FeatureStep:
         spec: FeatureSpec,
         *,
         candidate_ids: Int[Tensor, "c"] | None = None,
+        old=None,
         padding_side: str = "right",
         dtype: torch.dtype | None = None,
         compile: bool = False,
     ):
+        if (spec.kind == "attr") != (old is not None):
+            raise ValueError(f"{spec.what} features: kind 'attr' needs the old checkpoint, others take none")
         self.model, self.spec, self.candidate_ids, self.compile = model, spec, candidate_ids, compile
+        self.old = old
         self.pad, self.padding_side = pad_id(tokenizer), padding_side
         self.dtype = _out_dtype(model, dtype)
 
@@ -302,6 +364,9 @@ class FeatureStep:
             with torch.inference_mode():  # the decoder stack alone: hidden states need no LM head
                 states = _forward(self.model.base_model, batch, self.padding_side).hidden_states
                 return torch.stack([pool(states[i]) for i in _layer_ids(self.spec.layers, len(states))], 1)
+        if self.spec.kind == "attr":
+            with torch.inference_mode():
+                old_states = _forward(self.old.base_model, batch, self.padding_side).hidden_states
         with torch.enable_grad():
             embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
             per_text, out = text_losses(
@@ -316,6 +381,8 @@ class FeatureStep:
             states = out.hidden_states
             wanted = _layer_ids(self.spec.layers, len(states))
             grads = torch.autograd.grad(per_text.sum(), [states[i] for i in wanted])
+        if self.spec.kind == "attr":  # per position (h^new - h^old) ⊙ g, then pooled
+            grads = [(states[i].detach() - old_states[i]) * g for i, g in zip(wanted, grads, strict=True)]
         return torch.stack([pool(g) for g in grads], 1)
 
 
@@ -341,12 +408,7 @@ def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
 
 
 def _layer_ids(layers: Sequence[int] | None, count: int) -> list[int]:
-    if layers is None:
-        return list(range(count))
-    bad = [layer for layer in layers if not -count <= layer < count]
-    if bad:
-        raise ValueError(f"layers {bad} are out of range: the model has hidden states 0..{count - 1}")
-    return [layer % count for layer in layers]
+    return hidden_state_ids("all_with_embeddings" if layers is None else list(layers), count)
 
 
 def _out_dtype(model, dtype: torch.dtype | None) -> torch.dtype:

@@ -128,12 +128,14 @@ def integrated_gradients(
     loss: str = "lm",
     candidate_ids: Int[Tensor, "c"] | None = None,
     pooling: str = "last",
+    times_delta: bool = False,
     batch_size: int = 16,
     progress: bool = True,
 ) -> Float[Tensor, "n l d"]:
     """Pooled path-mean gradients ``g_IG`` of f_new's loss at each of ``layers``, where hidden state l runs
-    from f_old's to f_new's (all positions) while f_new computes everything above it. ``Δh̄_l ⊙ g_IG_l`` is the
-    K-step integrated-gradients attribution; K = 1 gives f_new's plain activation gradient."""
+    from f_old's to f_new's (all positions) while f_new computes everything above it. ``Δh_l ⊙ g_IG_l`` is the
+    K-step integrated-gradients attribution; K = 1 gives f_new's plain activation gradient. ``times_delta``:
+    pool the per-position attribution ``Δh_l,t ⊙ g_IG_l,t`` instead of the gradient alone."""
     items = tokenize(tokenizer, texts, targets)
     device = next(new.parameters()).device
     out_dtype = torch.float64 if next(new.parameters()).dtype == torch.float64 else torch.float32
@@ -152,5 +154,5 @@ def integrated_gradients(
         for j, layer in enumerate(layers):
             start, end = h_old[layer].clone(), h_new[layer].clone()  # out of inference mode for autograd
             grad = path_gradient(new, batch, chunk, layer, start, end, steps, loss, candidate_ids)
-            out[index, j] = pool(grad).cpu()
+            out[index, j] = pool((end - start) * grad if times_delta else grad).cpu()
     return out

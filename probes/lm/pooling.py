@@ -1,4 +1,4 @@
-"""Pooling a padded batch of per-token vectors to one vector per text: last token, all tokens, or a span."""
+"""Pooling a padded batch of per-token vectors to one vector per text: one token, all tokens, or a span."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from torch import Tensor
 
 from probes.lm.scoring import Tokenized, to_device
 
-POOLINGS = ("last", "mean", "span")
+POOLINGS = ("last", "penultimate", "mean", "span")
+SINGLE = ("last", "penultimate")  # poolings that read one position per text
 
 
 def check_pooling(pooling: str) -> str:
@@ -24,6 +25,8 @@ def token_span(item: Tokenized, pooling: str) -> tuple[int, int]:
     weights).
 
     last: the token before the target (the position that predicts it), else the last token;
+    penultimate: the second-to-last token: the last position whose prediction enters a text's own LM loss
+        (a document's gradient at its last token is exactly zero);
     mean: every real token (BOS included where the tokenizer adds one);
     span: the target's tokens, or every real token for a text without a target.
     """
@@ -31,6 +34,8 @@ def token_span(item: Tokenized, pooling: str) -> tuple[int, int]:
     if pooling == "last":
         last = (item.target[0] if item.target else n) - 1
         return last, last + 1
+    if pooling == "penultimate":
+        return max(n - 2, 0), max(n - 1, 1)
     return item.target if pooling == "span" and item.target else (0, n)
 
 
@@ -61,7 +66,7 @@ class Pooler:
         self.rows, self.cols = to_device(rows, device), to_device(cols, device)
         self.weights = to_device(weights, device)
         self.batch, self.dtype = len(items), dtype
-        self.single = pooling == "last"  # one position per row: a plain gather
+        self.single = pooling in SINGLE  # one position per row: a plain gather
 
     def __call__(self, states: Float[Tensor, "b s d"]) -> Float[Tensor, "b d"]:
         picked = states[self.rows, self.cols].to(self.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from probes.lm.cache import FeatureCache, content_hash
+from probes.lm.cache import FeatureCache, content_hash, model_fingerprint
 from probes.lm.features import FeatureSpec, compute_features
 from probes.lm.load import ModelPair
 from probes.lm.ranks import global_rank
@@ -27,7 +27,8 @@ class FeatureStore:
     """Pooled per-layer features of the training documents and of ALL queries (methods index rows by id).
 
     Memoised in memory and, when ``cache`` is given, on disk; hidden states for f_old or f_new, activation
-    gradients at f_new. Queries are teacher-forced texts ``prompt + answer`` with the answer span as target.
+    gradients at f_new, and per-position attributions ``Δh ⊙ g`` (multiplied in one pass, then pooled).
+    Queries are teacher-forced texts ``prompt + answer`` with the answer span as target.
 
     Args:
         pair: the loaded, checked model pair.
@@ -89,9 +90,18 @@ class FeatureStore:
             "new", side, FeatureSpec("grad", pooling, AUTO_LOSS[side] if loss == "auto" else loss)
         )
 
+    def attributions(self, side: str, pooling: str = "last", loss: str = "auto") -> Float[Tensor, "N l d"]:
+        """Per-position ``a_l,t = (h_l,t^new - h_l,t^old) ⊙ g_l,t`` (g at f_new, ``loss`` as in `grads`),
+        multiplied before pooling: pooled over one position it equals ``Δh ⊙ g`` of the pooled features."""
+        self._check_side(side)
+        return self._get(
+            "new", side, FeatureSpec("attr", pooling, AUTO_LOSS[side] if loss == "auto" else loss)
+        )
+
     def _get(self, which: str, side: str, spec: FeatureSpec) -> Tensor:
         self._check_side(side)
         model = self.pair.model(which)
+        old = self.pair.old if spec.kind == "attr" else None
         key = (which, side, spec)
         if key not in self._memo:
             texts, targets = self.texts[side], self.targets[side]
@@ -107,6 +117,7 @@ class FeatureStore:
                     spec,
                     targets=targets,
                     candidate_ids=self.candidate_ids,
+                    old=old,
                     batch_size=batch_size,
                     max_tokens=max_tokens,
                     compile=self.compile,
@@ -121,6 +132,8 @@ class FeatureStore:
                 extra = {"targets": targets, "tokenizer": self.tokenizer_hash()}
                 if spec.loss == "margin":
                     extra["candidates"] = self.candidate_ids.tolist()
+                if old is not None:
+                    extra["old"] = model_fingerprint(old)
                 write = global_rank(self.devices) == 0
                 self._memo[key] = self.cache.get_or_compute(
                     model, texts, spec, compute, extra=extra, write=write
