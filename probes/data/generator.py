@@ -130,6 +130,8 @@ def generated_name(corpus_path: str | os.PathLike[str] | None) -> str | None:
 
 def resolve_corpus_path(corpus_path: str | os.PathLike[str] | None) -> Path:
     """The file of a corpus_path: the path itself, or the named generated corpus (None: the default)."""
+    if corpus_path is None:
+        return default_corpus_path()
     name = generated_name(corpus_path)
     return Path(corpus_path) if name is None else generated_corpus_path(name)
 
