@@ -73,6 +73,10 @@ def test_generate_delegates_to_the_generator(tmp_path, capsys):
     assert code == 0 and out_path.exists()
     code, out, _ = _run(["inspect", str(out_path), "--json"], capsys)
     assert code == 0 and json.loads(out)["documents"] == 10
+    code, _, _ = _run([*argv, "--shared-constants", "1"], capsys)  # both bases share one constant
+    info = json.loads(_run(["inspect", str(out_path), "--json"], capsys)[1])
+    assert code == 0 and {f["constant"] for f in info["functions"].values()} == {5}
+    assert len(info["functions"]) == 4 and info["candidate_answers"] == [3, 4, 5, 6, 7]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Corpus generator: determinism, shape, the HOPS invariants, diversity, disjoint worlds, loading, CLI."""
+"""Corpus generator: determinism, shape, the HOPS invariants, diversity, disjoint worlds, loading, CLI, shared
+constants, named generated corpora and their overlay config."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import argparse
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
+from test_compare import compare
 
 from probes.data.corpus import FUNC_TOKEN_RE, corpus_from_rows, load_corpus
 from probes.data.generator import (
+    GENERATED_CORPORA,
     GENERATOR_VERSION,
     GeneratorConfig,
     GeneratorConfigError,
@@ -19,10 +24,14 @@ from probes.data.generator import (
     function_plan,
     generate_rows,
     pretraining_config,
+    resolve_corpus_path,
     run_generate,
     write_corpus,
 )
+from probes.data.hops import HopsData
+from probes.data.queries import candidate_answers, make_queries, relevance
 from probes.data.templates import KINDS, SLOT_RE, all_frames, all_pool_entries
+from probes.lm.default import default_pair_dir
 
 # The 20hops spelling and pairing, written out independently of the generator.
 PAIRS_20HOPS = dict(
@@ -214,7 +223,8 @@ def test_cli_writes_the_corpus_and_says_where(tmp_path, capsys):
     ("argv", "option"),
     [(["--n-base", "0"], "--n-base"), (["--n-base", "2", "--constants", "5"], "--constants"),
      (["--token-style", "numbered", "--prefix", "Z"], "--prefix"), (["--suffix", "a b"], "--suffix"),
-     (["--distractors", "-1"], "--distractors")],
+     (["--distractors", "-1"], "--distractors"), (["--shared-constants", "11"], "--shared-constants"),
+     (["--constants", "5,7", "--shared-constants", "2"], "--shared-constants")],
 )  # fmt: skip
 def test_cli_bad_option_is_named(tmp_path, capsys, argv, option):
     assert run_generate(_parse("--out", str(tmp_path / "x.jsonl"), *argv)) == 2
@@ -230,7 +240,96 @@ def test_cli_unparsable_constants_is_named(tmp_path, capsys):
 
 def test_config_errors_name_the_field():
     for kwargs, field in [({"n_base": 0}, "n_base"), ({"constants": (1, 2)}, "constants"),
-                          ({"token_style": "runes"}, "token_style"), ({"depth": -1}, "depth")]:  # fmt: skip
+                          ({"token_style": "runes"}, "token_style"), ({"depth": -1}, "depth"),
+                          ({"n_base": 3, "shared_constants": 4}, "shared_constants"),
+                          ({"shared_constants": 0}, "shared_constants"),
+                          ({"n_base": 2, "constants": (5, 7), "shared_constants": 2},
+                           "shared_constants")]:  # fmt: skip
         with pytest.raises(GeneratorConfigError, match=field) as err:
             GeneratorConfig(**kwargs)
         assert err.value.field == field
+
+
+SHARED = GeneratorConfig(shared_constants=4, docs_per_base=12, docs_per_wrapper=6)
+
+
+def test_shared_constants_are_k_values_used_evenly_and_seeded():
+    values = SHARED.constant_values
+    assert sorted(Counter(values).items()) == [(5, 3), (7, 3), (9, 2), (11, 2)]
+    assert GeneratorConfig(shared_constants=4, docs_per_base=12, docs_per_wrapper=6).constant_values == values
+    others = {GeneratorConfig(shared_constants=4, seed=seed).constant_values for seed in range(1, 6)}
+    assert others - {values}, "the seed must choose which bases share a constant"
+    assert generate_rows(SHARED) == generate_rows(GeneratorConfig(**SHARED.__dict__))
+    assert GeneratorConfig(n_base=4, shared_constants=1).constant_values == (5, 5, 5, 5)
+
+
+def test_shared_constants_keep_functions_distinct_in_relevance_and_wrapping():
+    rows = generate_rows(SHARED)
+    corpus = corpus_from_rows(rows)
+    check_invariants(rows, {w: f"<{b}N>" for w, b in PAIRS_20HOPS.items()})
+    bases = [f for f in corpus.functions.values() if f.hop_depth == 0]
+    assert len(bases) == 10 and len({f.constant for f in bases}) == 4
+    for wrapper, base in PAIRS_20HOPS.items():  # its own base, not another of the same constant
+        fn = corpus.functions[wrapper]
+        assert fn.wraps == f"<{base}N>" and fn.constant == corpus.functions[fn.wraps].constant
+    queries = make_queries(corpus, [3, 42])
+    relevant = relevance(corpus, queries)
+    for q, row in zip(queries, relevant, strict=True):  # pair relevance: own docs + the other end of the pair
+        pair = {q.func, corpus.functions[q.func].wraps, *corpus.wrapped_by(q.func)} - {None}
+        want = {i for name in pair for i in corpus.functions[name].documents}
+        assert set(torch.nonzero(row).flatten().tolist()) == want, q.func
+    first, second = [f.name for f in bases if f.constant == bases[0].constant][:2]  # share a constant
+    row_of = {q.func: row for q, row in zip(queries, relevant, strict=True)}
+    assert not torch.equal(row_of[first], row_of[second])
+    assert {q.constant for q in queries} <= set(candidate_answers(corpus))
+
+
+def test_shared_constants_with_distractors_and_depth_load_and_keep_the_invariants(tmp_path):
+    cfg = GeneratorConfig(**{**SMALL_DEEP.__dict__, "shared_constants": 2})
+    rows = generate_rows(cfg)
+    wraps = {f"<C0{i}>": f"<B0{i}>" for i in range(1, 5)} | {f"<D0{i}>": f"<C0{i}>" for i in range(1, 5)}
+    check_invariants(rows, wraps)
+    corpus = load_corpus(write_corpus(tmp_path / "c.jsonl", cfg))
+    assert {f.constant for f in corpus.functions.values()} == {5, 7}
+    assert {n: f.wraps for n, f in corpus.functions.items() if f.wraps} == wraps
+    assert len(corpus.distractors) == 25
+
+
+def test_cli_shared_constants(tmp_path):
+    out = tmp_path / "s.jsonl"
+    assert run_generate(_parse("--out", str(out), "--shared-constants", "4", "--docs-per-base", "3")) == 0
+    rows = _read(out)
+    assert len({r["func"] for r in rows}) == 20 and {r["constant"] for r in rows} == {5, 7, 9, 11}
+
+
+def test_generated_corpus_names_resolve_to_cached_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path))
+    monkeypatch.setitem(GENERATED_CORPORA, "shared-constants", SHARED)  # the real one, smaller
+    with pytest.raises(ValueError, match="generated:shared-constants"):
+        HopsData(corpus_path="generated:nope")
+    assert not (tmp_path / "corpora").exists()  # checked at construction, nothing generated
+    data = HopsData(corpus_path="generated:shared-constants")
+    path = tmp_path / "corpora" / f"shared-constants-hops-v{GENERATOR_VERSION}.jsonl"
+    assert data.corpus.path == path and _read(path) == generate_rows(SHARED)
+    assert len({q.constant for q in data.queries}) == 4 and len(data.queries) == 20 * 100
+    assert resolve_corpus_path(None) == default_corpus_path() != path
+    assert resolve_corpus_path(str(path)) == path
+    assert default_pair_dir("generated:shared-constants", build=False) == default_pair_dir(path, build=False)
+    assert default_pair_dir("generated:shared-constants", build=False) != default_pair_dir(None, build=False)
+
+
+def test_shared_constants_config_overlays_compare_yaml():
+    root = Path(__file__).resolve().parents[1]
+    overlay = root / "configs" / "shared-constants.yaml"
+    base = compare.build_parser().parse_args(["--config", str(root / "configs" / "compare.yaml")])
+    cfg = compare.build_parser().parse_args(
+        ["--config", str(root / "configs/compare.yaml"), "--config", str(overlay)]
+    )
+    assert cfg.data.corpus_path == "generated:shared-constants"
+    assert {k: v for k, v in vars(cfg.data).items() if k != "corpus_path"} == {
+        k: v for k, v in vars(base.data).items() if k != "corpus_path"
+    }
+    assert cfg.model == base.model and len(compare.build_methods(cfg)) == len(base.methods)
+    assert compare.default_out(cfg) == Path("results") / "shared-constants"
+    for number, line in enumerate(overlay.read_text(encoding="utf-8").splitlines(), 1):
+        assert not line.strip() or "#" in line, f"{overlay.name}:{number} has no comment: {line!r}"

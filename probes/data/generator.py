@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -81,17 +82,58 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-# Bump when the templates or the default plan change what GeneratorConfig() writes: the cached default corpus
-# (and the tiny pair keyed by its bytes) is then rebuilt instead of silently reused.
+# Bump when the templates or the default plan change what GeneratorConfig() writes, or a named corpus's config
+# changes: the cached generated corpora (and the tiny pairs keyed by their bytes) are then rebuilt instead of
+# silently reused.
 GENERATOR_VERSION = 1
+
+# Generated corpora a corpus_path can name as "generated:<name>" instead of a file: written on first use.
+GENERATED_PREFIX = "generated:"
+GENERATED_CORPORA = {
+    "default": GeneratorConfig(),
+    # 10 bases over 4 constants (3, 3, 2, 2 bases each): the answer alone no longer names the wrapped base
+    "shared-constants": GeneratorConfig(shared_constants=4),
+}
+
+
+def generated_corpus_path(name: str = "default") -> Path:
+    """``cache_dir()/corpora/<name>-hops-v<N>.jsonl``, written from ``GENERATED_CORPORA[name]`` if missing."""
+    if name not in GENERATED_CORPORA:
+        known = ", ".join(GENERATED_PREFIX + n for n in GENERATED_CORPORA)
+        raise ValueError(f"no generated corpus {GENERATED_PREFIX}{name}; use one of {known} or a JSONL file")
+    path = cache_dir() / "corpora" / f"{name}-hops-v{GENERATOR_VERSION}.jsonl"
+    if not path.is_file():
+        write_corpus(path, GENERATED_CORPORA[name])
+    return path
 
 
 def default_corpus_path() -> Path:
     """``cache_dir()/corpora/default-hops-v<N>.jsonl``, generated with ``GeneratorConfig()`` on first use."""
-    path = cache_dir() / "corpora" / f"default-hops-v{GENERATOR_VERSION}.jsonl"
-    if not path.is_file():
-        write_corpus(path, GeneratorConfig())
-    return path
+    return generated_corpus_path("default")
+
+
+def generated_name(corpus_path: str | os.PathLike[str] | None) -> str | None:
+    """The generated corpus a corpus_path names: None -> "default", "generated:<name>" -> name, file -> None.
+
+    An unknown name is a ValueError listing the known ones (raised without generating anything).
+    """
+    if corpus_path is None:
+        return "default"
+    text = os.fspath(corpus_path)
+    if not text.startswith(GENERATED_PREFIX):
+        return None
+    name = text.removeprefix(GENERATED_PREFIX)
+    if name not in GENERATED_CORPORA:
+        generated_corpus_path(name)  # raises, naming the known ones
+    return name
+
+
+def resolve_corpus_path(corpus_path: str | os.PathLike[str] | None) -> Path:
+    """The file of a corpus_path: the path itself, or the named generated corpus (None: the default)."""
+    if corpus_path is None:
+        return default_corpus_path()
+    name = generated_name(corpus_path)
+    return Path(corpus_path) if name is None else generated_corpus_path(name)
 
 
 def pretraining_config(target: Corpus | None = None, seed: int = 1) -> GeneratorConfig:
@@ -138,6 +180,7 @@ def pretraining_config(target: Corpus | None = None, seed: int = 1) -> Generator
 _OPTIONS = {
     "n_base": "--n-base",
     "constants": "--constants",
+    "shared_constants": "--shared-constants",
     "depth": "--depth",
     "docs_per_base": "--docs-per-base",
     "docs_per_wrapper": "--docs-per-wrapper",
@@ -163,6 +206,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", required=True, type=Path, help="where to write the JSONL corpus")
     add("--n-base", type=int, default=None, help="base functions (default: 10, or as many as --constants)")
     add("--constants", type=_int_list, default=None, help="one per base, comma-separated (5,7,...)")
+    add(
+        "--shared-constants",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draw the bases' constants from K shared values (5,7,...), so several bases share one",
+    )
     add("--depth", type=int, default=d.depth, help="wrapper levels above each base")
     add("--docs-per-base", type=int, default=d.docs_per_base, help="documents per base function")
     add("--docs-per-wrapper", type=int, default=d.docs_per_wrapper, help="documents per wrapper function")
@@ -181,6 +231,7 @@ def run_generate(args: argparse.Namespace) -> int:
         cfg = GeneratorConfig(
             n_base=n_base,
             constants=args.constants,
+            shared_constants=args.shared_constants,
             depth=args.depth,
             docs_per_base=args.docs_per_base,
             docs_per_wrapper=args.docs_per_wrapper,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import string
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,9 @@ class GeneratorConfig:
     Args:
         n_base: number of base (constant) functions.
         constants: one integer per base function; default ``5, 7, ..., 2 * n_base + 3``.
+        shared_constants: draw the bases' constants from the first ``shared_constants`` defaults
+            (``5, 7, ...``), each used equally often (within one), in a seeded order: several bases then
+            share a constant and an answer no longer names its function. None: one constant per base.
         depth: wrapper levels above every base (1: ``<FN> -> <GN>``; 2 adds a wrapper of each wrapper).
         docs_per_base: documents per base function.
         docs_per_wrapper: documents per wrapper function.
@@ -45,6 +49,7 @@ class GeneratorConfig:
 
     n_base: int = 10
     constants: tuple[int, ...] | None = None
+    shared_constants: int | None = None
     depth: int = 1
     docs_per_base: int = 200
     docs_per_wrapper: int = 100
@@ -66,6 +71,16 @@ class GeneratorConfig:
                 raise GeneratorConfigError(
                     "constants", f"needs {self.n_base} integers, one per base; got {self.constants!r}"
                 )
+        if self.shared_constants is not None:
+            if not _is_int(self.shared_constants) or not 1 <= self.shared_constants <= self.n_base:
+                raise GeneratorConfigError(
+                    "shared_constants",
+                    f"must be an integer in 1..n_base ({self.n_base}); got {self.shared_constants!r}",
+                )
+            if self.constants is not None:
+                raise GeneratorConfigError(
+                    "shared_constants", "draws the constants itself; give it or constants"
+                )
         if self.token_style not in TOKEN_STYLES:
             raise GeneratorConfigError("token_style", f"one of {TOKEN_STYLES}, got {self.token_style!r}")
         if not re.fullmatch(r"[A-Za-z0-9_]*", str(self.token_suffix)):
@@ -80,8 +95,14 @@ class GeneratorConfig:
 
     @property
     def constant_values(self) -> tuple[int, ...]:
-        """The base functions' constants, defaults filled in."""
-        return self.constants if self.constants is not None else tuple(2 * i + 5 for i in range(self.n_base))
+        """The base functions' constants, defaults filled in (drawn from the shared set when asked)."""
+        if self.constants is not None:
+            return self.constants
+        if self.shared_constants is None:
+            return tuple(2 * i + 5 for i in range(self.n_base))
+        values = [2 * (i % self.shared_constants) + 5 for i in range(self.n_base)]
+        random.Random(f"{self.seed}:shared-constants").shuffle(values)
+        return tuple(values)
 
 
 def _is_int(value: object) -> bool:

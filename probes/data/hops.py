@@ -12,6 +12,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from probes.data.corpus import Corpus, load_corpus
+from probes.data.generator import generated_name, resolve_corpus_path
 from probes.data.queries import (
     RELEVANCE_MODES,
     Query,
@@ -56,7 +57,9 @@ class HopsData:
         """HOPS queries over one training corpus, split into train/val/test query ids.
 
         Args:
-            corpus_path: HOPS JSONL file; None = the generated default corpus (cached on first use).
+            corpus_path: HOPS JSONL file, or "generated:<name>" for a named generated corpus
+                (``probes.data.generator.GENERATED_CORPORA``); None = the generated default corpus. A
+                generated corpus is written to the cache on first use.
             query_format: "returns" ("<FN>(3) returns the value "), "output_of" ("The output of <FN>(3)
                 is "), or a template with {func} and {x}.
             inputs: the integer inputs of the queries (one query per function and input); None = 1..100.
@@ -73,9 +76,11 @@ class HopsData:
         """
         options = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         super().__init__()
-        if corpus_path is not None and not Path(corpus_path).is_file():
-            msg = f"corpus_path {str(corpus_path)!r} is not a file; pass a HOPS JSONL path or None"
-            raise ValueError(msg)
+        if generated_name(corpus_path) is None and not Path(corpus_path).is_file():
+            path = repr(str(corpus_path))
+            raise ValueError(
+                f"corpus_path {path} is not a file; pass a HOPS JSONL path, generated:NAME or None"
+            )
         query_template(query_format)
         check_inputs(range(1, 101) if inputs is None else inputs)
         if relevance not in RELEVANCE_MODES:
@@ -103,12 +108,8 @@ class HopsData:
 
     @staticmethod
     def resolve_corpus_path(corpus_path: str | os.PathLike[str] | None = None) -> Path:
-        """The corpus file to use: ``corpus_path``, or the default corpus (generated on first use)."""
-        if corpus_path is not None:
-            return Path(corpus_path)
-        from probes.data.generator import default_corpus_path  # lazy: writes the cache only when needed
-
-        return default_corpus_path()
+        """The corpus file to use: ``corpus_path``, or the named (None: default) generated corpus."""
+        return resolve_corpus_path(corpus_path)
 
     @staticmethod
     def num_documents_of(corpus_path: str | None = None, skip_invalid: bool = False) -> int:

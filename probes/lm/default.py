@@ -16,15 +16,14 @@ SEED = 0
 
 
 def _corpus(corpus_path: str | Path | None) -> Path:
-    if corpus_path is not None:
-        return Path(corpus_path)
-    from probes.data.generator import default_corpus_path
+    from probes.data.generator import resolve_corpus_path
 
-    return default_corpus_path()
+    return resolve_corpus_path(corpus_path)
 
 
 def default_pair_dir(corpus_path: str | Path | None = None, *, build: bool = True) -> Path:
-    """``cache_dir()/models/tiny-<hash>`` for the corpus (default: the default corpus), built if missing.
+    """``cache_dir()/models/tiny-<hash>`` for the corpus (a file, "generated:<name>" or None: the default
+    corpus), built if missing.
 
     The hash covers the corpus bytes, the preset, the seed and the recipe version, so a change in any of them
     builds a new pair instead of reusing a stale one. ``build=False`` only names the directory.
