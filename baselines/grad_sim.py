@@ -90,9 +90,7 @@ class GradSim(Method):
         knobs = seed_preset(
             preset, dict(projection_dim=projection_dim, projection=projection, blocks=blocks, params=params)
         )
-        groups = GROUPS if knobs["params"] == "all" else knobs["params"]
-        if isinstance(groups, str):
-            groups = [groups]
+        groups = [knobs["params"]] if isinstance(knobs["params"], str) else list(knobs["params"])
         for option, value, choices in (
             ("projection", knobs["projection"], (*PROJECTIONS, "kronecker")),
             ("blocks", knobs["blocks"], BLOCKS),
@@ -102,6 +100,7 @@ class GradSim(Method):
             *(("params", group, ("all", *GROUPS)) for group in groups),
         ):
             check_choice("grad_sim", option, value, choices)
+        groups = list(GROUPS) if "all" in groups else groups
         dim = knobs["projection_dim"] or 0
         if dim < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
             raise ValueError(
@@ -115,7 +114,7 @@ class GradSim(Method):
             )
         super().__init__(
             preset=str(preset),
-            params=",".join(groups),
+            params="all" if groups == list(GROUPS) else ",".join(groups),
             param_filter=str(param_filter),
             projection_dim=dim,
             projection=knobs["projection"],
@@ -129,7 +128,7 @@ class GradSim(Method):
             cache_mb=cache_mb,
             chunk_size=chunk_size,
         )
-        self.groups, self.param_filter = list(groups), param_filter
+        self.groups, self.param_filter = groups, param_filter
         self.scorer = LayerScorer("all", similarity, normalize, "mean", chunk_size=chunk_size)
 
     def prepare(self, ctx: AttributionContext) -> None:
