@@ -27,7 +27,7 @@ from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 
 BLOCKS = ("parameter", "whole")
 WHOLE = "<whole gradient>"  # the one block of blocks="whole"
-DEFAULTS = dict(projection_dim=1024, projection="sparse", blocks="parameter", params="all")
+DEFAULTS = dict(projection_dim=4096, projection="sparse", blocks="parameter", params="all")
 # the seed plan's literal setting: the whole concatenated gradient count-sketched to 256 numbers
 SEED_PRESET = dict(projection_dim=256, projection="sparse", blocks="whole", params="all")
 

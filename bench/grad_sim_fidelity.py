@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         kronecker = method.settings["projection"] == "kronecker"
         for groups in (("all",),) if whole else LINEAR if kronecker else GROUP_SETS:
             start = time.perf_counter()
-            method = build_method("grad_sim", **{**options, "params": list(groups)})
+            method = build_method("grad_sim", **options, **({} if whole else {"params": list(groups)}))
             method.prepare(ctx)
             scores = method.score(ids).double()
             seconds = time.perf_counter() - start
