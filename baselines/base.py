@@ -6,7 +6,7 @@ import abc
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -30,6 +30,9 @@ class AttributionContext:
     features: FeatureStore | None
     val_ids: Int[Tensor, "q_val"]
     val_relevant: Bool[Tensor, "q_val n"]
+    # per-run memo of expensive intermediate results shared between method instances, e.g. grad_sim's
+    # per-module projected gradients
+    memo: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

@@ -1,8 +1,8 @@
-"""GradSim: similarity of randomly projected per-example parameter gradients of f_new (influence family)."""
+"""GradSim: cosine of per-example parameter gradients of f_new, projected per parameter (influence family)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -12,141 +12,207 @@ from tqdm.auto import tqdm
 from baselines.base import QUERY_LOSSES, AttributionContext, Method, check_choice, register
 from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
 from probes.lm.example_grads import (
+    GROUPS,
     PROJECTIONS,
+    BlockProjection,
     KroneckerProjection,
     RandomProjection,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
+    select_parameters,
 )
 from probes.lm.features import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 
+BLOCKS = ("parameter", "whole")
+WHOLE = "<whole gradient>"  # the one block of blocks="whole"
+DEFAULTS = dict(projection_dim=4096, projection="sparse", blocks="parameter", params="all")
+# the seed plan's literal setting: the whole concatenated gradient count-sketched to 256 numbers
+SEED_PRESET = dict(projection_dim=256, projection="sparse", blocks="whole", params="all")
+
 
 @register("grad_sim")
 class GradSim(Method):
-    """Cosine (or dot) of per-example parameter gradients of f_new, randomly projected to ``projection_dim``.
+    """Cosine (or dot) of per-example parameter gradients of f_new, each parameter's projected to its own
+    block of ``projection_dim`` numbers, the blocks concatenated (LoGra-style, Choe et al. 2024).
 
     Documents use their own LM loss, queries the answer loss. Per-example gradients come from one batched
     backward pass per ``batch_size`` texts and are projected at once, so the full gradient never sits in
     memory for more than one batch. Documents are done in ``prepare``; a query the first time it is scored.
+    Each parameter's projected blocks (documents and scored queries) are kept in ``ctx.memo``, keyed by what
+    changes them but not by ``params`` / ``param_filter``: another instance on the same context that selects
+    other groups only concatenates the blocks it needs (computing just the ones not there yet).
 
     Args:
-        projection_dim: dimension P of the random projection; 0 or None = the exact full gradient.
+        preset: None (use the options) or "seed": the seed plan's literal setting, the whole concatenated
+            gradient count-sketched to 256 numbers (projection_dim 256, sparse, blocks "whole", params all).
+        params: "all" or a list of parameter groups (`probes.lm.example_grads.PARAM_GROUPS`: embed, attn,
+            mlp, norm, head, other), resolved from parameter names (Llama, OLMo2, GPT-style HF models).
+        param_filter: regular expression; of those, only parameters whose name it matches (re.search).
+        projection_dim: numbers per block, i.e. per parameter tensor (the total is ~ this x the number of
+            parameters); a parameter with no more coordinates is kept exact; 0 or None = every block exact.
         projection: "sparse" (count sketch, cost independent of P), "rademacher" or "gaussian" (dense), all
-            of the exact per-example gradient; or "kronecker" (Linear weights only, P = k x k), which never
-            forms it: the one that runs at 1B scale (see `probes.lm.example_grads.KroneckerProjection`).
+            of the exact per-example gradient; or "kronecker" (Linear weights only, P = k x k per weight),
+            which never forms it: the one that runs at 1B scale (see `KroneckerProjection`).
+        blocks: "parameter" (one block per parameter tensor) or "whole" (one block for the concatenated
+            gradient of every selected parameter: the seed plan's; not with "kronecker").
         seed: seed of the projection.
         loss: the query loss, "ce" or "margin".
-        similarity: "cosine" or "dot".
+        similarity: "cosine" (unit-normalised concatenated blocks) or "dot".
         normalize: "none", "zscore" or "whiten" of the projected gradients, fitted on the documents.
-        param_filter: regular expression; only parameters whose name it matches (re.search) are used.
         batch_size: examples whose gradients are projected together.
         max_tokens: also cap a batch at this many padded tokens (longest text x texts; see
             `probes.lm.scoring.length_batches`); null = no cap. The exact projections hold ``batch_size``
             whole gradients, the Kronecker one only the activations of one forward and backward: at 1B it
             runs batches as large as the gradient feature pass's.
-        cache_mb: keep the projection matrix in memory when it fits this many MiB.
+        cache_mb: keep a block's projection matrix in memory when it fits this many MiB.
         chunk_size: documents scored at once.
     """
 
     def __init__(
         self,
-        projection_dim: int | None = 256,
-        projection: str = "sparse",
+        preset: str | None = None,
+        params: str | Sequence[str] = DEFAULTS["params"],
+        param_filter: str | None = None,
+        projection_dim: int | None = DEFAULTS["projection_dim"],
+        projection: str = DEFAULTS["projection"],
+        blocks: str = DEFAULTS["blocks"],
         seed: int = 0,
         loss: str = "ce",
         similarity: str = "cosine",
         normalize: str = "none",
-        param_filter: str | None = None,
         batch_size: int = 32,
         max_tokens: int | None = None,
         cache_mb: int | float = 512,
         chunk_size: int = 4096,
     ):
+        knobs = seed_preset(
+            preset, dict(projection_dim=projection_dim, projection=projection, blocks=blocks, params=params)
+        )
+        groups = [knobs["params"]] if isinstance(knobs["params"], str) else list(knobs["params"])
         for option, value, choices in (
-            ("projection", projection, (*PROJECTIONS, "kronecker")),
+            ("projection", knobs["projection"], (*PROJECTIONS, "kronecker")),
+            ("blocks", knobs["blocks"], BLOCKS),
             ("loss", loss, QUERY_LOSSES),
             ("similarity", similarity, SIMILARITIES),
             ("normalize", normalize, NORMALISATIONS),
+            *(("params", group, ("all", *GROUPS)) for group in groups),
         ):
             check_choice("grad_sim", option, value, choices)
-        if (projection_dim or 0) < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        groups = list(GROUPS) if "all" in groups else groups
+        dim = knobs["projection_dim"] or 0
+        if dim < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
             raise ValueError(
-                f"method 'grad_sim': projection_dim ({projection_dim}) must be >= 0 (0/None = exact), "
+                f"method 'grad_sim': projection_dim ({dim}) must be >= 0 (0/None = exact), "
                 f"batch_size ({batch_size}) >= 1 and max_tokens ({max_tokens}) >= 1 or None"
             )
+        if knobs["projection"] == "kronecker" and (not dim or knobs["blocks"] != "parameter"):
+            raise ValueError(
+                "method 'grad_sim': projection 'kronecker' gives each Linear weight its own k x k block: "
+                f"it needs a projection_dim (got {dim}) and blocks='parameter' (not {knobs['blocks']!r})"
+            )
         super().__init__(
-            projection_dim=projection_dim or 0,
-            projection=projection,
+            preset=str(preset),
+            params="all" if groups == list(GROUPS) else ",".join(groups),
+            param_filter=str(param_filter),
+            projection_dim=dim,
+            projection=knobs["projection"],
+            blocks=knobs["blocks"],
             seed=seed,
             loss=loss,
             similarity=similarity,
             normalize=normalize,
-            param_filter=str(param_filter),
             batch_size=batch_size,
             max_tokens=max_tokens,
             cache_mb=cache_mb,
             chunk_size=chunk_size,
         )
-        self.param_filter = param_filter
+        self.groups, self.param_filter = groups, param_filter
         self.scorer = LayerScorer("all", similarity, normalize, "mean", chunk_size=chunk_size)
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair, s = ctx.require("pair", self.name), self.settings
-        named = dict(pair.new.named_parameters())
-        names = [n for n in named if self.param_filter is None or re.search(self.param_filter, n)]
-        if not names:
-            raise ValueError(
-                f"method 'grad_sim': param_filter={self.param_filter!r} matches no parameter of "
-                f"f_new; its parameters are e.g. {list(named)[:5]}"
-            )
-        n_params = sum(named[n].numel() for n in names)
-        dim = s["projection_dim"]
-        self.holders = owners(pair.new, names)
-        if s["projection"] == "kronecker":
-            if not dim:
-                raise ValueError("method 'grad_sim': projection 'kronecker' needs a projection_dim (k x k)")
-            self.projection = KroneckerProjection(self.holders, dim, s["seed"])
-        else:
-            self.projection = (
-                RandomProjection(n_params, dim, s["projection"], s["seed"], s["cache_mb"]) if dim else None
-            )
+        try:
+            self.names = select_parameters(pair.new, self.groups, self.param_filter)
+        except ValueError as err:
+            raise ValueError(f"method 'grad_sim': {err}") from None
         self.pair, self.candidate_ids, self.device = pair, ctx.candidate_ids, ctx.device
         self.query_texts, self.query_targets = query_inputs(ctx.queries)
-        self.queries: dict[int, Tensor] = {}  # query id -> features, computed when a query is first scored
-        docs = self._features(ctx.corpus.texts, None, "lm", "grad_sim docs")
+        self.blocks = [WHOLE] if s["blocks"] == "whole" else self.names
+        # what changes a block, but not which parameters are selected (bar the "whole" block's)
+        whole = tuple(self.names) if self.blocks == [WHOLE] else ()
+        key = ("grad_sim", s["projection"], s["projection_dim"], s["seed"], s["blocks"], whole)
+        self.doc_blocks: dict[str, Tensor] = ctx.memo.setdefault((*key, "docs"), {})
+        self.query_blocks: dict[str, dict[int, Tensor]] = ctx.memo.setdefault((*key, s["loss"]), {})
+        missing = [b for b in self.blocks if b not in self.doc_blocks]
+        if missing:
+            self.doc_blocks.update(self._blocks(ctx.corpus.texts, None, "lm", missing, "grad_sim docs"))
+        docs = torch.cat([self.doc_blocks[b] for b in self.blocks], 1)
         self.scorer.fit(docs[:, None], device=ctx.device)
 
-    def _features(self, texts, targets, loss, desc) -> Tensor:
-        """Projected (or exact) per-example gradients of ``texts``, ``batch_size`` texts at a time."""
-        pair, items = self.pair, tokenize(self.pair.tokenizer, texts, targets)
-        out = None
-        s = self.settings
+    def _blocks(self, texts, targets, loss, blocks, desc) -> dict[str, Tensor]:
+        """The projected (or exact) per-example gradient blocks ``blocks`` of ``texts``, ``batch_size``
+        texts at a time."""
+        s, pair = self.settings, self.pair
+        names = self.names if blocks == [WHOLE] else blocks
+        holders = owners(pair.new, names)
+        numels = {n: getattr(*holders[n][0]).numel() for n in names}
+        dim, kind, seed = s["projection_dim"], s["projection"], s["seed"]
+        if kind == "kronecker":
+            kronecker = KroneckerProjection(holders, dim, seed)
+        elif blocks == [WHOLE]:
+            whole = RandomProjection(sum(numels.values()), dim, kind, seed, s["cache_mb"]) if dim else None
+
+            def project(grads):
+                return {WHOLE: torch.cat(grads, 1) if whole is None else whole(grads)}
+        else:
+            per_parameter = BlockProjection(numels, dim, kind, seed, s["cache_mb"])
+
+            def project(grads):
+                return per_parameter(dict(zip(names, grads, strict=True)))
+
+        items = tokenize(pair.tokenizer, texts, targets)
+        out: dict[str, Tensor] = {}
         batches = length_batches([len(i.ids) for i in items], s["batch_size"], s["max_tokens"])
         for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
             chunk = [items[i] for i in index]
             batch = collate(chunk, pad_id(pair.tokenizer), "right", self.device)
-            if isinstance(self.projection, KroneckerProjection):
-                rows = batch_projected_gradients(
-                    pair.new, batch, chunk, loss, self.projection, self.candidate_ids
-                ).cpu()
+            if kind == "kronecker":
+                grads = batch_projected_gradients(pair.new, batch, chunk, loss, kronecker, self.candidate_ids)
+                rows = dict(zip(names, grads.unbind(1), strict=True))
             else:
-                names = list(self.holders)
-                grads = batch_example_gradients(
-                    pair.new, batch, chunk, loss, names, self.candidate_ids, self.holders
+                rows = project(
+                    batch_example_gradients(pair.new, batch, chunk, loss, names, self.candidate_ids, holders)
                 )
-                rows = (self.projection(grads) if self.projection is not None else torch.cat(grads, 1)).cpu()
-            if out is None:
-                out = torch.empty(len(items), rows.shape[1], dtype=rows.dtype)
-            out[index] = rows
+            for block, row in rows.items():
+                if block not in out:
+                    out[block] = torch.empty(len(items), row.shape[1], dtype=row.dtype)
+                out[block][index] = row.cpu()
         return out
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
-        ids = query_ids.tolist()
-        new = sorted(set(ids) - set(self.queries))
+        ids, store = query_ids.tolist(), self.query_blocks
+        missing = [b for b in self.blocks if any(i not in store.get(b, {}) for i in ids)]
+        new = sorted({i for i in ids for b in missing if i not in store.get(b, {})})
         if new:
             texts, targets = [self.query_texts[i] for i in new], [self.query_targets[i] for i in new]
-            rows = self._features(texts, targets, self.settings["loss"], "grad_sim queries")
-            self.queries.update(zip(new, rows, strict=True))
-        return self.scorer.score(torch.stack([self.queries[i] for i in ids])[:, None])
+            for block, rows in self._blocks(
+                texts, targets, self.settings["loss"], missing, "grad_sim queries"
+            ).items():
+                store.setdefault(block, {}).update(zip(new, rows, strict=True))
+        queries = torch.stack([torch.cat([store[b][i] for b in self.blocks]) for i in ids])
+        return self.scorer.score(queries[:, None])
+
+
+def seed_preset(preset: str | None, knobs: dict) -> dict:
+    """``knobs`` with the "seed" preset applied (`SEED_PRESET`); raises on a knob it would override."""
+    if preset is None:
+        return knobs
+    check_choice("grad_sim", "preset", preset, ("seed",))
+    for key, value in SEED_PRESET.items():
+        if knobs[key] not in (DEFAULTS[key], value):
+            raise ValueError(
+                f"method 'grad_sim': preset='seed' fixes {key}={value!r}; drop {key}={knobs[key]!r}"
+            )
+    return {**knobs, **SEED_PRESET}

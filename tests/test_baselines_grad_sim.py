@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from probes.lm.example_grads import (
     batch_example_gradients,
     batch_projected_gradients,
     owners,
+    param_group,
 )
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
@@ -101,9 +103,10 @@ def test_batching_chunking_and_caching_do_not_change_scores(setup):
 
 
 def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup, monkeypatch):
-    """Projected from each call's inputs and output gradients, against the exact per-example gradients times
-    the [out * in, k * k] matrix kron(A, B) that the factored form never builds. The LM head runs once per
-    chunk of 2 positions: several calls of one module, of different widths, add up."""
+    """Projected from each call's inputs and output gradients, against each weight's exact per-example
+    gradient times the [out * in, k * k] matrix kron(A, B) that the factored form never builds, one block per
+    weight. The LM head runs once per chunk of 2 positions: several calls of one module, of different widths,
+    add up into its block."""
     corpus, _, pair = setup
     names = [n for n, _ in pair.new.named_parameters() if n.endswith(("proj.weight", "lm_head.weight"))]
     assert "lm_head.weight" in names
@@ -114,10 +117,14 @@ def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup, monkey
     monkeypatch.setattr(losses, "LOGIT_BUDGET", 2 * len(items) * pair.new.config.vocab_size)
     got = batch_projected_gradients(pair.new, batch, items, "lm", projection)
     exact = batch_example_gradients(pair.new, batch, items, "lm", names)
-    expected = sum(
-        g @ torch.kron(*projection.factors(n, g.device, g.dtype)) for n, g in zip(names, exact, strict=True)
+    expected = torch.stack(
+        [
+            g @ torch.kron(*projection.factors(n, g.device, g.dtype))
+            for n, g in zip(names, exact, strict=True)
+        ],
+        1,
     )
-    torch.testing.assert_close(got, expected / 4)
+    torch.testing.assert_close(got, expected / 4)  # one block per weight, in the holders' order
     other = batch_projected_gradients(pair.new, batch, items, "lm", KroneckerProjection(holders, 16, seed=4))
     assert not torch.allclose(other, got)
 
@@ -134,6 +141,8 @@ def test_kronecker_projection_names_what_it_cannot_project(setup):
         scores_of(setup, projection="kronecker", projection_dim=16)
     with pytest.raises(ValueError, match="square projection_dim"):
         scores_of(setup, projection="kronecker", projection_dim=15, param_filter="proj")
+    with pytest.raises(ValueError, match="blocks='parameter'"):
+        build_method("grad_sim", projection="kronecker", blocks="whole")
 
 
 def test_random_projection_blocks_and_scaling():
@@ -195,3 +204,109 @@ def test_permuting_documents_permutes_columns(setup):
     method = build_method("grad_sim", projection_dim=64, batch_size=4)
     method.prepare(make_ctx(shuffled, make_queries(shuffled, inputs=[1, 2]), pair=pair))
     torch.testing.assert_close(method.score(torch.arange(len(queries))), base[:, perm])
+
+
+def test_projection_keeps_ranking_not_summed_into_one_block(setup):
+    """The count sketch of the whole concatenated gradient into one space (the seed plan's grad_sim, at
+    chance on the embedded default) collides coordinates of every parameter; one block per parameter, at a
+    dimension no smaller than any parameter, keeps each gradient exact, so the scores are the exact cosine."""
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries)
+    largest = max(p.numel() for p in pair.new.parameters())
+    assert largest < docs.shape[1] // 2
+    _, scores = scores_of(setup, projection_dim=largest, projection="sparse")
+    torch.testing.assert_close(scores, cosine(qs, docs))
+
+
+def test_kronecker_blocks_are_concatenated_not_summed(setup, monkeypatch):
+    """With factors whose rows are orthonormal (times k, undone by the 1/k scale) each attention weight's
+    k x k block is an isometric image of its gradient, so concatenated blocks give the exact cosine of the
+    attention weights; summing the blocks into one k x k space would add cross terms between modules."""
+
+    def orthonormal(self, name, device, dtype):
+        weight = getattr(*self.holders[name][0])
+        generator = torch.Generator().manual_seed(len(name))
+        a, b = (
+            torch.linalg.qr(torch.randn(self.k, self.k, generator=generator, dtype=dtype))[0] for _ in "ab"
+        )
+        return a[: weight.shape[0]] * math.sqrt(self.k), b[: weight.shape[1]] * math.sqrt(self.k)
+
+    monkeypatch.setattr(KroneckerProjection, "factors", orthonormal)
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries, "self_attn")
+    _, scores = scores_of(setup, projection="kronecker", projection_dim=32 * 32, param_filter="self_attn")
+    torch.testing.assert_close(scores, cosine(qs, docs))
+
+
+def test_parameter_groups_select_exactly_their_parameters(setup):
+    corpus, queries, pair = setup
+    groups = {n: param_group(n) for n, _ in pair.new.named_parameters()}
+    assert set(groups.values()) == {"embed", "attn", "mlp", "norm", "head"}
+    docs, qs = reference_gradients(pair, corpus, queries, "lm_head")
+    _, head = scores_of(setup, projection_dim=0, params=["head"])
+    torch.testing.assert_close(head, cosine(qs, docs))
+    _, grouped = scores_of(setup, projection_dim=64, params=["attn", "mlp"])
+    _, filtered = scores_of(setup, projection_dim=64, param_filter=r"self_attn\.|mlp\.")
+    torch.testing.assert_close(grouped, filtered)
+    with pytest.raises(ValueError, match="option params='attention'"):
+        build_method("grad_sim", params=["attention"])
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("model.embed_tokens.weight", "embed"),
+        ("model.layers.3.self_attn.q_proj.weight", "attn"),
+        ("model.layers.3.self_attn.q_norm.weight", "norm"),  # OLMo2
+        ("model.layers.3.post_feedforward_layernorm.weight", "norm"),
+        ("model.layers.3.mlp.down_proj.weight", "mlp"),
+        ("model.norm.weight", "norm"),
+        ("lm_head.weight", "head"),
+        ("transformer.wte.weight", "embed"),  # GPT-2
+        ("transformer.h.0.ln_1.weight", "norm"),
+        ("transformer.h.0.attn.c_attn.weight", "attn"),
+        ("transformer.h.0.mlp.c_fc.bias", "mlp"),
+        ("gpt_neox.layers.0.attention.query_key_value.weight", "attn"),
+        ("embed_out.weight", "head"),
+        ("score.weight", "other"),
+    ],
+)
+def test_parameter_groups_of_hf_names(name, group):
+    assert param_group(name) == group
+
+
+def test_other_groups_reuse_the_memoised_blocks(setup, monkeypatch):
+    """A second instance on the same context with other groups computes no gradient: it selects blocks."""
+    import baselines.grad_sim as grad_sim
+
+    corpus, queries, pair = setup
+    ctx = make_ctx(corpus, queries, pair=pair)
+    ids = torch.arange(len(queries))
+    everything = build_method("grad_sim", projection_dim=64)
+    everything.prepare(ctx)
+    everything.score(ids)
+    calls = []
+    counted = grad_sim.batch_example_gradients
+    monkeypatch.setattr(
+        grad_sim, "batch_example_gradients", lambda *a, **k: calls.append(1) or counted(*a, **k)
+    )
+    subset = build_method("grad_sim", projection_dim=64, params=["embed", "head"], batch_size=2)
+    subset.prepare(ctx)
+    reused = subset.score(ids)
+    assert not calls
+    _, fresh = scores_of(setup, projection_dim=64, params=["embed", "head"])
+    torch.testing.assert_close(reused, fresh)
+    other = build_method("grad_sim", projection_dim=32, params=["head"])
+    other.prepare(ctx)  # another dimension: other blocks, computed
+    assert calls
+
+
+def test_seed_preset_is_the_whole_gradient_sketch(setup):
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries)
+    project = RandomProjection(docs.shape[1], 256, "sparse", seed=0)
+    method, scores = scores_of(setup, preset="seed")
+    assert method.hparams()["blocks"] == "whole"
+    torch.testing.assert_close(scores, cosine(project([qs]), project([docs])))
+    with pytest.raises(ValueError, match="preset='seed' fixes projection_dim=256"):
+        build_method("grad_sim", preset="seed", projection_dim=64)

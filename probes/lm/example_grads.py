@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -38,10 +40,43 @@ def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[tuple[nn.Mo
             ):
                 raise TypeError(
                     f"parameter {name!r} belongs to a {type(module).__name__}, which has no per-example "
-                    "gradient rule (Linear, Embedding, RMSNorm weight); leave it out with a param_filter"
+                    "gradient rule (Linear, Embedding, RMSNorm weight); leave it out (GradSim's params "
+                    "or param_filter)"
                 )
         out[name] = by_tensor[id(params[name])]
     return out
+
+
+# Named parameter groups of Llama / OLMo2 / GPT-style HF models, by parameter name: the first group whose
+# pattern the name matches (re.search) holds it, "other" any parameter none matches. A tied input and output
+# embedding is one parameter, named (and grouped) as the input embedding.
+PARAM_GROUPS = {
+    "norm": r"norm|(^|\.)ln_",
+    "head": r"lm_head|embed_out",
+    "embed": r"embed|wte|wpe",
+    "attn": r"attn|attention",
+    "mlp": r"mlp|feed_forward",
+}
+GROUPS = (*PARAM_GROUPS, "other")
+
+
+def param_group(name: str) -> str:
+    """The group (`PARAM_GROUPS`) of the parameter ``name``."""
+    return next((group for group, pattern in PARAM_GROUPS.items() if re.search(pattern, name)), "other")
+
+
+def select_parameters(model: nn.Module, groups: Sequence[str], pattern: str | None = None) -> list[str]:
+    """Names of ``model``'s parameters in one of ``groups`` (`GROUPS`) whose name ``pattern`` matches
+    (re.search; None = any), in the model's order; raises naming what there is when none is left."""
+    names = [n for n in dict(model.named_parameters()) if param_group(n) in groups]
+    chosen = [n for n in names if pattern is None or re.search(pattern, n)]
+    if not chosen:
+        have = sorted({param_group(n) for n, _ in model.named_parameters()})
+        raise ValueError(
+            f"params={list(groups)} with param_filter={pattern!r} select no parameter; the model has the "
+            f"groups {have} and parameters e.g. {names[:5] or list(dict(model.named_parameters()))[:5]}"
+        )
+    return chosen
 
 
 def _rule(module: nn.Module, attr: str, x: Tensor, g: Tensor) -> Tensor:
@@ -142,14 +177,15 @@ def batch_example_gradients(
 
 
 class KroneckerProjection:
-    """A seeded random projection of the per-example gradients of Linear weights to ``dim`` = k x k
-    coordinates that never forms them: the weight gradient of one call is ``sum_t g_t x_t^T``, and its
-    projection by ``A (x) B`` (A: [out, k], B: [in, k], Gaussian) is ``sum_t (A^T g_t)(B^T x_t)^T``, two thin
-    products per token (the factored projection of LoGra, Choe et al. 2024). Every parameter has its own
-    (A, B), seeded by ``seed`` and its position in ``names``, all added into one ``dim``-space and scaled by
-    1/sqrt(dim): inner products are preserved in expectation, as by the other projections. The exact
-    per-example gradient of a 1B model's weights is 1.5e9 numbers per text; this costs ~k x (in + out) per
-    token and weight, and only the thin products are kept (`batch_projected_gradients`).
+    """A seeded random projection of the per-example gradient of each Linear weight to its own block of
+    ``dim`` = k x k coordinates that never forms the gradient: the weight gradient of one call is
+    ``sum_t g_t x_t^T``, and its projection by ``A (x) B`` (A: [out, k], B: [in, k], Gaussian) is
+    ``sum_t (A^T g_t)(B^T x_t)^T``, two thin products per token (LoGra, Choe et al. 2024, one block per
+    module). Each parameter's (A, B) is seeded by ``seed`` and its name (`block_seed`), so a block does not
+    depend on which other parameters are projected; blocks are scaled by 1/k, so inner products are preserved
+    in expectation, as by the other projections. The exact per-example gradient of a 1B model's weights is
+    1.5e9 numbers per text; this costs ~k x (in + out) per token and weight, and only the thin products are
+    kept (`batch_projected_gradients`).
     """
 
     def __init__(self, holders: dict[str, list[tuple[nn.Module, str]]], dim: int, seed: int = 0):
@@ -161,12 +197,14 @@ class KroneckerProjection:
                 if not isinstance(module, nn.Linear) or attr != "weight":
                     raise TypeError(
                         f"projection 'kronecker' covers Linear weights, but {name!r} is "
-                        f"{type(module).__name__}.{attr}; leave it out with a param_filter "
-                        "(e.g. 'proj.weight$')"
+                        f"{type(module).__name__}.{attr}; leave it out (GradSim's params or "
+                        "param_filter, e.g. params: [attn, mlp] or param_filter: 'proj.weight$')"
                     )
         self.holders, self.dim, self.k, self.seed = holders, dim, k, seed
+        self.names = list(holders)
         self.modules = _modules(holders)
-        self.names = {id(module): name for name, pairs in holders.items() for module, _ in pairs}
+        # each module's block: the position of the parameter it holds (tied weights share one block)
+        self.block = {id(module): i for i, pairs in enumerate(holders.values()) for module, _ in pairs}
         self._factors: dict[tuple[str, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def factors(self, name: str, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -174,7 +212,7 @@ class KroneckerProjection:
         key = (name, device, dtype)
         if key not in self._factors:
             weight = getattr(*self.holders[name][0])
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + list(self.holders).index(name))
+            generator = torch.Generator().manual_seed(block_seed(self.seed, name))
             a = torch.randn(weight.shape[0], self.k, generator=generator)
             b = torch.randn(weight.shape[1], self.k, generator=generator)
             self._factors[key] = (a.to(device, dtype), b.to(device, dtype))
@@ -182,7 +220,12 @@ class KroneckerProjection:
 
     def of(self, module: nn.Module, like: Tensor) -> tuple[Tensor, Tensor]:
         """(A, B) of the weight that ``module`` holds, on ``like``'s device and in its dtype."""
-        return self.factors(self.names[id(module)], like.device, like.dtype)
+        return self.factors(self.names[self.block[id(module)]], like.device, like.dtype)
+
+
+def block_seed(seed: int, name: str) -> int:
+    """The seed of parameter ``name``'s projection block: fixed by ``seed`` and the name alone."""
+    return zlib.crc32(f"{seed}:{name}".encode())
 
 
 def batch_projected_gradients(
@@ -192,21 +235,22 @@ def batch_projected_gradients(
     loss: str,
     projection: KroneckerProjection,
     candidate_ids: Int[Tensor, "c"] | None = None,
-) -> Float[Tensor, "b dim"]:
-    """Each text's gradient w.r.t. the projection's Linear weights, projected by it (`KroneckerProjection`),
-    from one batched forward and backward; at least float32.
+) -> Float[Tensor, "b m dim"]:
+    """Each text's gradient w.r.t. each of the projection's Linear weights, projected by its own block
+    (`KroneckerProjection`), from one batched forward and backward: ``[b, len(names), dim]``, at least
+    float32.
 
     Each call's input is projected to ``B^T x`` [b, t, k] in the forward and its output gradient to ``A^T g``
     in the backward, in the model's dtype, as soon as they exist: only these thin products are kept (the full
-    inputs and gradients are freed as the backward goes on). One product over all calls' positions, at least
-    float32, then sums ``(A^T g)(B^T x)^T`` for every call at once.
+    inputs and gradients are freed as the backward goes on). Calls of equal length (every decoder module's;
+    the LM head's chunks have their own) are stacked, and one batched product each, at least float32, sums
+    ``(A^T g)(B^T x)^T`` into each call's block: no loop over modules or texts.
     """
-    grads: list[Tensor] = []
-    inputs: list[Tensor] = []
+    calls: dict[int, list[tuple[int, Tensor, Tensor]]] = defaultdict(list)  # length -> (block, A^T g, B^T x)
 
     def on_grad(module: nn.Module, projected_input: Tensor, g: Tensor) -> None:
-        grads.append(g @ projection.of(module, g)[0])
-        inputs.append(projected_input)
+        block = projection.block[id(module)]
+        calls[g.shape[1]].append((block, g @ projection.of(module, g)[0], projected_input))
 
     _record_calls(
         model,
@@ -219,10 +263,14 @@ def batch_projected_gradients(
         on_grad=on_grad,
     )
     dtype = torch.promote_types(model.dtype, torch.float32)
-    if not grads:  # no projected weight took part in this loss
-        return torch.zeros(len(items), projection.dim, dtype=dtype, device=model.device)
-    out = torch.einsum("btk,btl->bkl", torch.cat(grads, 1).to(dtype), torch.cat(inputs, 1).to(dtype))
-    return out.flatten(1) / math.sqrt(projection.dim)
+    k = projection.k
+    out = torch.zeros(len(items), len(projection.names), k, k, dtype=dtype, device=model.device)
+    for group in calls.values():
+        blocks = torch.tensor([block for block, _, _ in group], device=out.device)
+        grads = torch.stack([g for _, g, _ in group]).to(dtype)
+        inputs = torch.stack([x for _, _, x in group]).to(dtype)
+        out.index_add_(1, blocks, torch.einsum("mbtk,mbtl->bmkl", grads, inputs))
+    return out.flatten(2) / k
 
 
 PROJECTIONS = ("sparse", "rademacher", "gaussian")
@@ -283,3 +331,26 @@ class RandomProjection:
                     out += part @ block[0].to(out.dtype)
             start = end
         return out if self.kind == "sparse" else out / math.sqrt(self.dim)
+
+
+class BlockProjection:
+    """One `RandomProjection` block per parameter, seeded by ``seed`` and the parameter's name
+    (`block_seed`), so a block does not depend on which other parameters are projected. A parameter of at
+    most ``dim`` coordinates (or every one when ``dim`` is 0) is kept exact: its block is its gradient."""
+
+    def __init__(
+        self,
+        numels: dict[str, int],
+        dim: int,
+        kind: str = "sparse",
+        seed: int = 0,
+        cache_mb: int | float = 512,
+    ):
+        self.blocks = {
+            name: RandomProjection(n, dim, kind, block_seed(seed, name), cache_mb) if 0 < dim < n else None
+            for name, n in numels.items()
+        }
+
+    def __call__(self, grads: dict[str, Float[Tensor, "b _"]]) -> dict[str, Float[Tensor, "b _"]]:
+        """Each parameter's gradient [b, numel] projected by its own block."""
+        return {n: g if self.blocks[n] is None else self.blocks[n]([g]) for n, g in grads.items()}
