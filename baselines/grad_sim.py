@@ -129,7 +129,7 @@ class GradSim(Method):
             chunk_size=chunk_size,
         )
         self.groups, self.param_filter = groups, param_filter
-        self.scorer = LayerScorer("all", similarity, normalize, "mean", chunk_size=chunk_size)
+        self.scorer = LayerScorer(None, similarity, normalize, "mean", chunk_size=chunk_size)
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair, s = ctx.require("pair", self.name), self.settings
