@@ -75,7 +75,7 @@ class AttrWeighted(FeatureMethod):
     def _integrated(self, ctx: AttributionContext, n_states: int) -> tuple[Tensor, Tensor]:
         """Integrated-gradient attributions at the selected layers (zeros elsewhere: the scorer never reads
         them), per position or as the product of the pooled Δh and path-mean gradient."""
-        pair, store, s = ctx.require("pair", self.name), ctx.require("features", self.name), self.settings
+        store, s = ctx.require("features", self.name), self.settings
         layers = hidden_state_ids(s["layers"], n_states)
         texts, targets = query_inputs(ctx.queries)
         options = dict(layers=layers, steps=s["ig_steps"], batch_size=s["ig_batch_size"])
@@ -86,21 +86,32 @@ class AttrWeighted(FeatureMethod):
         )
         out = []
         for side, side_texts, side_targets, loss, pooling in sides:
-            values = integrated_gradients(
-                pair.old,
-                pair.new,
-                pair.tokenizer,
-                side_texts,
-                targets=side_targets,
-                loss=loss,
-                candidate_ids=ctx.candidate_ids,
-                pooling=pooling,
-                times_delta=per_position,
-                **options,
-            )
+            # the same path gradients serve every tuning point that differs only in the scoring knobs
+            key = ("attr_weighted.ig", side, tuple(layers), s["ig_steps"], loss, pooling, per_position)
+            if key not in ctx.memo:
+                ctx.memo[key] = self._path(
+                    ctx, side_texts, side_targets, loss, pooling, per_position, options
+                )
+            values = ctx.memo[key]
             full = torch.zeros(len(side_texts), n_states, values.shape[-1], dtype=values.dtype)
             full[:, layers] = values
             if not per_position:
                 full = delta_hidden(store, side, pooling).to(full.dtype) * full
             out.append(full)
         return out[0], out[1]
+
+    def _path(self, ctx, texts, targets, loss, pooling, per_position, options) -> Tensor:
+        """Integrated gradients of ``texts`` at the selected layers (see `probes.lm.interpolate`)."""
+        pair = ctx.require("pair", self.name)
+        return integrated_gradients(
+            pair.old,
+            pair.new,
+            pair.tokenizer,
+            texts,
+            targets=targets,
+            loss=loss,
+            candidate_ids=ctx.candidate_ids,
+            pooling=pooling,
+            times_delta=per_position,
+            **options,
+        )

@@ -257,3 +257,26 @@ def test_margin_loss_and_learned_weights(name, pair):
     assert (
         torch.isfinite(scores).all() and weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
     )
+
+
+def test_integrated_gradients_are_computed_once_for_tuning_points_that_share_them(pair, monkeypatch):
+    """Tuning points that differ only in scoring knobs reuse the path gradients in ctx.memo: the same scores
+    as computed alone, and no second integrated-gradient pass."""
+    import baselines.attr_weighted as attr_weighted
+
+    corpus = micro_corpus()
+    queries = make_queries(corpus, inputs=[1, 2])
+    calls = []
+    real = attr_weighted.integrated_gradients
+    monkeypatch.setattr(
+        attr_weighted, "integrated_gradients", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    ctx = context(corpus, queries, pair)
+    _, first = run("attr_weighted", ctx, layers=[1], ig_steps=2, normalize="none")
+    _, centred = run("attr_weighted", ctx, layers=[1], ig_steps=2, normalize="center")
+    assert len(calls) == 2  # documents and queries, once
+    _, alone = run(
+        "attr_weighted", context(corpus, queries, pair), layers=[1], ig_steps=2, normalize="center"
+    )
+    torch.testing.assert_close(centred, alone)
+    assert len(calls) == 4 and not torch.allclose(first, centred)
