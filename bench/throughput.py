@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="methods of configs/compare.yaml left out of the compare.py timing",
     )
+    parser.add_argument(
+        "--compare-tune",
+        action="store_true",
+        help="time compare.py with the config's tuning grids and preset rows (default: one row per entry "
+        "at its base options, no preset rows, as before tuning existed)",
+    )
     parser.add_argument("--profile", action="store_true", help="print where the feature passes spend time")
     parser.add_argument("--out", default=None, help="write results.json here")
     args = parser.parse_args(argv)
@@ -265,8 +271,9 @@ GRAD_SIM_AT_SCALE = {"projection": "kronecker", "projection_dim": 256, "param_fi
 
 def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Namespace) -> dict:
     """Wall time of compare.py methods of configs/compare.yaml less --compare-skip (grad_sim with
-    `GRAD_SIM_AT_SCALE`), whole test split of --corpus, with the benchmark's --batch-size and --max-tokens:
-    the median of --repeats runs, each a fresh process (imports and model loading included)."""
+    `GRAD_SIM_AT_SCALE`; without --compare-tune no grids and no preset rows), whole test split of --corpus,
+    with the benchmark's --batch-size and --max-tokens: the median of --repeats runs, each a fresh process
+    (imports and model loading included)."""
     import yaml
 
     root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -275,8 +282,14 @@ def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Names
         tokenizer.save_pretrained(root / name)
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "compare.yaml").read_text())
     skip = args.compare_skip
-    config["methods"] = [m for m in config["methods"] if m["method"] not in skip]
+    config["methods"] = [
+        m
+        for m in config["methods"]
+        if m["method"] not in skip and (args.compare_tune or "preset" not in m.get("options", {}))
+    ]
     for entry in config["methods"]:
+        if not args.compare_tune:
+            entry.pop("tune", None)
         if entry["method"] == "grad_sim":  # the projection that runs at 1B scale (see baselines/grad_sim.py)
             batch_size, max_tokens = gradient_batching(args.batch_size, args.max_tokens, args.grad_batch_size)
             batching = {"batch_size": batch_size, "max_tokens": max_tokens}
