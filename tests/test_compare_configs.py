@@ -24,9 +24,14 @@ def test_config_parses_and_builds_its_methods(path):
     methods = compare.build_methods(cfg)
     assert len(methods) == len(cfg.methods) > 0
     assert len({label for label, _ in methods}) == len(methods)
-    for label, method in methods:
-        settings = method.hparams()
-        assert all(isinstance(v, (bool, int, float, str)) for v in settings.values()), label
+    for label, candidates in methods:
+        assert candidates, label
+        for point, method in candidates:  # every grid point builds, and its options reach the method
+            settings = method.hparams()
+            assert all(isinstance(v, (bool, int, float, str)) for v in settings.values()), label
+            for key, value in point.items():
+                shown = (str(value), ",".join(map(str, value))) if isinstance(value, list) else (value,)
+                assert settings[key] in shown, (label, key)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
