@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,19 +18,26 @@ from probes.lm.example_grads import (
     BlockProjection,
     KroneckerProjection,
     RandomProjection,
+    allocate_dims,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
     select_parameters,
+    with_rule,
 )
 from probes.lm.features import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 
 BLOCKS = ("parameter", "whole")
+ALLOCATIONS = ("energy", "equal")
 WHOLE = "<whole gradient>"  # the one block of blocks="whole"
-DEFAULTS = dict(projection_dim=4096, projection="sparse", blocks="parameter", params="all")
+ENERGY_SAMPLE = 64  # documents and queries (evenly spaced) whose gradients set allocation="energy"'s split
+LEAST_BLOCK = 128  # allocation="energy" gives no block fewer numbers (a tensor no larger is kept whole)
+DEFAULTS = dict(
+    projection_dim=4096, projection="sparse", blocks="parameter", params="all", allocation="energy"
+)
 # the seed plan's literal setting: the whole concatenated gradient count-sketched to 256 numbers
-SEED_PRESET = dict(projection_dim=256, projection="sparse", blocks="whole", params="all")
+SEED_PRESET = dict(projection_dim=256, projection="sparse", blocks="whole", params="all", allocation="equal")
 
 
 @register("grad_sim")
@@ -57,6 +65,15 @@ class GradSim(Method):
             which never forms it: the one that runs at 1B scale (see `KroneckerProjection`).
         blocks: "parameter" (one block per parameter tensor) or "whole" (one block for the concatenated
             gradient of every selected parameter: the seed plan's; not with "kronecker").
+        allocation: how blocks="parameter" sizes the blocks of an exact-gradient projection. "equal":
+            ``projection_dim`` each (a tensor no larger kept exact). "energy": the same total (the sum over
+            the model's parameters of min(size, projection_dim)) split over every parameter tensor of the
+            model in proportion to sqrt(E|g_q,m|^2 E|g_d,m|^2), the mean share of a query's and a document's
+            squared gradient norm in tensor m, estimated on ``ENERGY_SAMPLE`` evenly spaced documents and
+            queries (no relevance), capped at the tensor's size, at least ``LEAST_BLOCK`` (`allocate_dims`):
+            the least variance of the sketched inner product for that total. The split covers the whole
+            model whatever ``params`` selects, so other groups reuse the same blocks. "kronecker" and
+            "whole" blocks are always equal (recorded as "equal").
         seed: seed of the projection.
         loss: the query loss, "ce" or "margin".
         similarity: "cosine" (unit-normalised concatenated blocks) or "dot".
@@ -78,6 +95,7 @@ class GradSim(Method):
         projection_dim: int | None = DEFAULTS["projection_dim"],
         projection: str = DEFAULTS["projection"],
         blocks: str = DEFAULTS["blocks"],
+        allocation: str = DEFAULTS["allocation"],
         seed: int = 0,
         loss: str = "ce",
         similarity: str = "cosine",
@@ -88,12 +106,20 @@ class GradSim(Method):
         chunk_size: int = 4096,
     ):
         knobs = seed_preset(
-            preset, dict(projection_dim=projection_dim, projection=projection, blocks=blocks, params=params)
+            preset,
+            dict(
+                projection_dim=projection_dim,
+                projection=projection,
+                blocks=blocks,
+                params=params,
+                allocation=allocation,
+            ),
         )
         groups = [knobs["params"]] if isinstance(knobs["params"], str) else list(knobs["params"])
         for option, value, choices in (
             ("projection", knobs["projection"], (*PROJECTIONS, "kronecker")),
             ("blocks", knobs["blocks"], BLOCKS),
+            ("allocation", knobs["allocation"], ALLOCATIONS),
             ("loss", loss, QUERY_LOSSES),
             ("similarity", similarity, SIMILARITIES),
             ("normalize", normalize, NORMALISATIONS),
@@ -112,6 +138,7 @@ class GradSim(Method):
                 "method 'grad_sim': projection 'kronecker' gives each Linear weight its own k x k block: "
                 f"it needs a projection_dim (got {dim}) and blocks='parameter' (not {knobs['blocks']!r})"
             )
+        unsplit = knobs["projection"] == "kronecker" or knobs["blocks"] == "whole" or not dim
         super().__init__(
             preset=str(preset),
             params="all" if groups == list(GROUPS) else ",".join(groups),
@@ -119,6 +146,7 @@ class GradSim(Method):
             projection_dim=dim,
             projection=knobs["projection"],
             blocks=knobs["blocks"],
+            allocation="equal" if unsplit else knobs["allocation"],
             seed=seed,
             loss=loss,
             similarity=similarity,
@@ -139,23 +167,66 @@ class GradSim(Method):
             raise ValueError(f"method 'grad_sim': {err}") from None
         self.pair, self.candidate_ids, self.device = pair, ctx.candidate_ids, ctx.device
         self.query_texts, self.query_targets = query_inputs(ctx.queries)
-        self.blocks = [WHOLE] if s["blocks"] == "whole" else self.names
+        self.dims = self._dims(ctx)
+        # a block: a parameter and its size, or the "whole" block
+        self.blocks = [WHOLE] if s["blocks"] == "whole" else [(n, self.dims[n]) for n in self.names]
         # what changes a block, but not which parameters are selected (bar the "whole" block's)
         whole = tuple(self.names) if self.blocks == [WHOLE] else ()
         key = ("grad_sim", s["projection"], s["projection_dim"], s["seed"], s["blocks"], whole)
-        self.doc_blocks: dict[str, Tensor] = ctx.memo.setdefault((*key, "docs"), {})
-        self.query_blocks: dict[str, dict[int, Tensor]] = ctx.memo.setdefault((*key, s["loss"]), {})
+        self.doc_blocks: dict = ctx.memo.setdefault((*key, "docs"), {})
+        self.query_blocks: dict = ctx.memo.setdefault((*key, s["loss"]), {})
         missing = [b for b in self.blocks if b not in self.doc_blocks]
         if missing:
             self.doc_blocks.update(self._blocks(ctx.corpus.texts, None, "lm", missing, "grad_sim docs"))
         docs = torch.cat([self.doc_blocks[b] for b in self.blocks], 1)
         self.scorer.fit(docs[:, None], device=ctx.device)
 
-    def _blocks(self, texts, targets, loss, blocks, desc) -> dict[str, Tensor]:
+    def _dims(self, ctx: AttributionContext) -> dict[str, int]:
+        """Numbers in each selected parameter's block (its size: exact); see ``allocation``."""
+        s, model = self.settings, self.pair.new
+        sizes = {n: p.numel() for n, p in model.named_parameters()}
+        dim = s["projection_dim"]
+        if s["projection"] == "kronecker":
+            return dict.fromkeys(self.names, dim)
+        if s["allocation"] == "equal":
+            return {n: min(dim, sizes[n]) if dim else sizes[n] for n in self.names}
+        everything = with_rule(model)
+        key = ("grad_sim", "energy", s["loss"], tuple(everything))
+        if key not in ctx.memo:
+            ctx.memo[key] = self._energy(ctx, everything)
+        total = sum(min(dim, sizes[n]) for n in everything)
+        dims = allocate_dims({n: sizes[n] for n in everything}, ctx.memo[key], total, LEAST_BLOCK)
+        return {n: dims[n] for n in self.names}
+
+    def _energy(self, ctx: AttributionContext, names: list[str]) -> dict[str, float]:
+        """Per parameter: sqrt of (mean share of a document's squared gradient norm in it) x (a query's),
+        on ``ENERGY_SAMPLE`` evenly spaced documents and queries."""
+
+        def shares(texts, targets, loss) -> Tensor:
+            pick = torch.linspace(0, len(texts) - 1, min(ENERGY_SAMPLE, len(texts))).round().long().unique()
+            items = tokenize(
+                self.pair.tokenizer, [texts[i] for i in pick], targets and [targets[i] for i in pick]
+            )
+            holders, out = owners(self.pair.new, names), []
+            for index in length_batches([len(i.ids) for i in items], self.settings["batch_size"], None):
+                chunk = [items[i] for i in index]
+                batch = collate(chunk, pad_id(self.pair.tokenizer), "right", self.device)
+                grads = batch_example_gradients(
+                    self.pair.new, batch, chunk, loss, names, self.candidate_ids, holders
+                )
+                norms = torch.stack([g.double().pow(2).sum(1) for g in grads], 1).cpu()
+                out.append(norms / norms.sum(1, keepdim=True).clamp_min(1e-300))
+            return torch.cat(out).mean(0)
+
+        docs = shares(ctx.corpus.texts, None, "lm")
+        queries = shares(self.query_texts, self.query_targets, self.settings["loss"])
+        return {n: math.sqrt(d * q) for n, d, q in zip(names, docs.tolist(), queries.tolist(), strict=True)}
+
+    def _blocks(self, texts, targets, loss, blocks, desc) -> dict:
         """The projected (or exact) per-example gradient blocks ``blocks`` of ``texts``, ``batch_size``
         texts at a time."""
         s, pair = self.settings, self.pair
-        names = self.names if blocks == [WHOLE] else blocks
+        names = self.names if blocks == [WHOLE] else [name for name, _ in blocks]
         holders = owners(pair.new, names)
         numels = {n: getattr(*holders[n][0]).numel() for n in names}
         dim, kind, seed = s["projection_dim"], s["projection"], s["seed"]
@@ -167,10 +238,11 @@ class GradSim(Method):
             def project(grads):
                 return {WHOLE: torch.cat(grads, 1) if whole is None else whole(grads)}
         else:
-            per_parameter = BlockProjection(numels, dim, kind, seed, s["cache_mb"])
+            per_parameter = BlockProjection(numels, {n: d for n, d in blocks}, kind, seed, s["cache_mb"])
 
             def project(grads):
-                return per_parameter(dict(zip(names, grads, strict=True)))
+                projected = per_parameter(dict(zip(names, grads, strict=True)))
+                return dict(zip(blocks, projected.values(), strict=True))
 
         items = tokenize(pair.tokenizer, texts, targets)
         out: dict[str, Tensor] = {}
@@ -180,7 +252,7 @@ class GradSim(Method):
             batch = collate(chunk, pad_id(pair.tokenizer), "right", self.device)
             if kind == "kronecker":
                 grads = batch_projected_gradients(pair.new, batch, chunk, loss, kronecker, self.candidate_ids)
-                rows = dict(zip(names, grads.unbind(1), strict=True))
+                rows = dict(zip(blocks, grads.unbind(1), strict=True))
             else:
                 rows = project(
                     batch_example_gradients(pair.new, batch, chunk, loss, names, self.candidate_ids, holders)

@@ -37,6 +37,7 @@ GROUP_SETS = (("all",), ("embed",), ("head",), ("attn", "mlp"), ("norm",))
 LINEAR = (("attn", "mlp", "head"), ("attn", "mlp"))  # what the Kronecker projection covers on Llama
 SETTINGS = {  # label -> grad_sim options
     "grad_sim (defaults)": {},
+    "equal blocks": {"allocation": "equal"},
     "grad_sim_seed": {"preset": "seed"},
     "kronecker 256/module": {"projection": "kronecker", "projection_dim": 256},
 }
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         "--setting",
         action="append",
         type=parse_setting,
-        help="LABEL:key=value,... grad_sim options (repeatable; default: the defaults, the seed preset, "
-        "Kronecker at 256 per module)",
+        help="LABEL:key=value,... grad_sim options (repeatable; default: the defaults, equal blocks, the "
+        "seed preset, Kronecker at 256 per module)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

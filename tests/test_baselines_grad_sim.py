@@ -17,6 +17,7 @@ from probes.lm import losses
 from probes.lm.example_grads import (
     KroneckerProjection,
     RandomProjection,
+    allocate_dims,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
@@ -310,3 +311,50 @@ def test_seed_preset_is_the_whole_gradient_sketch(setup):
     torch.testing.assert_close(scores, cosine(project([qs]), project([docs])))
     with pytest.raises(ValueError, match="preset='seed' fixes projection_dim=256"):
         build_method("grad_sim", preset="seed", projection_dim=64)
+
+
+def test_allocate_dims_splits_the_total_by_weight_within_sizes():
+    numels = {"a": 1000, "b": 1000, "c": 10, "d": 1000}
+    weights = {"a": 3.0, "b": 1.0, "c": 100.0, "d": 0.0}
+    dims = allocate_dims(numels, weights, 410)
+    assert dims == allocate_dims(dict(numels), dict(weights), 410)  # deterministic
+    assert sum(dims.values()) == 410
+    assert dims["c"] == 10  # its share exceeds its size: kept whole, the rest re-split
+    assert dims["d"] == 1  # at least one number
+    floored = allocate_dims(numels, weights, 410, least=50)
+    assert floored["d"] == 50 and floored["c"] == 10 and sum(floored.values()) == 410
+    assert sum(allocate_dims(numels, weights, 40, least=50).values()) == 40  # not all can have 50
+    assert abs(dims["a"] - 3 * dims["b"]) <= 3
+    assert allocate_dims(numels, weights, sum(numels.values())) == numels  # full total: every tensor whole
+
+
+def test_energy_allocation_at_full_dimension_equals_exact_cosine(setup):
+    corpus, queries, pair = setup
+    docs, qs = reference_gradients(pair, corpus, queries)
+    biggest = max(p.numel() for p in pair.new.parameters())
+    method, scores = scores_of(setup, projection_dim=biggest, allocation="energy")
+    assert all(method.dims[n] == p.numel() for n, p in pair.new.named_parameters())
+    torch.testing.assert_close(scores, cosine(qs, docs))
+
+
+def test_energy_allocation_keeps_the_total_and_follows_the_gradient_norms(setup):
+    corpus, queries, pair = setup
+    sizes = {n: p.numel() for n, p in pair.new.named_parameters()}
+    method, scores = scores_of(setup, projection_dim=64)
+    assert method.hparams()["allocation"] == "energy"
+    assert sum(method.dims.values()) == sum(min(64, s) for s in sizes.values())
+    assert method.dims != {n: min(64, s) for n, s in sizes.items()}
+    again, same = scores_of(setup, projection_dim=64, batch_size=2)
+    assert again.dims == method.dims
+    torch.testing.assert_close(same, scores)
+    docs, qs = reference_gradients(pair, corpus, queries)
+    share = {n: 0.0 for n in sizes}
+    offset = 0
+    for n, s in sizes.items():
+        share[n] = (docs[:, offset : offset + s].pow(2).sum(1) / docs.pow(2).sum(1)).mean().item() * (
+            qs[:, offset : offset + s].pow(2).sum(1) / qs.pow(2).sum(1)
+        ).mean().item()
+        offset += s
+    projected = [n for n in sizes if method.dims[n] < sizes[n]]
+    ranked = sorted(projected, key=share.get)
+    assert method.dims[ranked[0]] <= method.dims[ranked[-1]]

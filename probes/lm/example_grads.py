@@ -35,9 +35,7 @@ def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[tuple[nn.Mo
     out = {}
     for name in names:
         for module, attr in by_tensor[id(params[name])]:
-            if not isinstance(module, (nn.Linear, nn.Embedding)) and not (
-                _is_rms_norm(module) and attr == "weight"
-            ):
+            if not has_rule(module, attr):
                 raise TypeError(
                     f"parameter {name!r} belongs to a {type(module).__name__}, which has no per-example "
                     "gradient rule (Linear, Embedding, RMSNorm weight); leave it out (GradSim's params "
@@ -45,6 +43,54 @@ def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[tuple[nn.Mo
                 )
         out[name] = by_tensor[id(params[name])]
     return out
+
+
+def has_rule(module: nn.Module, attr: str) -> bool:
+    """Whether ``module.attr`` has a per-example gradient rule (Linear, Embedding, RMSNorm weight)."""
+    return isinstance(module, (nn.Linear, nn.Embedding)) or (_is_rms_norm(module) and attr == "weight")
+
+
+def with_rule(model: nn.Module) -> list[str]:
+    """Names of ``model``'s parameters whose every holder has a per-example gradient rule, in its order."""
+    held: dict[int, list[bool]] = defaultdict(list)
+    for module in model.modules():
+        for attr, param in module.named_parameters(recurse=False):
+            held[id(param)].append(has_rule(module, attr))
+    return [n for n, p in model.named_parameters() if all(held[id(p)])]
+
+
+def allocate_dims(
+    numels: dict[str, int], weights: dict[str, float], total: int, least: int = 1
+) -> dict[str, int]:
+    """Split ``total`` projection numbers over parameter tensors in proportion to ``weights`` (the variance
+    of a sketched inner product, summed over blocks, is sum_m |q_m|^2 |d_m|^2 / P_m: least, for a fixed
+    total, at P_m ~ |q_m| |d_m|), each at most its size and at least min(size, ``least``) (``least``
+    lowered to total / count when not all can have it): water-filling, a tensor whose share passes a bound
+    is fixed there and the rest re-split. Integer by largest remainder, ties in ``numels`` order:
+    deterministic. Every tensor is kept whole when ``total`` covers them all."""
+    dims, left, budget = {}, dict(numels), total
+    least = max(1, min(least, total // max(len(numels), 1)))
+    while left:
+        weight = sum(max(weights[n], 0.0) for n in left)
+        shares = {
+            n: budget * max(weights[n], 0.0) / weight if weight > 0 else budget / len(left) for n in left
+        }
+        fixed = {n: numels[n] for n in left if shares[n] >= numels[n]} or {
+            n: min(numels[n], least) for n in left if shares[n] < min(numels[n], least)
+        }
+        if not fixed:
+            break
+        for n, d in fixed.items():
+            dims[n], budget = d, budget - d
+            del left[n]
+    if left:
+        floors = {n: max(1, min(numels[n], math.floor(shares[n]))) for n in left}
+        spare = budget - sum(floors.values())
+        for n in sorted(left, key=lambda n: shares[n] - math.floor(shares[n]), reverse=True):
+            if spare > 0 and floors[n] < numels[n]:
+                floors[n], spare = floors[n] + 1, spare - 1
+        dims.update(floors)
+    return {n: dims[n] for n in numels}
 
 
 # Named parameter groups of Llama / OLMo2 / GPT-style HF models, by parameter name: the first group whose
@@ -335,19 +381,23 @@ class RandomProjection:
 
 class BlockProjection:
     """One `RandomProjection` block per parameter, seeded by ``seed`` and the parameter's name
-    (`block_seed`), so a block does not depend on which other parameters are projected. A parameter of at
-    most ``dim`` coordinates (or every one when ``dim`` is 0) is kept exact: its block is its gradient."""
+    (`block_seed`), so a block does not depend on which other parameters are projected. ``dim``: numbers
+    per block, one for all or one per parameter (`allocate_dims`); a parameter of at most that many
+    coordinates (or every one when it is 0) is kept exact: its block is its gradient."""
 
     def __init__(
         self,
         numels: dict[str, int],
-        dim: int,
+        dim: int | dict[str, int],
         kind: str = "sparse",
         seed: int = 0,
         cache_mb: int | float = 512,
     ):
+        dims = dim if isinstance(dim, dict) else dict.fromkeys(numels, dim)
         self.blocks = {
-            name: RandomProjection(n, dim, kind, block_seed(seed, name), cache_mb) if 0 < dim < n else None
+            name: RandomProjection(n, dims[name], kind, block_seed(seed, name), cache_mb)
+            if 0 < dims[name] < n
+            else None
             for name, n in numels.items()
         }
 
