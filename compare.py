@@ -37,9 +37,10 @@ class PairConfig:
             per process; worth it when the passes are long (large corpora) and the feature cache is cold.
         score_batch_size: test queries per call to a method's score().
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
-        threads: CPU intra-op threads while the models run on the CPU (null = torch's default). 1 by
-            default: on 2 shared cores two threads ran the patched forward ~6x slower than one. With a GPU
-            torch's default stays: the CPU then ranks and writes, on every core.
+        threads: CPU intra-op threads while the models run on the CPU (null = torch's default, every
+            core). Give 1 when another torch process shares the cores: on 2 shared cores two threads ran the
+            patched forward ~6x slower than one; alone on 2 cores, 2 threads ran the default config in 3m48s
+            against 5m44s with 1. With a GPU torch's default stays: the CPU then ranks and writes.
         devices: devices that share the feature passes (hidden states, gradients) through Lightning's ddp
             strategy. Above 1, the first uncached pass relaunches compare.py once per extra device; every rank
             loads the pair on its own device (device cuda -> cuda:LOCAL_RANK) and runs the methods, and rank 0
@@ -57,7 +58,7 @@ class PairConfig:
     feature_compile: bool = False
     score_batch_size: int = 64
     feature_cache: bool = True
-    threads: int | None = 1
+    threads: int | None = None
     devices: int = 1
 
 
