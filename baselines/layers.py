@@ -117,7 +117,7 @@ def fit_layer_weights(
         )
     sims, target = sims[:, keep].detach().double(), relevant[keep].double()
     target = target / target.sum(1, keepdim=True)
-    logits = torch.zeros(sims.shape[0], dtype=torch.float64, requires_grad=True)
+    logits = torch.zeros(sims.shape[0], dtype=torch.float64, device=sims.device, requires_grad=True)
     log_temp = sims.mean(0).std().clamp_min(1e-6).log().detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([logits, log_temp], lr=lr)
     with torch.enable_grad():
