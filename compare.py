@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
 from probes.data.hops import HopsData
+from probes.outputs import check_output_folder
 from probes.report import FILES, HOP_SUBSET, MethodResult, as_float32, check_labels, write_results
 
 
@@ -94,6 +95,12 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--out", type=str | None, default=None, help="output folder (default results/<config>)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action=ActionYesNo,
+        default=False,
+        help="write into an output folder that holds other files too (kept; only compare.py's own files go)",
     )
     return parser
 
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint]
+    check_output_folder(out, FILES, overwrite=cfg.overwrite, inputs=inputs)
     threads = torch.get_num_threads()
     if cfg.model.threads and torch.device(cfg.model.device).type == "cpu":
         torch.set_num_threads(cfg.model.threads)

@@ -57,8 +57,6 @@ def dlp_config(args, name: str, base: str, split: str, seed: int) -> Path:
     run = f"{name}-s{seed}"
     config["seed_everything"] = seed
     config["trainer"]["logger"]["init_args"].update(save_dir=str(args.out / "dlp"), name=run)
-    checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("BestCheckpoint"))
-    checkpoint["init_args"]["dirpath"] = str(args.out / "dlp" / run / "checkpoints")
     config["model"]["model"] = str(args.out / "pair" / "new")
     config["data"].update(corpus_path=str(args.corpus), split=split)
     path = args.out / "configs" / f"{run}.yaml"
@@ -98,7 +96,7 @@ def jobs(args) -> list[Job]:
         compare("by_function", "configs/compare.yaml", ["compare/by_input"], "--data.split", "by_function")
     )
     for split, run in DLP_FOR_COMPARE.items():
-        checkpoint = out / "dlp" / f"{run}-s{args.seeds[0]}" / "checkpoints" / "best.ckpt"
+        checkpoint = out / "dlp" / f"{run}-s{args.seeds[0]}" / "best.ckpt"  # the latest fit's best
         needs = [f"dlp/{run}-s{args.seeds[0]}", "compare/by_input"]
         found.append(
             compare(

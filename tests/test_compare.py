@@ -187,3 +187,27 @@ def test_a_bad_grid_point_is_named_before_loading(config):
     cfg = compare.build_parser().parse_args(["--config", str(config(methods=bad))])
     with pytest.raises(ValueError, match="'r'.*sed"):
         compare.build_methods(cfg)
+
+
+def test_out_holding_other_files_is_refused_before_loading_and_own_output_rerun(
+    config, tmp_path, monkeypatch
+):
+    # regression: --out into any folder wrote compare.py's files over whatever was there
+    from probes.outputs import OutputRefused
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    cfg = str(config(methods=[{"label": "r", "method": "random"}]))
+    with monkeypatch.context() as patch:
+        patch.setattr(compare, "run", lambda *a: pytest.fail("ran before refusing"))
+        with pytest.raises(OutputRefused, match=f"{out}.*notes.md.*--overwrite"):
+            compare.main(["--config", cfg, "--out", str(out)])
+    compare.main(["--config", cfg, "--out", str(out), "--overwrite"])
+    (out / "notes.md").unlink()
+    compare.main(["--config", cfg, "--out", str(out)])  # its own earlier output: written again
+    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(FILES)
+    with pytest.raises(OutputRefused, match="is an input"):  # even with --overwrite
+        compare.main(
+            ["--config", cfg, "--out", str(out), "--overwrite", "--data.corpus_path", str(out / "table.md")]
+        )

@@ -73,7 +73,7 @@ def test_generate_delegates_to_the_generator(tmp_path, capsys):
     assert code == 0 and out_path.exists()
     code, out, _ = _run(["inspect", str(out_path), "--json"], capsys)
     assert code == 0 and json.loads(out)["documents"] == 10
-    code, _, _ = _run([*argv, "--shared-constants", "1"], capsys)  # both bases share one constant
+    code, _, _ = _run([*argv, "--shared-constants", "1", "--overwrite"], capsys)  # both share a constant
     info = json.loads(_run(["inspect", str(out_path), "--json"], capsys)[1])
     assert code == 0 and {f["constant"] for f in info["functions"].values()} == {5}
     assert len(info["functions"]) == 4 and info["candidate_answers"] == [3, 4, 5, 6, 7]
@@ -86,3 +86,22 @@ def test_module_entry_point_has_no_traceback(write_jsonl):
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 2 and f"{path}:1: field '(row)': invalid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_generate_never_replaces_another_file_without_overwrite(tmp_path, capsys):
+    # regression: generate --out replaced any existing file, a hand-made corpus included
+    out_path = tmp_path / "corpus.jsonl"
+    out_path.write_text("my own corpus\n")
+    argv = ["generate", "--out", str(out_path), "--n-base", "2"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and str(out_path) in err and "--overwrite" in err
+    assert out_path.read_text() == "my own corpus\n"
+    code, _, _ = _run([*argv, "--overwrite"], capsys)
+    written = out_path.read_bytes()
+    assert code == 0 and written != b"my own corpus\n"
+    code, out, _ = _run(argv, capsys)  # the same options again: the same bytes, nothing to refuse
+    assert code == 0 and "already holds" in out and out_path.read_bytes() == written
+    code, _, err = _run([*argv, "--seed", "1"], capsys)  # other content: refused again
+    assert code == 2 and out_path.read_bytes() == written
+    code, _, err = _run(["generate", "--out", str(tmp_path), "--n-base", "2"], capsys)
+    assert code == 2 and "is a folder" in err

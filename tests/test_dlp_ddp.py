@@ -31,6 +31,9 @@ def test_fit_and_test_under_ddp_write_their_files_once(micro_world, in_tmp):
     assert fitted.trainer.state.finished
     runs = in_tmp / "lightning_logs" / "dlp"
     assert (runs / "version_0" / "recall_at_k.png").is_file()
-    assert sorted(p.name for p in (runs / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
     run_cli(micro_world, "test", "--ckpt_path=best", *ddp)
     assert (runs / "version_1" / "test_metrics.json").is_file()

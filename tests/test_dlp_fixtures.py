@@ -78,7 +78,7 @@ FAST = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.
 
 @dataclass(frozen=True)
 class Fitted:
-    root: Path  # the run's working directory: lightning_logs/dlp/{version_0, checkpoints} inside
+    root: Path  # the run's working directory: lightning_logs/dlp/version_0/checkpoints inside
     cli: object
 
 

@@ -35,21 +35,21 @@ def check_method_scores_match_the_module(cli, checkpoint, world):
 
 
 def test_multi_hot_method_scores_match_the_module(micro_world, fitted_dlp):
-    checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "checkpoints" / "best.ckpt"
+    checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "best.ckpt"
     check_method_scores_match_the_module(fitted_dlp.cli, checkpoint, micro_world)
 
 
 @pytest.mark.slow
 def test_pairwise_method_scores_match_the_module(micro_world, in_tmp):
     cli = run_cli(micro_world, "fit", *FAST, config="configs/dlp-heldout-functions.yaml")
-    checkpoint = in_tmp / "lightning_logs" / "dlp-heldout-functions" / "checkpoints" / "best.ckpt"
+    checkpoint = in_tmp / "lightning_logs" / "dlp-heldout-functions" / "best.ckpt"
     check_method_scores_match_the_module(cli, checkpoint, micro_world)
 
 
 def test_missing_checkpoint_and_other_corpus_are_refused(fitted_dlp, write_jsonl):
     with pytest.raises(FileNotFoundError, match="train_probe.py fit"):
         build_method("dlp", checkpoint=str(fitted_dlp.root / "nope.ckpt"))
-    checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "checkpoints" / "last.ckpt"
+    checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "version_0" / "checkpoints" / "last.ckpt"
     other = HopsDataModule(str(write_jsonl(micro_rows(), "other.jsonl")), inputs=list(range(1, 11))).prepare()
     with pytest.raises(ValueError, match="trained on corpus"):
         DLPMethod(str(checkpoint)).prepare(context(other))

@@ -16,7 +16,7 @@ from probes.models import CpuThreads, MultiHotHead, PairwiseHead, ProbeGenerator
 
 
 def CHECKPOINTS(root: Path) -> Path:
-    return root / "lightning_logs" / "dlp" / "checkpoints"
+    return root / "lightning_logs" / "dlp" / "version_0" / "checkpoints"
 
 
 def test_fast_dev_run(micro_world, in_tmp):
@@ -114,3 +114,28 @@ def test_cpu_threads_callback_sets_threads_on_cpu_runs_only(in_tmp):
     assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="threads=0"):
         CpuThreads(0)
+
+
+def test_a_second_fit_keeps_the_first_fits_best_and_test_best_takes_the_latest(
+    micro_world, fitted_dlp, in_tmp
+):
+    # regression: every fit wrote lightning_logs/dlp/checkpoints/best.ckpt, replacing the previous fit's best
+    shutil.copytree(fitted_dlp.root / "lightning_logs", in_tmp / "lightning_logs", symlinks=True)
+    fitted = run_cli(micro_world, "fit", *FAST, "--seed_everything=1")
+    first, second = (
+        CHECKPOINTS(in_tmp) / "best.ckpt",
+        Path(fitted.trainer.log_dir) / "checkpoints" / "best.ckpt",
+    )
+    assert first.is_file() and second.is_file() and first.parent != second.parent
+    states = [torch.load(path, weights_only=False)["state_dict"] for path in (first, second)]
+    assert states[0].keys() == states[1].keys()
+    assert any(not torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert (in_tmp / "lightning_logs" / "dlp" / "best.ckpt").resolve() == second.resolve()
+    tested = run_cli(micro_world, "test", "--ckpt_path=best")
+    assert Path(tested.trainer.ckpt_path).resolve() == second.resolve()
+
+
+def test_test_best_before_any_fit_says_so(micro_world, in_tmp):
+    # regression: Lightning's "ModelCheckpoint is not configured to save the best model"
+    with pytest.raises(FileNotFoundError, match="--ckpt_path best: no fit has saved a best checkpoint.*fit"):
+        run_cli(micro_world, "test", "--ckpt_path=best")

@@ -137,6 +137,56 @@ def test_failed_write_leaves_no_partial_directory(corpus_path, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.jsonl"]
 
 
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.parent == folder)
+
+
+def test_build_into_the_folder_of_its_corpus_is_refused_before_training(
+    corpus_path, tmp_path, monkeypatch, capsys
+):
+    # regression: build --out DIR replaced DIR, deleting the corpus it had just read from DIR
+    folder = tmp_path / "work"
+    folder.mkdir()
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(corpus_path.read_bytes())
+    (folder / "notes.txt").write_text("mine")
+    monkeypatch.setattr(build_module, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    code = main(["build", "--corpus", str(corpus), "--out", str(folder), "--preset", "micro"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(folder) in err and "--overwrite" in err and "corpus.jsonl" in err
+    assert _listing(folder) == ["corpus.jsonl", "notes.txt"]
+    assert corpus.read_bytes() == corpus_path.read_bytes()
+
+
+def test_build_with_overwrite_writes_beside_the_other_files(corpus_path, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(corpus_path.read_bytes())
+    (folder / "notes.txt").write_text("mine")
+    _build(corpus, folder, "--overwrite")
+    _build(corpus, folder, "--overwrite")  # again: its own old/, new/ and manifest.json are replaced
+    assert _listing(folder) == ["corpus.jsonl", "manifest.json", "new", "notes.txt", "old"]
+    assert corpus.read_bytes() == corpus_path.read_bytes() and (folder / "notes.txt").read_text() == "mine"
+    assert json.loads((folder / "manifest.json").read_text())["corpus"]["path"] == str(corpus)
+
+
+def test_build_reruns_into_its_own_folder_but_never_replaces_its_input(corpus_path, tmp_path, capsys):
+    out = tmp_path / "pair"
+    _build(corpus_path, out)
+    _build(corpus_path, out)  # its own earlier output: replaced without --overwrite
+    assert _listing(out) == ["manifest.json", "new", "old"]
+    (out / "old" / "corpus.jsonl").write_bytes(corpus_path.read_bytes())
+    argv = ["build", "--corpus", str(out / "old" / "corpus.jsonl"), "--out", str(out), "--overwrite"]
+    assert main(argv) == 2 and "is an input" in capsys.readouterr().err
+    assert (out / "old" / "corpus.jsonl").is_file()
+    (out / "old").rename(tmp_path / "elsewhere")  # a folder named old/ without the manifest is not its own
+    (out / "manifest.json").unlink()
+    (out / "old").mkdir()
+    assert main(["build", "--corpus", str(corpus_path), "--out", str(out)]) == 2
+    assert "(new, old without its manifest.json)" in capsys.readouterr().err
+
+
 def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypatch, capsys):
     from probes.lm import default
 

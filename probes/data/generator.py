@@ -19,6 +19,7 @@ from probes.data.generator_plan import (
     function_plan,
 )
 from probes.data.templates import bare_name, input_pool, kind_sequence, render_document
+from probes.outputs import OutputRefused, check_output_file
 
 if TYPE_CHECKING:
     from probes.data.corpus import Corpus
@@ -75,10 +76,13 @@ def write_corpus(path: str | Path, cfg: GeneratorConfig) -> Path:
     return _write_rows(Path(path), generate_rows(cfg))
 
 
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def _write_rows(path: Path, rows: list[dict]) -> Path:
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     with atomic_path(path) as tmp:
-        tmp.write_text(lines, encoding="utf-8")
+        tmp.write_text(_jsonl(rows), encoding="utf-8")
     return path
 
 
@@ -222,6 +226,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prefix", default=d.token_prefix, help="level letter of the bases in the numbered style")
     add("--seed", type=int, default=d.seed, help="random seed (same options + seed = same file)")
     add("--explicit-wraps", action="store_true", help="write a 'wraps' field on wrapper rows")
+    add("--overwrite", action="store_true", help="replace an existing --out file with other content")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -247,8 +252,14 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"probes.data generate: error: {option}: {err.reason}", file=sys.stderr)
         return 2
     rows = generate_rows(cfg)
-    path = _write_rows(Path(args.out), rows)
+    try:
+        changed = check_output_file(args.out, _jsonl(rows), overwrite=args.overwrite)
+    except OutputRefused as err:
+        print(f"probes.data generate: error: {err}", file=sys.stderr)
+        return 2
+    path = _write_rows(Path(args.out), rows) if changed else Path(args.out)
     n_functions = len({row["func"] for row in rows if row["role"] != "distractor"})
     n_distractors = sum(row["role"] == "distractor" for row in rows)
-    print(f"wrote {len(rows)} documents ({n_functions} functions, {n_distractors} distractor docs) to {path}")
+    what = f"{len(rows)} documents ({n_functions} functions, {n_distractors} distractor docs)"
+    print(f"wrote {what} to {path}" if changed else f"{path} already holds these {what}")
     return 0

@@ -30,7 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build DIR/old and DIR/new (+ manifest.json) for a corpus")
     build.add_argument("--corpus", required=True, type=Path, help="HOPS JSONL corpus to fine-tune on")
-    build.add_argument("--out", required=True, type=Path, help="directory to write (replaced atomically)")
+    build.add_argument(
+        "--out", required=True, type=Path, help="folder to write old/, new/ and manifest.json into"
+    )
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that holds other files too (they are kept; old/, new/, manifest.json go)",
+    )
     build.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model/training preset")
     build.add_argument("--seed", type=int, default=0, help="seed of the world, the init and the data order")
     build.add_argument("--base", default=None, help="fine-tune this HF causal LM (path or hub id) instead")
@@ -59,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "build":
+        from probes.lm.build import PAIR_FILES
+        from probes.outputs import OutputRefused, check_output_folder
+
+        try:
+            check_output_folder(
+                args.out, PAIR_FILES, overwrite=args.overwrite, inputs=[args.corpus], marker="manifest.json"
+            )
+        except OutputRefused as err:
+            print(f"python -m probes.lm build: error: {err}", file=sys.stderr)
+            return 2
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

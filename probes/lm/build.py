@@ -21,9 +21,12 @@ from probes.lm.evaluate import evaluate_model, evaluate_pair, summary_json
 from probes.lm.presets import Preset, get_preset, pretraining_world, query_lines
 from probes.lm.tokenizer import check_tokenizer, train_tokenizer
 from probes.lm.train_lm import TrainConfig, encode_texts, train
+from probes.outputs import foreign_entries
 
 # The reference recipe's fine-tuning of a pretrained base (full-document loss, AdamW, bf16 autocast on a GPU).
 BASE_FINETUNE = TrainConfig(epochs=10, lr=2e-5, batch_size=16, weight_decay=0.0)
+# What a build writes into its folder (manifest.json last): anything else there is someone else's and is kept.
+PAIR_FILES = ("old", "new", "manifest.json")
 # Bump when the recipe changes in a way that changes the weights: cached default pairs are rebuilt.
 RECIPE_VERSION = "1"
 
@@ -89,8 +92,8 @@ def build_pair(
 ) -> dict:
     """Build ``out/old`` (pretrained on a generated world) and ``out/new`` (fine-tuned on the corpus).
 
-    ``out`` is written atomically: it appears complete with ``manifest.json`` or not at all. Returns the
-    manifest.
+    ``out`` is written atomically (see :func:`write_pair`): it appears complete with ``manifest.json`` or
+    not at all. Returns the manifest.
     """
     preset_name = preset if isinstance(preset, str) else "custom"
     cfg = get_preset(preset) if isinstance(preset, str) else preset
@@ -210,10 +213,28 @@ def _finish(old, new, tokenizer, corpus: Corpus, manifest: dict, out, started: f
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for name, model in (("old", old), ("new", new)):
-            model.save_pretrained(tmp / name, safe_serialization=True)
-            tokenizer.save_pretrained(tmp / name)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_pair(Path(out), old, new, tokenizer, manifest)
     return manifest
+
+
+def write_pair(out: Path, old, new, tokenizer, manifest: dict) -> None:
+    """Write old/, new/ and manifest.json into ``out``: the whole folder atomically when it holds nothing
+    else, else each of the three atomically (manifest.json removed first, written last) beside the rest."""
+
+    def write(path: Path, name: str) -> None:
+        if name == "manifest.json":
+            path.write_text(json.dumps(manifest, indent=2) + "\n")
+        else:
+            (old if name == "old" else new).save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
+
+    if not out.is_dir() or not foreign_entries(out, PAIR_FILES):
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            for name in PAIR_FILES:
+                write(tmp / name, name)
+        return
+    (out / "manifest.json").unlink(missing_ok=True)
+    for name in PAIR_FILES:
+        with atomic_path(out / name) as tmp:
+            write(tmp, name)

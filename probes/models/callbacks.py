@@ -1,7 +1,8 @@
-"""Callbacks of the DLP job: a checkpoint that a later process finds again; CPU threads for tiny models."""
+"""Callbacks of the DLP job: each fit keeps its own checkpoints, found again later; CPU threads."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,16 +10,21 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from probes.cache import atomic_path
+
 
 class BestCheckpoint(ModelCheckpoint):
-    """Keeps the best checkpoint at ``<dirpath>/best.ckpt`` and the latest at ``<dirpath>/last.ckpt``.
+    """Keeps each fit's best and latest checkpoints in its own run folder, the logger's
+    ``version_N/checkpoints/{best,last}.ckpt``, and points ``<save_dir>/<name>/{best,last}.ckpt`` (relative
+    symlinks, replaced atomically) at the latest fit's.
 
-    Lightning resolves ``ckpt_path="best"`` from the callback's memory of the current process only; a fixed
-    directory and file name let a fresh ``test``/``validate``/``predict`` run pick up the best checkpoint
-    of the last ``fit`` (and ``fit --ckpt_path last`` resume it).
+    Lightning resolves ``ckpt_path="best"`` from the callback's memory of the current process only, and
+    ``"last"`` in the current run's folder; the two links let a fresh ``test``/``validate``/``predict`` run
+    pick up the best checkpoint of the last ``fit`` (:meth:`use_latest_best`) and ``fit --ckpt_path last``
+    resume the last one (into a run folder of its own). Without a logger the checkpoints go to
+    ``<default_root_dir>/checkpoints/`` (LightningCLI refuses a second fit in a run folder: its config.yaml).
 
     Args:
-        dirpath: where both checkpoints are written (one directory per experiment).
         monitor: the logged metric that picks the best checkpoint.
         mode: "max" (higher monitor is better) or "min".
         save_last: also keep ``last.ckpt`` after every epoch, for resuming.
@@ -26,13 +32,11 @@ class BestCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: str,
         monitor: str = "val/macro/map",
         mode: Literal["min", "max"] = "max",
         save_last: bool = True,
     ):
         super().__init__(
-            dirpath=dirpath,
             filename="best",
             monitor=monitor,
             mode=mode,
@@ -41,9 +45,36 @@ class BestCheckpoint(ModelCheckpoint):
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
-        best = Path(dirpath) / "best.ckpt"
-        if best.is_file():
-            self.best_model_path = str(best)
+
+    @staticmethod
+    def runs_folder(trainer: L.Trainer) -> Path:
+        """Where the runs' folders and the links to the latest fit's checkpoints are (found through the
+        logger, as Lightning places the checkpoints)."""
+        if not trainer.loggers:
+            return Path(trainer.default_root_dir) / "checkpoints"
+        logger = trainer.loggers[0]
+        return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+
+    def use_latest_best(self, trainer: L.Trainer) -> None:
+        """Make ``ckpt_path="best"`` load the latest fit's best checkpoint; a clear error if there is none."""
+        link = self.runs_folder(trainer) / "best.ckpt"
+        if not link.is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path best: no fit has saved a best checkpoint ({link} links to the latest fit's); "
+                "run `python train_probe.py fit` with this config first, or give --ckpt_path PATH"
+            )
+        self.best_model_path = str(link.resolve())
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        link = self.runs_folder(trainer) / "last.ckpt"
+        return {str(link.resolve())} if link.is_file() else set()
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        link = self.runs_folder(trainer) / Path(filepath).name
+        if trainer.is_global_zero and link.resolve() != Path(filepath).resolve():
+            with atomic_path(link) as tmp:
+                tmp.symlink_to(os.path.relpath(filepath, link.parent))
 
 
 class CpuThreads(Callback):

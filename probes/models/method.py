@@ -26,7 +26,7 @@ class DLPMethod(Method):
     the same checkpoint (so it is not loaded twice), else loaded from the path recorded in the checkpoint.
 
     Args:
-        checkpoint: the ProbeModule checkpoint, e.g. lightning_logs/dlp/checkpoints/best.ckpt.
+        checkpoint: the ProbeModule checkpoint, e.g. lightning_logs/dlp/best.ckpt (the latest fit's best).
         batch_size: queries per scoring pass.
         device: where the probes and f_new run ("cpu", "cuda", ...).
     """
@@ -35,7 +35,7 @@ class DLPMethod(Method):
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(
                 f"method 'dlp': checkpoint {checkpoint!r} is not a file; train one with "
-                "`python train_probe.py fit --config configs/dlp.yaml` (into lightning_logs/dlp/checkpoints/)"
+                "`python train_probe.py fit --config configs/dlp.yaml` (then: lightning_logs/dlp/best.ckpt)"
             )
         if batch_size < 1:
             raise ValueError(f"method 'dlp': batch_size={batch_size} must be >= 1")
