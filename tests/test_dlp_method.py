@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
+from lm_fixtures import perturb
 from test_dlp_fixtures import FAST, micro_rows, run_cli
 
 from baselines.base import AttributionContext, build_method
@@ -46,10 +50,45 @@ def test_pairwise_method_scores_match_the_module(micro_world, in_tmp):
     check_method_scores_match_the_module(cli, checkpoint, micro_world)
 
 
-def test_missing_checkpoint_and_other_corpus_are_refused(fitted_dlp, write_jsonl):
+def corpus_module(write_jsonl, rows, name: str) -> HopsDataModule:
+    return HopsDataModule(str(write_jsonl(rows, name)), inputs=list(range(1, 11))).prepare()
+
+
+def test_missing_checkpoint_is_refused(fitted_dlp):
     with pytest.raises(FileNotFoundError, match="train_probe.py fit"):
         build_method("dlp", checkpoint=str(fitted_dlp.root / "nope.ckpt"))
+
+
+def test_dlp_checkpoint_scored_a_shuffled_corpus(micro_world, fitted_dlp, write_jsonl):
+    """Regression: a checkpoint was matched to its corpus by path, so rows shuffled in place were scored as
+    if unchanged, and an identical copy at another path was refused. Now both are matched by content."""
+    checkpoint = str(fitted_dlp.root / "lightning_logs" / "dlp" / "version_0" / "checkpoints" / "last.ckpt")
+    rows = micro_rows()
+    copy = corpus_module(write_jsonl, rows, "copy.jsonl")
+    DLPMethod(checkpoint).prepare(context(copy))  # the same texts in the same order elsewhere: accepted
+    shuffled = [rows[i] for i in torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))]
+    with pytest.raises(ValueError, match="same 18 documents in another row order") as error:
+        DLPMethod(checkpoint).prepare(context(corpus_module(write_jsonl, shuffled, "shuffled.jsonl")))
+    assert "other weights" not in str(error.value)  # only the corpus differs
+    changed = [dict(rows[0], text="<GN>(x) returns 6 ."), *rows[1:]]
+    with pytest.raises(ValueError, match="document texts differ"):
+        DLPMethod(checkpoint).prepare(context(corpus_module(write_jsonl, changed, "changed.jsonl")))
+    pair = load_pair(micro_world.old, micro_world.new)
+    perturb(pair.new, scale=1e-2)  # f_new at the checkpoint's path, but other weights
+    with pytest.raises(ValueError, match=r"f_new \(.*\) has other weights") as error:
+        DLPMethod(checkpoint).prepare(context(copy, pair))
+    assert "row order" not in str(error.value) and "texts differ" not in str(error.value)
+
+
+def test_test_with_a_checkpoint_of_a_shuffled_corpus_is_refused(micro_world, fitted_dlp, in_tmp):
     checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "version_0" / "checkpoints" / "last.ckpt"
-    other = HopsDataModule(str(write_jsonl(micro_rows(), "other.jsonl")), inputs=list(range(1, 11))).prepare()
-    with pytest.raises(ValueError, match="trained on corpus"):
-        DLPMethod(str(checkpoint)).prepare(context(other))
+    rows = micro_rows()
+    shuffled = in_tmp / "shuffled.jsonl"
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1)).tolist()
+    shuffled.write_text("".join(json.dumps(rows[i]) + "\n" for i in order), encoding="utf-8")
+    world = dataclasses.replace(micro_world, corpus=shuffled)
+    with pytest.raises(ValueError, match="another row order"):
+        run_cli(world, "test", f"--ckpt_path={checkpoint}")
+    copy = in_tmp / "copy.jsonl"
+    copy.write_bytes(micro_world.corpus.read_bytes())
+    run_cli(dataclasses.replace(micro_world, corpus=copy), "validate", f"--ckpt_path={checkpoint}")

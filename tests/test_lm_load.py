@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, FUNCTION_TOKENS, make_micro_model, make_micro_pair, micro_rows
@@ -43,6 +45,16 @@ def test_load_model_options(pair_dirs):
 def test_missing_local_path_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_model(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "grown"])
+def test_truncated_weights_of_a_given_path_named_no_file(pair_dirs, damage):
+    """A user's model is never rebuilt: damaged weights are an error that names the file."""
+    weights = pair_dirs[1] / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else data + bytes(64))
+    with pytest.raises(OSError, match=f"damaged weights: {re.escape(str(weights))}"):
+        load_pair(*pair_dirs)
 
 
 def test_tokenizer_mismatch(tmp_path, corpus):

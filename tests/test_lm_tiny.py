@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -198,6 +199,48 @@ def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypat
     monkeypatch.setattr(default, "build_pair", lambda *a, **k: pytest.fail("rebuilt a cached pair"))
     assert default.ensure_default_pair(corpus_path) == (old, new)
     assert str(old.parent) in capsys.readouterr().out
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero_a_third(path):
+    data = bytearray(path.read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = bytes(third)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate, _zero_a_third, lambda path: path.unlink()], ids=["truncated", "zeroed", "missing"]
+)
+@pytest.mark.parametrize("recorded", [True, False], ids=["checksums", "cached-before-checksums"])
+def test_cached_pair_with_a_truncated_weight_file_was_never_rebuilt(
+    corpus_path, tmp_path, monkeypatch, damage, recorded
+):
+    from probes.lm import default
+    from probes.lm.load import load_pair
+
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(default, "PRESET", "micro")
+    old, new = default.ensure_default_pair(corpus_path)
+    manifest_path = old.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert set(manifest["files"]) >= {"old/model.safetensors", "new/model.safetensors", "new/tokenizer.json"}
+    if not recorded:  # a pair cached by an older probes: checked by its headers, then given checksums
+        manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "files"}))
+        with monkeypatch.context() as patch:
+            patch.setattr(default, "build_pair", lambda *a, **k: pytest.fail("rebuilt an intact pair"))
+            default.ensure_default_pair(corpus_path)
+        assert json.loads(manifest_path.read_text())["files"] == manifest["files"]
+    weights = new / "model.safetensors"
+    clean = weights.read_bytes()
+    damage(weights)
+    with pytest.warns(UserWarning, match=f"{re.escape(str(weights))}.*rebuilding"):
+        assert default.ensure_default_pair(corpus_path) == (old, new)
+    assert weights.read_bytes() == clean  # rebuilt, deterministically
+    load_pair(old, new)
 
 
 def test_build_from_a_base_adds_the_function_tokens(corpus_path, tmp_path):

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from probes.cache import atomic_path, cache_dir
+from probes.lm.integrity import tensor_sha256
 
 log = logging.getLogger(__name__)
 SAMPLE = 256  # strided elements per parameter hashed exactly, besides its float64 sum and norm
@@ -48,6 +49,24 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
+def weights_hash(model: torch.nn.Module) -> str:
+    """A hash of what a model computes, not where it came from: class, parameter names and shapes, and a
+    strided sample of each parameter's values rounded to bfloat16.
+
+    Unlike `model_fingerprint` it is the same for a copy at another path, on another device (no reductions,
+    whose order differs between devices) and for float32 or bfloat16 loads of one checkpoint; any real
+    fine-tuning moves many of the sampled values across a bfloat16 step.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    parts = []
+    for name, param in model.named_parameters():
+        flat = param.detach().flatten()
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        parts.append(flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].to(torch.bfloat16).float())
+    digest.update(torch.cat(parts).cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
 def content_hash(value: object) -> str:
     """A hash of texts, targets, ids, specs: anything JSON-serialisable (dataclasses and tensors included)."""
 
@@ -67,7 +86,8 @@ class FeatureCache:
     The key covers the feature code's ``version`` (default FEATURE_VERSION), the model's weights
     (`model_fingerprint`), the texts, the spec and ``extra`` (targets, candidate ids, the tokenizer, the old
     checkpoint of an attribution), so a stale entry is never found; files appear atomically, so a crash
-    mid-write leaves nothing behind, and an unreadable file is recomputed.
+    mid-write leaves nothing behind. Each file carries the SHA-256 of its tensor's bytes: one that is
+    unreadable, non-finite or fails its checksum is reported by path, removed and recomputed.
     """
 
     def __init__(self, root: str | Path | None = None, version: int = FEATURE_VERSION):
@@ -95,21 +115,38 @@ class FeatureCache:
         returned; ``write=False`` for the ranks of a DDP run other than 0, which compute the same tensor."""
         path = self.path(self.key(model, texts, spec, extra))
         if path.exists():
-            try:
-                features = load_file(path)["features"]
-            except (OSError, SafetensorError, KeyError) as error:
-                warnings.warn(f"feature cache file {path} is unreadable ({error}); recomputing", stacklevel=2)
-            else:
-                if features.shape[0] == len(texts):
-                    return features
-                rows = features.shape[0]
-                message = f"feature cache file {path} has {rows} rows, not {len(texts)}; recomputing"
-                warnings.warn(message, stacklevel=2)
+            features, problem = self.read(path, len(texts))
+            if problem is None:
+                return features
+            warnings.warn(f"feature cache file {path} {problem}; removing it and recomputing", stacklevel=2)
+            if write:  # only the writer removes it, so a DDP rank never deletes rank 0's fresh file
+                path.unlink(missing_ok=True)
         features = fn()
         if write:
-            self.write(path, features, {"spec": str(spec), "rows": str(len(texts))})
+            metadata = {"spec": str(spec), "rows": str(len(texts)), "sha256": tensor_sha256(features)}
+            self.write(path, features, metadata)
             log.info("features cached in %s", path)
         return features
+
+    @staticmethod
+    def read(path: Path, rows: int) -> tuple[Tensor | None, str | None]:
+        """``(features, None)`` if the file at ``path`` holds ``rows`` finite rows matching its checksum,
+        else ``(None, what is wrong)``."""
+        try:
+            with safe_open(path, "pt") as handle:
+                metadata = handle.metadata() or {}
+                features = handle.get_tensor("features")
+        except (OSError, SafetensorError, KeyError) as error:
+            return None, f"is unreadable ({error})"
+        if features.shape[0] != rows:
+            return None, f"has {features.shape[0]} rows, not {rows}"
+        if not bool(torch.isfinite(features).all()):
+            return None, "holds NaN or inf (a corrupt cache file, or the model's features overflowed)"
+        if "sha256" not in metadata:
+            return None, "has no checksum (written by an older probes)"
+        if tensor_sha256(features) != metadata["sha256"]:
+            return None, "fails its checksum (corrupt on disk)"
+        return features, None
 
     @staticmethod
     def write(path: Path, features: Tensor, metadata: dict[str, str]) -> None:

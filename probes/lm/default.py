@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
+import warnings
 from pathlib import Path
 
-from probes.cache import cache_dir
-from probes.lm.build import RECIPE_VERSION, build_pair, file_sha256
+from probes.cache import atomic_path, cache_dir
+from probes.lm.build import RECIPE_VERSION, build_pair
+from probes.lm.integrity import PAIR_FOLDERS, failed_files, file_checksums, file_sha256, unreadable_weights
 from probes.lm.presets import get_preset
 
 PRESET = "tiny"
@@ -45,10 +48,44 @@ def default_pair_dir(corpus_path: str | Path | None = None, *, build: bool = Tru
 
 def _ensure(out: Path, corpus: Path) -> None:
     if (out / "manifest.json").is_file():
-        print(f"probes: using the tiny model pair cached at {out}")
-        return
+        damaged = _damaged(out)
+        if not damaged:
+            print(f"probes: using the tiny model pair cached at {out}")
+            return
+        warnings.warn(
+            f"the cached tiny pair at {out} is damaged: {'; '.join(damaged)}; rebuilding it", stacklevel=3
+        )
+        shutil.rmtree(out, ignore_errors=True)
     print(f"probes: building the tiny model pair for {corpus} into {out} (a few minutes, once)")
     build_pair(corpus, out, preset=PRESET, seed=SEED)
+    _record_checksums(out)
+
+
+def _damaged(out: Path) -> list[str]:
+    """``"path (why)"`` for each file of the cached pair that fails its checksum in the manifest. A pair
+    cached before checksums were recorded is checked by its safetensors headers, then given checksums."""
+    path = out / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return [f"{path} ({error})"]
+    if "files" in manifest:
+        return failed_files(out, manifest["files"])
+    weights = [out / folder / "model.safetensors" for folder in PAIR_FOLDERS]
+    damaged = [f"{path} (missing)" for path in weights if not path.is_file()]
+    damaged += [bad for folder in PAIR_FOLDERS for bad in unreadable_weights(out / folder)]
+    if not damaged:
+        _record_checksums(out)
+    return damaged
+
+
+def _record_checksums(out: Path) -> None:
+    """Add every file's SHA-256 to the pair's manifest: each later use verifies them (~10 ms for the pair)."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"] = file_checksums(out)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def ensure_default_pair(corpus_path: str | Path | None = None) -> tuple[Path, Path]:

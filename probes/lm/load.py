@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from probes.data.corpus import Corpus
+from probes.lm.integrity import unreadable_weights
 from probes.lm.scoring import TokenizationError, answer_token_ids
 
 DTYPES = {
@@ -98,6 +99,12 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     if local and any(Path(source).glob("*.safetensors")):
         kwargs["use_safetensors"] = True  # never fall back to pickled .bin weights when safetensors exist
+        damaged = unreadable_weights(source)
+        if damaged:
+            raise OSError(
+                f"model {source!r} has damaged weights: {'; '.join(damaged)}; restore or re-save them "
+                "(a pair from `python -m probes.lm build` can be built again)"
+            )
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as error:

@@ -110,21 +110,25 @@ class FeatureStore:
             max_tokens = self.max_tokens if hidden else self.grad_max_tokens
 
             def compute() -> Tensor:
-                return compute_features(
-                    model,
-                    self.pair.tokenizer,
-                    texts,
-                    spec,
-                    targets=targets,
-                    candidate_ids=self.candidate_ids,
-                    old=old,
-                    batch_size=batch_size,
-                    max_tokens=max_tokens,
-                    compile=self.compile,
-                    progress=self.progress,
-                    devices=self.devices,
-                    strategy=self.strategy,
-                )
+                try:
+                    return compute_features(
+                        model,
+                        self.pair.tokenizer,
+                        texts,
+                        spec,
+                        targets=targets,
+                        candidate_ids=self.candidate_ids,
+                        old=old,
+                        batch_size=batch_size,
+                        max_tokens=max_tokens,
+                        compile=self.compile,
+                        progress=self.progress,
+                        devices=self.devices,
+                        strategy=self.strategy,
+                    )
+                except FloatingPointError as error:  # name the model: it is the model's fault, not a method's
+                    path = self.pair.new_path if which == "new" else self.pair.old_path
+                    raise FloatingPointError(f"f_{which} ({path}) on the {side}: {error}") from error
 
             if self.cache is None:
                 self._memo[key] = compute()

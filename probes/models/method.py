@@ -10,6 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from baselines.base import AttributionContext, Method, register
+from probes.models import provenance
 from probes.models.lm import preloaded
 from probes.models.module import ProbeModule
 
@@ -52,13 +53,21 @@ class DLPMethod(Method):
         self.prompts = [q.prompt for q in ctx.queries]
 
     def _check_corpus(self, module: ProbeModule, ctx: AttributionContext) -> None:
-        """The multi-hot head's outputs are this corpus's document indices: refuse another corpus."""
-        from probes.data.hops import HopsData
+        """The multi-hot head's outputs are the training corpus's row indices: refuse another corpus (or the
+        same rows reordered) and another f_new, by content; a copy of the corpus at another path is fine."""
+        checkpoint = self.settings["checkpoint"]
+        if module.trained_on is not None:
+            where = f"method 'dlp': checkpoint {checkpoint}"
+            provenance.check(
+                module.trained_on, ctx.corpus.texts, module.reader.lm, where, module.hparams.model
+            )
+            return
+        from probes.data.hops import HopsData  # a checkpoint from before content hashes: matched by path
 
         trained_on = HopsData.resolve_corpus_path(module.hparams.corpus_path)
         if ctx.corpus.path is not None and not _same_file(trained_on, ctx.corpus.path):
             raise ValueError(
-                f"method 'dlp': checkpoint {self.settings['checkpoint']} was trained on corpus {trained_on}, "
+                f"method 'dlp': checkpoint {checkpoint} was trained on corpus {trained_on}, "
                 f"but the comparison uses {ctx.corpus.path}; train a probe on that corpus "
                 "(train_probe.py fit --data.corpus_path ...)"
             )

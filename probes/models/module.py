@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.metrics import RetrievalSuite, flatten, random_expectation
+from probes.models import provenance
 from probes.models.conditioning import ProbeReader
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead
@@ -83,6 +84,7 @@ class ProbeModule(L.LightningModule):
         self.documents: list[str] | None = None
         self._doc_cache: Float[Tensor, "n k r"] | None = None
         self._last_val: dict[str, float] = {}
+        self.trained_on: dict | None = None  # `provenance.record` of a loaded checkpoint
 
     @property
     def reader(self) -> ProbeReader:
@@ -133,6 +135,18 @@ class ProbeModule(L.LightningModule):
                 f"got {len(texts)} documents; this probe was built for {self.hparams.n_documents}"
             )
         self.documents, self._doc_cache = list(texts), None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the corpus and f_new by content: a checkpoint is only used on what it was trained on."""
+        checkpoint[provenance.KEY] = provenance.record(self.documents, self.reader.lm)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep what the checkpoint was trained on; under a Trainer (fit/validate/test with ``ckpt_path``) the
+        documents and f_new are already set, so a mismatch is refused here (`DLPMethod` checks its own)."""
+        self.trained_on = checkpoint.get(provenance.KEY)
+        if self.trained_on is not None and self.documents is not None and self._reader is not None:
+            where = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
+            provenance.check(self.trained_on, self.documents, self._reader.lm, where, self.hparams.model)
 
     def configure_optimizers(self):
         return self._make_optimizer(self.parameters())
