@@ -18,6 +18,7 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 from probes.cache import atomic_path
 from probes.data.corpus import Corpus, load_corpus
 from probes.lm.evaluate import evaluate_model, evaluate_pair, summary_json
+from probes.lm.integrity import file_sha256
 from probes.lm.presets import Preset, get_preset, pretraining_world, query_lines
 from probes.lm.tokenizer import check_tokenizer, train_tokenizer
 from probes.lm.train_lm import TrainConfig, encode_texts, train
@@ -29,11 +30,6 @@ BASE_FINETUNE = TrainConfig(epochs=10, lr=2e-5, batch_size=16, weight_decay=0.0)
 PAIR_FILES = ("old", "new", "manifest.json")
 # Bump when the recipe changes in a way that changes the weights: cached default pairs are rebuilt.
 RECIPE_VERSION = "1"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def init_new_rows(model: PreTrainedModel, first_new: int, end_new: int, seed: int) -> None:
