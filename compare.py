@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> Path:
     return cli_main(_main, argv)
 
 
-def _main(argv: list[str]) -> Path:
+def _main(argv: list[str] | None) -> Path:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)

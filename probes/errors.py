@@ -36,14 +36,18 @@ def one_line(err: BaseException) -> str:
     return "; ".join(lines) or type(err).__name__
 
 
-def cli_main(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -> T:
+def cli_main(main: Callable[[list[str] | None], T], argv: Sequence[str] | None = None) -> T:
     """``main(argv)``, with a user error ending the process as ``probes: error: <one line>`` on stderr and
-    exit code 2. ``--debug`` anywhere in ``argv`` (removed before ``main`` sees it) or ``PROBES_DEBUG=1``
-    lets the error raise with its traceback."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = DEBUG_FLAG in args or os.environ.get("PROBES_DEBUG", "0") not in ("", "0")
+    exit code 2. ``--debug`` anywhere in the arguments (removed before ``main`` sees them) or
+    ``PROBES_DEBUG=1`` lets the error raise with its traceback. With ``argv`` None, ``main`` gets None and
+    reads ``sys.argv`` (LightningCLI warns when given both)."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in given or os.environ.get("PROBES_DEBUG", "0") not in ("", "0")
+    args = [a for a in given if a != DEBUG_FLAG]
+    if argv is None:
+        sys.argv[1:] = args
     try:
-        return main([a for a in args if a != DEBUG_FLAG])
+        return main(None if argv is None else args)
     except user_errors() as err:
         if debug:
             raise

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(_main, argv)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     return args.run(args)
 
