@@ -214,7 +214,7 @@ def test_checkpoint_check_passes_a_real_checkpoint(tmp_path):
     from probes.errors import check_checkpoint
 
     torch.save(
-        {"state_dict": {"w": torch.ones(10)}, "hyper_parameters": json.dumps({})}, tmp_path / "ok.ckpt"
+        {"state_dict": {"w": torch.ones(10)}, "hyper_parameters": {"n_documents": 6}}, tmp_path / "ok.ckpt"
     )
     check_checkpoint(tmp_path / "ok.ckpt", "dlp_checkpoint")
 
