@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,14 @@ from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
 from probes.data.hops import HopsData
+from probes.errors import (
+    UserError,
+    check_at_least,
+    check_checkpoint,
+    check_device,
+    check_writable_folder,
+    cli_main,
+)
 from probes.outputs import check_output_folder
 from probes.report import FILES, HOP_SUBSET, MethodResult, as_float32, check_labels, write_results
 
@@ -61,6 +68,22 @@ class PairConfig:
     feature_cache: bool = True
     threads: int | None = None
     devices: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse bad values before anything loads: dtype, device, the pair's paths, sizes."""
+        from probes.lm.load import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise UserError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        check_device(self.device, "model.device")
+        if (self.old is None) != (self.new is None):
+            raise UserError(
+                "model.old and model.new: give both paths, or neither for the embedded default pair"
+            )
+        for key in ("feature_batch_size", "score_batch_size", "devices"):
+            check_at_least(f"model.{key}", getattr(self, key))
+        for key in ("feature_max_tokens", "threads"):
+            check_at_least(f"model.{key}", getattr(self, key), optional=True)
 
 
 @dataclass
@@ -115,6 +138,20 @@ def default_out(cfg: Namespace) -> Path:
     )
 
 
+def check_config(cfg: Namespace, out: Path) -> None:
+    """Every check that needs no model and no corpus pass, so that a bad value fails in a second: the data's
+    and the pair's options, a non-empty test split, the output folder and the cache folder."""
+    HopsData(**cfg.data.as_dict())
+    PairConfig(**cfg.model.as_dict())
+    if cfg.data.test_fraction <= 0:
+        raise UserError(
+            f"data.test_fraction={cfg.data.test_fraction!r} leaves no test queries, and compare.py scores "
+            "the test split; give a fraction in (0, 1)"
+        )
+    check_writable_folder(out, "out")
+    cache_dir()  # refuses a file in the cache folder's place
+
+
 def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
     """(label, [(tuned options, Method) for every grid point]) for every entry, plus the DLP; fails before
     any model loads on a bad name, option or grid point."""
@@ -129,6 +166,11 @@ def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], 
     if not entries:
         raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
     check_labels([label for label, *_ in entries])
+    # a corrupt DLP checkpoint fails now, not after every other method has run
+    for label, name, options, _ in entries:
+        if name == "dlp" and isinstance(options.get("checkpoint"), str):
+            key = "dlp_checkpoint" if label == "dlp" else f"methods entry {label!r}: checkpoint"
+            check_checkpoint(options["checkpoint"], key)
     methods = []
     for label, name, options, grid in entries:
         try:
@@ -148,15 +190,14 @@ def load_everything(cfg: Namespace):
         load_pair,
         query_inputs,
     )
+    from probes.lm.context import check_document_lengths
     from probes.lm.evaluate import query_correctness
     from probes.lm.ranks import global_rank, rank_device
 
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
-    model = cfg.model
+    model = PairConfig(**cfg.model.as_dict())
     old, new = model.old, model.new
-    if (old is None) != (new is None):
-        raise ValueError("model.old and model.new: give both paths, or neither for the embedded default pair")
     if old is None:
         from probes.lm.default import ensure_default_pair  # builds the tiny pair on first use
 
@@ -171,6 +212,7 @@ def load_everything(cfg: Namespace):
         corpus=data.corpus,
         candidates=data.candidates,
     )
+    check_document_lengths(data.corpus, pair.tokenizer, pair.new.config)
     candidate_ids = answer_token_ids(pair.tokenizer, data.candidates)
     texts, targets = query_inputs(data.queries)
     cache = FeatureCache(None) if model.feature_cache else None
@@ -256,9 +298,15 @@ def run(cfg: Namespace, out: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Run compare.py; a user error exits with one line on stderr and code 2 (``--debug``: the traceback)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> Path:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    check_config(cfg, out)
     inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint]
     check_output_folder(out, FILES, overwrite=cfg.overwrite, inputs=inputs)
     threads = torch.get_num_threads()
@@ -280,4 +328,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,10 +1,14 @@
-"""The DLP main job: ``python train_probe.py fit --config configs/dlp.yaml`` (also validate/test/predict)."""
+"""The DLP main job: ``python train_probe.py fit --config configs/dlp.yaml`` (also validate/test/predict).
+
+A user error ends with one line on stderr and exit code 2; ``--debug`` (or ``PROBES_DEBUG=1``) shows its
+traceback."""
 
 from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
 from probes.data.datamodule import HopsDataModule
+from probes.errors import UserError, check_checkpoint, cli_main
 from probes.models import BestCheckpoint, ProbeModule
 
 
@@ -18,18 +22,34 @@ class ProbeCLI(LightningCLI):
         parser.link_arguments("data.num_documents", "model.n_documents", apply_on="instantiate")
         parser.link_arguments("data.candidates", "model.candidates", apply_on="instantiate")
 
-    def _latest_best(self) -> None:
-        """``--ckpt_path best`` in a fresh process: the latest fit's best checkpoint (see BestCheckpoint)."""
-        if self.config_init[self.subcommand].get("ckpt_path") == "best":
+    def _checkpoint(self) -> None:
+        """``--ckpt_path best`` in a fresh process: the latest fit's best checkpoint (see BestCheckpoint); a
+        checkpoint file (given or found) must be a complete archive, refused in one line before any work."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path == "best":
             for callback in self.trainer.checkpoint_callbacks:
                 if isinstance(callback, BestCheckpoint):
                     callback.use_latest_best(self.trainer)
+                    path = callback.best_model_path
+        if path is not None and path not in ("best", "last", "hpc", "registry"):
+            check_checkpoint(path, "--ckpt_path")
 
-    before_validate = before_test = before_predict = _latest_best
+    before_fit = before_validate = before_test = before_predict = _checkpoint
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse combinations of options before anything loads (ProbeModule checks them again later)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        head = str(config.model.head.class_path if "class_path" in config.model.head else "")
+        if head.endswith("MultiHotHead") and config.data.split == "by_function":
+            raise UserError(
+                "model.head MultiHotHead cannot rank documents of held-out functions (data.split="
+                "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
+                "configs/dlp-heldout-functions.yaml)"
+            )
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ProbeCLI:
-    return ProbeCLI(ProbeModule, HopsDataModule, args=args, run=run)
+    return cli_main(lambda argv: ProbeCLI(ProbeModule, HopsDataModule, args=argv, run=run), args)
 
 
 if __name__ == "__main__":

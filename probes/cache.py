@@ -8,11 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from probes.errors import check_writable_folder
+
 
 def cache_dir() -> Path:
-    """The cache root: ``$PROBES_CACHE`` if set, else ``~/.cache/probes``."""
+    """The cache root: ``$PROBES_CACHE`` if set, else ``~/.cache/probes``; a file in its place is refused."""
     root = os.environ.get("PROBES_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "probes"
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "probes"
+    check_writable_folder(path, "PROBES_CACHE" if root else "the cache folder")
+    return path
 
 
 @contextmanager

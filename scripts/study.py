@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from probes.errors import check_device, cli_main
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project, also when it is not installed (the summary reads its tables)
 DLP_RUNS = (  # (name, base config, split)
@@ -188,6 +190,11 @@ def run_all(all_jobs: list[Job], slots: int, out: Path, env: dict) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the study; a user error exits with one line on stderr and code 2 (``--debug``: the traceback)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args.corpus, args.out = args.corpus.resolve(), args.out.resolve()
     if not args.corpus.is_file():
         parser.error(f"--corpus {args.corpus}: no such file")
+    check_device(args.device, "--device")  # before any step starts, not once per step
     env = dict(os.environ, PROBES_CACHE=str(args.out / "cache"), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     outcome = run_all(select(jobs(args), args.steps), args.jobs, args.out, env)

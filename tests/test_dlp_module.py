@@ -102,9 +102,10 @@ def test_test_writes_flat_metrics_and_fit_logs_the_recall_figure(micro_world, fi
 
 
 def test_multi_hot_with_by_function_split_is_refused(micro_world, in_tmp):
-    cli = run_cli(micro_world, None, "--data.split=by_function")
+    """The module refuses it too (train_probe.py already does, before loading: see test_errors.py)."""
+    module = ProbeModule(model=str(micro_world.new), n_documents=micro_world.n_documents, split="by_function")
     with pytest.raises(ValueError, match="PairwiseHead"):
-        cli.model.configure_model()
+        module.configure_model()
 
 
 def test_cpu_threads_callback_sets_threads_on_cpu_runs_only(in_tmp):

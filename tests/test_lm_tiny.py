@@ -133,6 +133,7 @@ def test_failed_write_leaves_no_partial_directory(corpus_path, tmp_path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", boom)
+    monkeypatch.setenv("PROBES_DEBUG", "1")  # the error itself, not the CLI's one line
     with pytest.raises(OSError, match="disk full"):
         _build(corpus_path, tmp_path / "pair")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.jsonl"]

@@ -7,6 +7,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
 study = sys.modules.setdefault("study", importlib.util.module_from_spec(spec))
@@ -35,3 +38,15 @@ def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(t
     assert chosen["compare/by_function"] == ["build"]  # compare/by_input was only shared cache
     dlp = names(study.select(jobs, ["dlp/*"]))
     assert set(dlp) == {"build", "evaluate"} | {n for n in names(jobs) if n.startswith("dlp/")}
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_step(tmp_path, write_jsonl, capsys, monkeypatch):
+    """Checked once up front: each step would otherwise fail on its own, with a traceback in its log."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    corpus = write_jsonl([{"text": "x"}], "c.jsonl")
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--corpus", str(corpus), "--out", str(tmp_path / "study"), "--device", "cuda"])
+    assert exit_info.value.code == 2 and not (tmp_path / "study").exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "probes: error: --device='cuda' but no CUDA GPU is available on this machine; use cpu"
+    ]

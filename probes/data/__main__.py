@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from probes.data.corpus import Corpus, CorpusError, load_corpus
 from probes.data.queries import candidate_answers, make_queries, relevance
+from probes.errors import cli_main
 
 
 def summary(corpus: Corpus) -> dict:
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; a user error exits with one line on stderr and code 2 (``--debug``: the
+    traceback)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     return args.run(args)
 

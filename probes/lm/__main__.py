@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from probes.errors import check_at_least, check_device, check_writable_folder, cli_main
+
 
 def _inputs(text: str) -> list[int]:
     """``1-100`` or ``1,2,5``."""
@@ -64,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code (2 with one line on stderr for a user error; ``--debug``
+    shows its traceback)."""
+    return cli_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         from probes.lm.build import PAIR_FILES
@@ -80,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device, "--device")
     if args.command == "build":
+        check_writable_folder(args.out, "--out")
+        check_at_least("--threads", args.threads, optional=True)
         return _build(args, device)
     return _evaluate(args, device)
 
@@ -115,8 +125,9 @@ def _build(args: argparse.Namespace, device: str) -> int:
 def _evaluate(args: argparse.Namespace, device: str) -> int:
     from probes.data.corpus import load_corpus
     from probes.lm.evaluate import evaluate_pair, format_table, summary_json
-    from probes.lm.load import load_pair
+    from probes.lm.load import load_pair, resolve_dtype
 
+    resolve_dtype(args.dtype)  # before the corpus and the pair load
     corpus = load_corpus(args.corpus)
     pair = load_pair(args.old, args.new, dtype=args.dtype, device=device, corpus=corpus)
     result = evaluate_pair(pair, corpus, inputs=args.inputs, query_format=args.query_format)

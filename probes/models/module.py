@@ -14,6 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probes.lm.load import resolve_dtype
 from probes.metrics import RetrievalSuite, flatten, random_expectation
 from probes.models import provenance
 from probes.models.conditioning import ProbeReader
@@ -71,6 +72,7 @@ class ProbeModule(L.LightningModule):
             split: the data's split (linked from data; "by_function" needs the pairwise head).
         """
         super().__init__()
+        resolve_dtype(dtype)  # an unknown dtype fails now, not after the tiny pair is built
         if n_documents < 1:
             raise ValueError(
                 f"n_documents={n_documents}: give the number of training documents (train_probe.py links "
