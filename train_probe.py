@@ -22,19 +22,25 @@ class ProbeCLI(LightningCLI):
         parser.link_arguments("data.num_documents", "model.n_documents", apply_on="instantiate")
         parser.link_arguments("data.candidates", "model.candidates", apply_on="instantiate")
 
-    def _checkpoint(self) -> None:
-        """``--ckpt_path best`` in a fresh process: the latest fit's best checkpoint (see BestCheckpoint); a
-        checkpoint file (given or found) must be a complete archive, refused in one line before any work."""
-        path = self.config_init[self.subcommand].get("ckpt_path")
-        if path == "best":
-            for callback in self.trainer.checkpoint_callbacks:
-                if isinstance(callback, BestCheckpoint):
-                    callback.use_latest_best(self.trainer)
-                    path = callback.best_model_path
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then refuse a corrupt ``--ckpt_path`` file in one line: LightningCLI reads its
+        hyperparameters right after parsing, which fails deep inside ``torch.load`` on a damaged file."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is not None and path not in ("best", "last", "hpc", "registry"):
             check_checkpoint(path, "--ckpt_path")
 
-    before_fit = before_validate = before_test = before_predict = _checkpoint
+    def _latest_best(self) -> None:
+        """``--ckpt_path best`` in a fresh process: the latest fit's best checkpoint (see BestCheckpoint),
+        checked like a given file."""
+        if self.config_init[self.subcommand].get("ckpt_path") == "best":
+            for callback in self.trainer.checkpoint_callbacks:
+                if isinstance(callback, BestCheckpoint):
+                    callback.use_latest_best(self.trainer)
+                    check_checkpoint(callback.best_model_path, "--ckpt_path best")
+
+    before_validate = before_test = before_predict = _latest_best
 
     def before_instantiate_classes(self) -> None:
         """Refuse combinations of options before anything loads (ProbeModule checks them again later)."""

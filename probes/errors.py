@@ -55,6 +55,15 @@ def cli_main(main: Callable[[list[str] | None], T], argv: Sequence[str] | None =
         raise SystemExit(2) from None
 
 
+def exit_code(main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """`cli_main` for a command whose ``main`` returns its exit code: a user error returns 2 (after its one
+    line on stderr) instead of raising SystemExit, so ``main(argv)`` can be called from Python."""
+    try:
+        return cli_main(main, argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+
+
 def check_device(device: str, key: str = "device") -> None:
     """Refuse a device string torch cannot parse, or a GPU this machine does not have."""
     import torch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -190,10 +191,13 @@ def test_a_bad_grid_point_is_named_before_loading(config):
 
 
 def test_out_holding_other_files_is_refused_before_loading_and_own_output_rerun(
-    config, tmp_path, monkeypatch
+    config, tmp_path, monkeypatch, capsys
 ):
     # regression: --out into any folder wrote compare.py's files over whatever was there
-    from probes.outputs import OutputRefused
+    def refused(argv: list[str], pattern: str) -> None:  # a user error: one line on stderr, exit code 2
+        with pytest.raises(SystemExit) as stop:
+            compare.main(argv)
+        assert stop.value.code == 2 and re.search(pattern, capsys.readouterr().err)
 
     out = tmp_path / "out"
     out.mkdir()
@@ -201,13 +205,12 @@ def test_out_holding_other_files_is_refused_before_loading_and_own_output_rerun(
     cfg = str(config(methods=[{"label": "r", "method": "random"}]))
     with monkeypatch.context() as patch:
         patch.setattr(compare, "run", lambda *a: pytest.fail("ran before refusing"))
-        with pytest.raises(OutputRefused, match=f"{out}.*notes.md.*--overwrite"):
-            compare.main(["--config", cfg, "--out", str(out)])
+        refused(["--config", cfg, "--out", str(out)], f"{out}.*notes.md.*--overwrite")
     compare.main(["--config", cfg, "--out", str(out), "--overwrite"])
     (out / "notes.md").unlink()
     compare.main(["--config", cfg, "--out", str(out)])  # its own earlier output: written again
     assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(FILES)
-    with pytest.raises(OutputRefused, match="is an input"):  # even with --overwrite
-        compare.main(
-            ["--config", cfg, "--out", str(out), "--overwrite", "--data.corpus_path", str(out / "table.md")]
-        )
+    refused(  # even with --overwrite
+        ["--config", cfg, "--out", str(out), "--overwrite", "--data.corpus_path", str(out / "table.md")],
+        "is an input",
+    )

@@ -80,15 +80,16 @@ def test_dlp_checkpoint_scored_a_shuffled_corpus(micro_world, fitted_dlp, write_
     assert "row order" not in str(error.value) and "texts differ" not in str(error.value)
 
 
-def test_test_with_a_checkpoint_of_a_shuffled_corpus_is_refused(micro_world, fitted_dlp, in_tmp):
+def test_test_with_a_checkpoint_of_a_shuffled_corpus_is_refused(micro_world, fitted_dlp, in_tmp, capsys):
     checkpoint = fitted_dlp.root / "lightning_logs" / "dlp" / "version_0" / "checkpoints" / "last.ckpt"
     rows = micro_rows()
     shuffled = in_tmp / "shuffled.jsonl"
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1)).tolist()
     shuffled.write_text("".join(json.dumps(rows[i]) + "\n" for i in order), encoding="utf-8")
     world = dataclasses.replace(micro_world, corpus=shuffled)
-    with pytest.raises(ValueError, match="another row order"):
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit code 2
         run_cli(world, "test", f"--ckpt_path={checkpoint}")
+    assert exit_info.value.code == 2 and "another row order" in capsys.readouterr().err
     copy = in_tmp / "copy.jsonl"
     copy.write_bytes(micro_world.corpus.read_bytes())
     run_cli(dataclasses.replace(micro_world, corpus=copy), "validate", f"--ckpt_path={checkpoint}")

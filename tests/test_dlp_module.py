@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -136,7 +137,10 @@ def test_a_second_fit_keeps_the_first_fits_best_and_test_best_takes_the_latest(
     assert Path(tested.trainer.ckpt_path).resolve() == second.resolve()
 
 
-def test_test_best_before_any_fit_says_so(micro_world, in_tmp):
+def test_test_best_before_any_fit_says_so(micro_world, in_tmp, capsys):
     # regression: Lightning's "ModelCheckpoint is not configured to save the best model"
-    with pytest.raises(FileNotFoundError, match="--ckpt_path best: no fit has saved a best checkpoint.*fit"):
+    with pytest.raises(SystemExit) as exit_info:
         run_cli(micro_world, "test", "--ckpt_path=best")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert re.search("--ckpt_path best: no fit has saved a best checkpoint.*fit", err)

@@ -51,11 +51,14 @@ def cfg(tmp_path, monkeypatch, write_jsonl, micro_pair):
 
 
 def refused(capsys, main, argv: list[str]) -> str:
-    """Run ``main(argv)``; assert exit code 2 and one ``probes: error:`` line last on stderr; return it."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+    """Run ``main(argv)``; assert exit code 2 (raised as SystemExit, or returned by the commands whose main
+    returns its code) and one ``probes: error:`` line last on stderr; return it."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    assert code == 2, err
     assert "Traceback" not in err and err.count("probes: error:") == 1
     line = err.strip().splitlines()[-1]
     assert line.startswith("probes: error: ")
@@ -233,3 +236,13 @@ def test_bad_train_probe_values_are_one_line_before_loading(micro_world, in_tmp,
     argv = ["fit", *micro_args(micro_world), extra]
     assert named in refused(capsys, lambda args: train_probe.main(args=args), argv)
     assert not (in_tmp / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_random, _corrupt_truncated, _corrupt_zeroed])
+def test_corrupt_train_probe_ckpt_path_is_one_line(micro_world, in_tmp, capsys, corrupt):
+    """Regression: a corrupt --ckpt_path failed deep inside torch.load (``PytorchStreamReader failed``)."""
+    checkpoint = in_tmp / "broken.ckpt"
+    corrupt(checkpoint)
+    argv = ["test", *micro_args(micro_world), f"--ckpt_path={checkpoint}"]
+    line = refused(capsys, lambda args: train_probe.main(args=args), argv)
+    assert "--ckpt_path" in line and "broken.ckpt" in line

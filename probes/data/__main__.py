@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from probes.data.corpus import Corpus, CorpusError, load_corpus
 from probes.data.queries import candidate_answers, make_queries, relevance
-from probes.errors import cli_main
+from probes.errors import exit_code
 
 
 def summary(corpus: Corpus) -> dict:
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; a user error exits with one line on stderr and code 2 (``--debug``: the
-    traceback)."""
-    return cli_main(_main, argv)
+    """Run the command line; returns the exit code (2 with one line on stderr for a user error; ``--debug``
+    shows its traceback)."""
+    return exit_code(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

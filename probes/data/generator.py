@@ -19,7 +19,7 @@ from probes.data.generator_plan import (
     function_plan,
 )
 from probes.data.templates import bare_name, input_pool, kind_sequence, render_document
-from probes.outputs import OutputRefused, check_output_file
+from probes.outputs import check_output_file
 
 if TYPE_CHECKING:
     from probes.data.corpus import Corpus
@@ -252,11 +252,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"probes.data generate: error: {option}: {err.reason}", file=sys.stderr)
         return 2
     rows = generate_rows(cfg)
-    try:
-        changed = check_output_file(args.out, _jsonl(rows), overwrite=args.overwrite)
-    except OutputRefused as err:
-        print(f"probes.data generate: error: {err}", file=sys.stderr)
-        return 2
+    changed = check_output_file(args.out, _jsonl(rows), overwrite=args.overwrite)  # refusals: cli_main
     path = _write_rows(Path(args.out), rows) if changed else Path(args.out)
     n_functions = len({row["func"] for row in rows if row["role"] != "distractor"})
     n_distractors = sum(row["role"] == "distractor" for row in rows)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from probes.errors import check_at_least, check_device, check_writable_folder, cli_main
+from probes.errors import check_at_least, check_device, check_writable_folder, exit_code
 
 
 def _inputs(text: str) -> list[int]:
@@ -68,28 +68,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 with one line on stderr for a user error; ``--debug``
     shows its traceback)."""
-    return cli_main(_main, argv)
+    return exit_code(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         from probes.lm.build import PAIR_FILES
-        from probes.outputs import OutputRefused, check_output_folder
+        from probes.outputs import check_output_folder
 
-        try:
-            check_output_folder(
-                args.out, PAIR_FILES, overwrite=args.overwrite, inputs=[args.corpus], marker="manifest.json"
-            )
-        except OutputRefused as err:
-            print(f"python -m probes.lm build: error: {err}", file=sys.stderr)
-            return 2
+        check_writable_folder(args.out, "--out")
+        check_output_folder(
+            args.out, PAIR_FILES, overwrite=args.overwrite, inputs=[args.corpus], marker="manifest.json"
+        )
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device, "--device")
     if args.command == "build":
-        check_writable_folder(args.out, "--out")
         check_at_least("--threads", args.threads, optional=True)
         return _build(args, device)
     return _evaluate(args, device)
