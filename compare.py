@@ -22,7 +22,7 @@ from probes.errors import (
     cli_main,
 )
 from probes.outputs import check_output_folder
-from probes.report import FILES, HOP_SUBSET, MethodResult, as_float32, check_labels, write_results
+from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
 
 
 @dataclass
@@ -240,9 +240,8 @@ def run(cfg: Namespace, out: Path) -> str | None:
     writes and returns the table, the others return None.
     """
     from baselines.base import AttributionContext
-    from probes.data.queries import hop_relevance
     from probes.lm.ranks import global_rank
-    from probes.metrics import aggregate, hop_subset, per_query_metrics, random_expectation
+    from probes.metrics import query_metrics, random_expectation, summarise
     from probes.tune import tune
 
     methods = build_methods(cfg)
@@ -254,13 +253,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     relevant = data.relevant[test_ids]
     functions = [data.query_functions[int(i)] for i in test_ids]
     is_wrapper, correct = data.is_wrapper[test_ids], data.correct[test_ids]
-    below, own = hop_relevance(data.corpus, [data.queries[int(i)] for i in test_ids])
-    hop = below.any(1)  # wrapper queries (anything below them on the chain)
-    hop_functions = [f for f, h in zip(functions, hop.tolist(), strict=True) if h]
-
-    def hop_report(scores):
-        return hop_subset(None if scores is None else scores[hop], below[hop], own[hop], hop_functions)
-
+    hop = tuple(mask[test_ids] for mask in data.hop)
     val = dict(
         val_ids=val_ids,
         relevant=ctx.val_relevant,
@@ -276,12 +269,11 @@ def run(cfg: Namespace, out: Path) -> str | None:
         batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         seconds = time.perf_counter() - start
-        per_query = per_query_metrics(scores, relevant)
-        report = aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
-        report["subsets"][HOP_SUBSET] = hop_report(scores)
-        results.append(MethodResult(label, method.hparams(), scores, per_query, report, seconds, tuned))
-    random = random_expectation(relevant, functions, is_wrapper, correct)
-    random["subsets"][HOP_SUBSET] = hop_report(None)
+        per_query = query_metrics(scores, relevant, hop)
+        report = summarise(per_query, functions, is_wrapper, correct)
+        ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
+        results.append(MethodResult(label, method.hparams(), scores, ranking, report, seconds, tuned))
+    random = random_expectation(relevant, functions, is_wrapper, correct, hop)
     if quiet:
         return None
     rows = [

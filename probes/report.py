@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from probes.cache import atomic_path
-from probes.metrics import KS, flatten, metric_names
+from probes.metrics import HOP_SUBSET, KS, flatten, metric_names
 
 if TYPE_CHECKING:
     from probes.tune import Tuned
@@ -31,8 +31,6 @@ MAIN_METRICS = (
     ("auroc", "AUROC"),
 )
 TABLE_SUBSETS = ("base", "wrapper")
-# wrapper queries ranking the documents of the functions they call, their own left out (probes.metrics.hop)
-HOP_SUBSET = "wrapper_to_base"
 HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
 RESERVED_LABELS = ("relevant", "random_expectation")
 FILES = (

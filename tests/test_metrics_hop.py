@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from jaxtyping import TypeCheckError
 
 from probes.data.corpus import load_corpus
 from probes.data.queries import hop_relevance, make_queries
-from probes.metrics import hop_subset, per_query_metrics, random_per_query_metrics
+from probes.metrics import (
+    HOP_SUBSET,
+    evaluate,
+    hop_per_query,
+    per_query_metrics,
+    random_expectation,
+    random_per_query_metrics,
+)
 
 
 def test_hop_relevance_follows_the_chain(chain_corpus_path):
@@ -22,6 +30,14 @@ def test_hop_relevance_follows_the_chain(chain_corpus_path):
         assert bool(b.any()) == query.is_wrapper
     distractors = list(corpus.distractors)
     assert not below[:, distractors].any() and not own[:, distractors].any()
+
+
+def hop_subset(scores, below, own, functions):
+    """The wrapper→base subset of the one evaluation (every query here has documents below it)."""
+    args = (below | own, functions, torch.ones(len(functions), dtype=torch.bool))
+    hop = (below, own)
+    report = random_expectation(*args, hop=hop) if scores is None else evaluate(scores, *args, hop=hop)
+    return report["subsets"][HOP_SUBSET]
 
 
 def _reference(scores, below, own):
@@ -71,5 +87,20 @@ def test_hop_subset_refuses_overlap_and_bad_shapes():
     below[0, 0] = True
     with pytest.raises(ValueError, match="both"):
         hop_subset(None, below, below.clone(), ["<A>"])
-    with pytest.raises(ValueError, match="agree"):
-        hop_subset(None, below, ~below, ["<A>", "<B>"])
+    with pytest.raises((ValueError, TypeCheckError)):  # jaxtyping checks the shapes first in the tests
+        hop_per_query(torch.zeros(2, 4), below, ~below)
+
+
+def test_queries_with_nothing_below_are_outside_the_hop_subset():
+    own = torch.zeros(3, 8, dtype=torch.bool)
+    own[:, :2] = True
+    below = torch.zeros(3, 8, dtype=torch.bool)
+    below[1:, 2:4] = True  # query 0 is a base query: nothing below it
+    scores = torch.arange(8.0).flip(0).expand(3, 8)
+    per_query = hop_per_query(scores, below, own, ks=(1,))
+    assert torch.isnan(per_query["map"][0]) and per_query["map"][1:].tolist() == [1.0, 1.0]
+    report = evaluate(
+        scores, below | own, ["<B>", "<W>", "<W>"], torch.tensor([False, True, True]), hop=(below, own)
+    )
+    hop = report["subsets"][HOP_SUBSET]
+    assert hop["count"] == 2 and hop["macro"]["map"] == 1.0 and hop["micro"]["recall@1"] == 0.5

@@ -1,4 +1,4 @@
-"""aggregate, retrieval_report, random_expectation, flatten, RetrievalSuite: hand-worked, equivalences."""
+"""aggregate, evaluate, random_expectation, flatten, RetrievalSuite: hand-worked, equivalences."""
 
 import pytest
 import torch
@@ -7,11 +7,11 @@ from torchmetrics.utilities import dim_zero_cat
 from probes.metrics import (
     RetrievalSuite,
     aggregate,
+    evaluate,
     flatten,
     per_query_metrics,
     random_expectation,
     random_per_query_metrics,
-    retrieval_report,
 )
 
 KS = (1, 5)
@@ -49,7 +49,7 @@ def test_report_end_to_end_on_a_hand_worked_case():
     scores = torch.tensor([[1.0, 0.0]] * 3, dtype=torch.float64)
     relevant = torch.tensor([[True, False], [False, True], [True, False]])
     is_wrapper, correct = torch.tensor([False, False, True]), torch.tensor([True, False, False])
-    report = retrieval_report(scores, relevant, ["A", "A", "B"], is_wrapper, correct, ks=(1,))
+    report = evaluate(scores, relevant, ["A", "A", "B"], is_wrapper, correct, ks=(1,))
     assert (report["micro"]["recall@1"], report["macro"]["recall@1"]) == (pytest.approx(2 / 3), 0.75)
     assert (report["micro"]["mrr"], report["macro"]["mrr"]) == (pytest.approx(2.5 / 3), 0.875)
     incorrect = report["subsets"]["incorrect"]
@@ -58,9 +58,7 @@ def test_report_end_to_end_on_a_hand_worked_case():
 
 def test_empty_subset_has_count_zero_and_no_metrics():
     scores, relevant, functions, is_wrapper, _ = make_case()
-    report = retrieval_report(
-        scores, relevant, functions, is_wrapper, torch.ones(len(functions), dtype=torch.bool)
-    )
+    report = evaluate(scores, relevant, functions, is_wrapper, torch.ones(len(functions), dtype=torch.bool))
     assert report["subsets"]["incorrect"] == {"count": 0, "micro": {}, "macro": {}}
     assert report["subsets"]["correct"]["count"] == len(functions)
     assert "test/subsets/incorrect/micro/map" not in flatten(report, "test")
@@ -83,7 +81,7 @@ def test_nan_queries_are_left_out_of_aggregates():
 def test_random_expectation_aggregates_like_real_metrics():
     scores, relevant, functions, is_wrapper, correct = make_case(2)
     expected = random_expectation(relevant, functions, is_wrapper, correct, ks=KS)
-    real = retrieval_report(scores, relevant, functions, is_wrapper, correct, ks=KS)
+    real = evaluate(scores, relevant, functions, is_wrapper, correct, ks=KS)
     assert flatten(expected).keys() == flatten(real).keys()
     per_query = random_per_query_metrics(relevant, ks=KS)
     assert expected == aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
@@ -93,7 +91,7 @@ def test_random_expectation_aggregates_like_real_metrics():
 
 def test_flatten_keys():
     scores, relevant, functions, is_wrapper, correct = make_case(3)
-    flat = flatten(retrieval_report(scores, relevant, functions, is_wrapper, correct, ks=(1,)), "test")
+    flat = flatten(evaluate(scores, relevant, functions, is_wrapper, correct, ks=(1,)), "test")
     metrics = ["recall@1", "precision@1", "hit@1", "mrr", "map", "auroc"]
     parts = ["test", *(f"test/subsets/{name}" for name in ("base", "wrapper", "correct", "incorrect"))]
     want = {f"{part}/{how}/{m}" for part in parts for how in ("micro", "macro") for m in metrics}
@@ -109,14 +107,12 @@ def test_suite_over_batches_equals_the_whole_report():
     batches = [*order.split(7), order[:3]]  # the last batch repeats queries, as a DDP sampler pads
     for ids in batches:
         suite.update(scores[ids], relevant[ids], ids)
-    want = flatten(retrieval_report(scores, relevant, functions, is_wrapper, correct, ks=KS), "val")
+    want = flatten(evaluate(scores, relevant, functions, is_wrapper, correct, ks=KS), "val")
     assert suite.compute() == want
     suite.reset()
     ids = torch.arange(12)
     suite.update(scores[ids], relevant[ids], ids)
-    subset = retrieval_report(
-        scores[ids], relevant[ids], functions[:12], is_wrapper[ids], correct[ids], ks=KS
-    )
+    subset = evaluate(scores[ids], relevant[ids], functions[:12], is_wrapper[ids], correct[ids], ks=KS)
     assert suite.compute() == flatten(subset, "val")
 
 
@@ -139,7 +135,7 @@ def test_suite_syncs_list_states_across_ranks(this_rank):
     suite = RetrievalSuite(functions, is_wrapper, ks=KS, **ddp)
     if this_rank == "same queries":
         suite.update(scores, relevant, ids)
-    assert suite.compute() == flatten(retrieval_report(scores, relevant, functions, is_wrapper, ks=KS))
+    assert suite.compute() == flatten(evaluate(scores, relevant, functions, is_wrapper, ks=KS))
     assert len(dim_zero_cat(suite.query_ids)) == (len(ids) if this_rank == "same queries" else 0)  # unsynced
 
 
@@ -153,3 +149,19 @@ def test_bad_arguments_are_named():
         suite.update(scores[:3], relevant[:3], torch.tensor([0, 1, 10]))
     with pytest.raises(ValueError, match="one entry per query id"):
         RetrievalSuite(functions, is_wrapper[:3])
+
+
+def test_suite_with_the_hop_subset_equals_the_whole_report():
+    scores, relevant, functions, is_wrapper, correct = make_case(7)
+    own = torch.zeros_like(relevant)
+    own[torch.arange(len(functions)), torch.tensor([40 + int(f[2]) for f in functions])] = True
+    below = relevant & ~own & is_wrapper[:, None]
+    suite = RetrievalSuite(functions, is_wrapper, correct, (below, own), ks=KS, prefix="test")
+    for ids in torch.randperm(len(functions), generator=torch.Generator().manual_seed(1)).split(4):
+        suite.update(scores[ids], relevant[ids], ids)
+    got = suite.compute()
+    assert got == flatten(
+        evaluate(scores, relevant, functions, is_wrapper, correct, (below, own), KS), "test"
+    )
+    assert got["test/subsets/wrapper_to_base/count"] == is_wrapper.sum().item()
+    assert "test/subsets/wrapper_to_base/macro/map" in got

@@ -18,6 +18,7 @@ from probes.data.queries import (
     Query,
     candidate_answers,
     check_inputs,
+    hop_relevance,
     make_queries,
     query_template,
 )
@@ -34,6 +35,7 @@ class _Prepared:
     split_ids: dict[str, Tensor]
     query_functions: list[str]
     is_wrapper: Tensor
+    hop: tuple[Tensor, Tensor]
 
 
 class HopsData:
@@ -128,7 +130,10 @@ class HopsData:
             is_wrapper = torch.tensor([q.is_wrapper for q in queries], dtype=torch.bool)
             functions = [q.func for q in queries]
             answers = candidate_answers(corpus)
-            self._prepared = _Prepared(corpus, queries, relevant, answers, split_ids, functions, is_wrapper)
+            hop = hop_relevance(corpus, queries)
+            self._prepared = _Prepared(
+                corpus, queries, relevant, answers, split_ids, functions, is_wrapper, hop
+            )
         return self
 
     @property
@@ -169,6 +174,11 @@ class HopsData:
     @property
     def is_wrapper(self) -> Bool[Tensor, " q"]:
         return self._state.is_wrapper
+
+    @property
+    def hop(self) -> tuple[Bool[Tensor, "q n"], Bool[Tensor, "q n"]]:
+        """(below, own) by query id: the wrapper→base subset's relevance (see `hop_relevance`)."""
+        return self._state.hop
 
     def set_correctness(self, correct: Bool[Tensor, " q"]) -> None:
         """Record per query whether f_new answers it correctly (for the correct/incorrect metric subsets)."""

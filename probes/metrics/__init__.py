@@ -1,21 +1,25 @@
 """Retrieval metrics of [q, n] attribution scores: per query, aggregated, random baseline, Metric suite."""
 
+from probes.metrics.evaluation import HOP_SUBSET, evaluate, query_metrics, random_expectation, summarise
 from probes.metrics.expectation import random_per_query_metrics
-from probes.metrics.hop import hop_subset
+from probes.metrics.hop import hop_per_query
 from probes.metrics.ranking import KS, metric_names, per_query_metrics
-from probes.metrics.report import aggregate, flatten, random_expectation, retrieval_report
+from probes.metrics.report import aggregate, flatten
 
 __all__ = [
+    "HOP_SUBSET",
     "KS",
     "RetrievalSuite",
     "aggregate",
+    "evaluate",
     "flatten",
-    "hop_subset",
+    "hop_per_query",
     "metric_names",
     "per_query_metrics",
+    "query_metrics",
     "random_expectation",
     "random_per_query_metrics",
-    "retrieval_report",
+    "summarise",
 ]
 
 

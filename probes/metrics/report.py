@@ -8,9 +8,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from probes.metrics.expectation import random_per_query_metrics
-from probes.metrics.ranking import KS, per_query_metrics
-
 
 def aggregate(
     per_query: Mapping[str, Float[Tensor, " q"]],
@@ -43,32 +40,6 @@ def aggregate(
     everything = _summarise(per_query, group, torch.ones(q, dtype=torch.bool))
     parts = {name: _summarise(per_query, group, mask) for name, mask in subsets.items()}
     return {**everything, "subsets": parts}
-
-
-def retrieval_report(
-    scores: Float[Tensor, "q n"],
-    relevant: Bool[Tensor, "q n"],
-    functions: Sequence[str],
-    is_wrapper: Bool[Tensor, " q"],
-    correct: Bool[Tensor, " q"] | None = None,
-    ks: Sequence[int] = KS,
-    chunk_size: int = 256,
-) -> dict:
-    """``aggregate(per_query_metrics(scores, relevant, ks, chunk_size), ...)``: every method's report."""
-    per_query = per_query_metrics(scores, relevant, ks=ks, chunk_size=chunk_size)
-    return aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
-
-
-def random_expectation(
-    relevant: Bool[Tensor, "q n"],
-    functions: Sequence[str],
-    is_wrapper: Bool[Tensor, " q"],
-    correct: Bool[Tensor, " q"] | None = None,
-    ks: Sequence[int] = KS,
-) -> dict:
-    """The report a uniformly random ranking gets on average (each metric's exact closed-form expectation)."""
-    per_query = random_per_query_metrics(relevant, ks=ks)
-    return aggregate(per_query, functions, is_wrapper=is_wrapper, correct=correct)
 
 
 def flatten(report: Mapping, prefix: str = "") -> dict[str, float]:

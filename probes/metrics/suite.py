@@ -1,4 +1,4 @@
-"""RetrievalSuite: the retrieval report as a torchmetrics Metric (per-query values, gathered under DDP)."""
+"""RetrievalSuite: `probes.metrics.evaluation` as a torchmetrics Metric (per-query values, DDP-gathered)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from probes.metrics.ranking import KS, check_ks, metric_names, per_query_metrics
-from probes.metrics.report import aggregate, flatten
+from probes.metrics.evaluation import HOP_SUBSET, Hop, query_metrics, summarise
+from probes.metrics.ranking import KS, check_ks, metric_names
+from probes.metrics.report import flatten
 
 
 class RetrievalSuite(Metric):
     """Accumulates per-query retrieval metrics over batches; ``compute()`` gives the flat report.
 
     Use one instance per stage (e.g. ``self.val_retrieval`` and ``self.test_retrieval`` in a LightningModule),
-    never one shared between stages. ``update`` computes the batch's per-query metrics at once (so scores
-    are not kept) and stores them with their query ids in list states reduced by concatenation, so DDP
-    gathers every rank's queries; a query seen twice (DDP samplers pad with repeats) counts once.
-    ``compute()`` returns ``flatten(aggregate(...), prefix)``, e.g. with prefix "val": ``{"val/macro/map": ..,
-    "val/micro/recall@10": .., "val/subsets/wrapper/macro/map": .., "val/count": ..}``; with prefix "" the
+    never one shared between stages. ``update`` computes the batch's per-query metrics at once with
+    ``evaluation.query_metrics`` (so scores are not kept) and stores them with their query ids in list
+    states reduced by concatenation, so DDP gathers every rank's queries; a query seen twice (DDP samplers
+    pad with repeats) counts once. ``compute()`` returns ``flatten(evaluation.summarise(...), prefix)``,
+    the report ``evaluation.evaluate`` gives for all these queries at once, e.g. with prefix "val":
+    ``{"val/macro/map": .., "val/subsets/wrapper/macro/map": .., "val/count": ..}``; with prefix "" the
     keys are "macro/map", "micro/recall@10", ...
 
     Args:
@@ -30,6 +32,7 @@ class RetrievalSuite(Metric):
         is_wrapper: Bool[q] over query ids: the base/wrapper subsets.
         correct: optional Bool[q] over query ids: the correct/incorrect subsets; may be assigned later
             (``suite.correct = ...``) before ``compute()``.
+        hop: optional (below, own), each Bool[q, n] over query ids: the wrapper→base subset.
         ks: the cut-offs k of recall@k, precision@k, hit@k.
         chunk_size: queries per chunk inside ``per_query_metrics``.
         prefix: put in front of every key, e.g. "val".
@@ -44,6 +47,7 @@ class RetrievalSuite(Metric):
         functions: Sequence[str],
         is_wrapper: Bool[Tensor, " q"],
         correct: Bool[Tensor, " q"] | None = None,
+        hop: Hop | None = None,
         ks: Sequence[int] = KS,
         chunk_size: int = 256,
         prefix: str = "",
@@ -54,9 +58,12 @@ class RetrievalSuite(Metric):
             raise ValueError(
                 f"functions ({len(functions)}) and is_wrapper ({len(is_wrapper)}) need one entry per query id"
             )
+        if hop is not None and not len(hop[0]) == len(hop[1]) == len(functions):
+            raise ValueError(f"hop (below, own): one row per query id ({len(functions)}) in each")
         self.functions = list(functions)
         self.is_wrapper = is_wrapper
         self.correct = correct
+        self.hop = hop
         self.ks = check_ks(ks)
         self.chunk_size = chunk_size
         self.prefix = prefix
@@ -71,9 +78,14 @@ class RetrievalSuite(Metric):
             raise ValueError(f"query_ids {tuple(query_ids.shape)}: one id per scores row ({len(scores)})")
         if len(query_ids) and not 0 <= int(query_ids.min()) <= int(query_ids.max()) < len(self.functions):
             raise ValueError(f"query_ids must lie in [0, {len(self.functions)}): ids into suite.functions")
-        per_query = per_query_metrics(scores, relevant, ks=self.ks, chunk_size=self.chunk_size)
+        hop = None
+        if self.hop is not None:
+            rows = query_ids.long().cpu()
+            hop = tuple(mask[rows].to(scores.device) for mask in self.hop)
+        per_query = query_metrics(scores, relevant, hop, ks=self.ks, chunk_size=self.chunk_size)
         # 1-D states: all-gather needs one number of dimensions on every rank, also one that saw no batch
-        self.values.append(torch.stack(list(per_query.values()), dim=1).flatten())
+        values = [v.to(scores.device, torch.float64) for v in per_query.values()]
+        self.values.append(torch.stack(values, dim=1).flatten())
         self.query_ids.append(query_ids.long().to(scores.device))
 
     def sync(self, *args, **kwargs) -> None:
@@ -90,6 +102,8 @@ class RetrievalSuite(Metric):
     def compute(self) -> dict[str, float]:
         """The flat report over every query seen since the last reset (each query id once, in id order)."""
         names = metric_names(self.ks)
+        if self.hop is not None:
+            names += [f"{HOP_SUBSET}/{name}" for name in names]
         if isinstance(self.query_ids, list) and not self.query_ids:
             ids, values = torch.zeros(0, dtype=torch.long), torch.zeros(0, len(names), dtype=torch.float64)
         else:
@@ -101,5 +115,5 @@ class RetrievalSuite(Metric):
         per_query = dict(zip(names, values[first].unbind(dim=1), strict=True))
         functions = [self.functions[i] for i in ids.tolist()]
         correct = None if self.correct is None else self.correct.cpu()[ids]
-        report = aggregate(per_query, functions, is_wrapper=self.is_wrapper.cpu()[ids], correct=correct)
+        report = summarise(per_query, functions, self.is_wrapper.cpu()[ids], correct)
         return flatten(report, self.prefix)

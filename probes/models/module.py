@@ -127,7 +127,7 @@ class ProbeModule(L.LightningModule):
         dm = self.trainer.datamodule
         self.set_documents(dm.corpus.texts)
         for name in ("val", "test"):
-            suite = RetrievalSuite(dm.query_functions, dm.is_wrapper, dm.correct, prefix=name)
+            suite = RetrievalSuite(dm.query_functions, dm.is_wrapper, dm.correct, dm.hop, prefix=name)
             setattr(self, f"{name}_retrieval", suite)
 
     def set_documents(self, texts: Sequence[str]) -> None:
@@ -216,7 +216,10 @@ class ProbeModule(L.LightningModule):
             dm = self.trainer.datamodule
             ids = dm.split_ids["val"]
             functions = [dm.query_functions[i] for i in ids.tolist()]
-            chance = flatten(random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "val")
+            hop = tuple(mask[ids] for mask in dm.hop)
+            chance = flatten(
+                random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], hop=hop), "val"
+            )
             log_recall_figure(self.trainer, self._last_val, chance, "val", log_dir)
 
     def on_test_epoch_start(self) -> None:
@@ -241,9 +244,10 @@ class ProbeModule(L.LightningModule):
             dm = self.trainer.datamodule
             ids = dm.split_ids["test"]
             functions = [dm.query_functions[i] for i in ids.tolist()]
-            chance = flatten(
-                random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids]), "random/test"
-            )
+            hop = tuple(mask[ids] for mask in dm.hop)
+            correct = None if dm.correct is None else dm.correct[ids]
+            chance = random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], correct, hop)
+            chance = flatten(chance, "random/test")
             path = Path(log_dir) / "test_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**metrics, **chance}, indent=1, sort_keys=True) + "\n")
