@@ -92,7 +92,7 @@ class MethodEntry:
 
     Args:
         label: its name in every output (unique; the same method may appear under several labels).
-        method: a registered method name (see baselines.base.method_names()).
+        method: a registered method name (see probes.methods.method_names()).
         options: keyword options of that method.
         tune: options to choose on the validation queries only (see probes/tune.py): ``{option: [values]}``
             (their product) or a list of option dicts; each point overrides ``options``, is scored on val by
@@ -155,8 +155,8 @@ def check_config(cfg: Namespace, out: Path) -> None:
 def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
     """(label, [(tuned options, Method) for every grid point]) for every entry, plus the DLP; fails before
     any model loads on a bad name, option or grid point."""
-    from baselines.base import build_method
     from probes.lm.ranks import rank_device
+    from probes.methods import build_method
     from probes.tune import grid_points
 
     entries = [(e.label, e.method, dict(e.options or {}), getattr(e, "tune", None)) for e in cfg.methods]
@@ -239,8 +239,8 @@ def run(cfg: Namespace, out: Path) -> str | None:
     Under DDP (``model.devices`` > 1) every rank runs this (the feature passes need them all); rank 0 alone
     writes and returns the table, the others return None.
     """
-    from baselines.base import AttributionContext
     from probes.lm.ranks import global_rank
+    from probes.methods import AttributionContext
     from probes.metrics import query_metrics, random_expectation, summarise
     from probes.tune import tune
 

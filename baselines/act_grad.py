@@ -5,8 +5,9 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
 from baselines.feature_method import FeatureMethod, apply_preset
+from baselines.queries import QUERY_LOSSES
+from probes.methods import AttributionContext, check_choice, register
 
 
 @register("act_grad")

@@ -6,11 +6,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.base import QUERY_LOSSES, AttributionContext, check_choice, register
 from baselines.delta_h import delta_hidden
 from baselines.feature_method import FeatureMethod, apply_preset
+from baselines.queries import QUERY_LOSSES
 from probes.lm.features import hidden_state_ids, query_inputs
 from probes.lm.interpolate import integrated_gradients
+from probes.methods import AttributionContext, check_choice, register
 
 PRODUCTS = ("per_position", "of_means")
 

@@ -15,15 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from baselines.base import (
-    QUERY_TEXTS,
-    AttributionContext,
-    Method,
-    check_choice,
-    query_texts,
-    register,
-    text_token_ids,
-)
+from baselines.queries import QUERY_TEXTS, query_texts, text_token_ids
+from probes.methods import AttributionContext, Method, check_choice, register
 
 VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 

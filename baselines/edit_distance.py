@@ -8,15 +8,8 @@ from rapidfuzz.distance import Indel, Levenshtein
 from rapidfuzz.process import cdist
 from torch import Tensor
 
-from baselines.base import (
-    QUERY_TEXTS,
-    AttributionContext,
-    Method,
-    check_choice,
-    query_texts,
-    register,
-    text_token_ids,
-)
+from baselines.queries import QUERY_TEXTS, query_texts, text_token_ids
+from probes.methods import AttributionContext, Method, check_choice, register
 
 SCORERS = {"levenshtein": Levenshtein.normalized_distance, "indel": Indel.normalized_distance}
 

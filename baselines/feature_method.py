@@ -7,9 +7,9 @@ import abc
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from baselines.base import AttributionContext, Method, check_choice
 from baselines.layers import LayerScorer
 from probes.lm.features import hidden_state_ids
+from probes.methods import AttributionContext, Method, check_choice
 
 QUERY_POOLINGS = ("last", "mean", "span")
 DOC_POOLINGS = ("mean", "last", "penultimate", "span")
@@ -191,3 +191,27 @@ class FeatureMethod(Method):
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
         return self.scorer.score(self.queries[query_ids])
+
+
+class HiddenStateMethod(FeatureMethod):
+    """A FeatureMethod whose features are the FeatureStore's pooled hidden states passed through ``hidden``
+    (repsim: f_new's; delta_h: f_new's minus f_old's). The subclasses differ only in that feature.
+
+    Args:
+        preset: None (use the knobs), "seed" (the seed plan's literal setting) or "reference" (the reference
+            experiments' script); see `presets`.
+        reference_layer: "last" or "middle", for preset="reference".
+        **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
+    """
+
+    def __init__(self, preset: str | None = None, reference_layer: str = "last", **knobs):
+        knobs = apply_preset(self.name, preset, knobs, reference_layer)
+        super().__init__(preset=str(preset), reference_layer=reference_layer, **knobs)
+
+    @abc.abstractmethod
+    def hidden(self, store, side: str, pooling: str) -> Float[Tensor, "b l d"]:
+        """The feature of every text on one side ("docs" or "queries") of the FeatureStore ``store``."""
+
+    def features(self, ctx: AttributionContext) -> tuple[Float[Tensor, "n l d"], Float[Tensor, "q l d"]]:
+        store, s = ctx.require("features", self.name), self.settings
+        return self.hidden(store, "docs", s["doc_pooling"]), self.hidden(store, "queries", s["query_pooling"])

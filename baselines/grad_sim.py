@@ -10,8 +10,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from baselines.base import QUERY_LOSSES, AttributionContext, Method, check_choice, register
 from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
+from baselines.queries import QUERY_LOSSES
 from probes.lm.example_grads import (
     GROUPS,
     PROJECTIONS,
@@ -27,6 +27,7 @@ from probes.lm.example_grads import (
 )
 from probes.lm.features import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
+from probes.methods import AttributionContext, Method, check_choice, register
 
 BLOCKS = ("parameter", "whole")
 ALLOCATIONS = ("energy", "equal")

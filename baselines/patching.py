@@ -9,10 +9,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from baselines.base import AttributionContext, Method, check_choice, register
 from baselines.feature_method import apply_preset
 from probes.lm.patch import Patcher
 from probes.lm.scoring import answer_token_ids, to_device
+from probes.methods import AttributionContext, Method, check_choice, register
 
 # a document's last token predicts nothing, so its LM-loss gradient there is zero: "last" would gate on noise
 DOC_POOLINGS = ("mean", "span")

@@ -6,7 +6,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from baselines.base import AttributionContext, Method, register
+from probes.methods import AttributionContext, Method, register
 
 
 @register("random")

@@ -25,12 +25,12 @@ from scipy.stats import spearmanr
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
-from baselines.base import AttributionContext, build_method  # noqa: E402
 from probes.data.hops import HopsData  # noqa: E402
 from probes.lm import answer_token_ids, load_pair, query_inputs  # noqa: E402
 from probes.lm.default import ensure_default_pair  # noqa: E402
 from probes.lm.example_grads import GROUPS, batch_example_gradients, owners, param_group  # noqa: E402
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize  # noqa: E402
+from probes.methods import AttributionContext, build_method  # noqa: E402
 from probes.metrics import per_query_metrics  # noqa: E402
 
 GROUP_SETS = (("all",), ("embed",), ("head",), ("attn", "mlp"), ("norm",))

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_pair
 from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
 
-from baselines.base import build_method
 from probes.data.queries import make_queries
 from probes.lm.features import query_inputs
 from probes.lm.load import load_pair
 from probes.lm.scoring import tokenize
 from probes.lm.store import FeatureStore
+from probes.methods import build_method
 
 FEATURE_METHODS = ["repsim", "delta_h", "act_grad", "attr_weighted"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from lm_fixtures import CANDIDATES, micro_rows
 
-from baselines.base import AttributionContext, build_method, method_names
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import Query, make_queries, relevance
+from probes.methods import AttributionContext, build_method, method_names
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
 from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
 
-from baselines.base import build_method
 from probes.data.queries import make_queries
 from probes.lm import losses
 from probes.lm.example_grads import (
@@ -27,6 +26,7 @@ from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair
 from probes.lm.scoring import collate, pad_id, tokenize
+from probes.methods import build_method
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from sklearn.metrics.pairwise import cosine_similarity
 from test_baselines_fixtures import make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
 
-from baselines.base import register
 from baselines.feature_method import FeatureMethod
 from baselines.layers import (
     LayerScorer,
@@ -20,6 +19,7 @@ from baselines.layers import (
 )
 from probes.data.queries import make_queries
 from probes.lm.features import hidden_state_ids
+from probes.methods import register
 
 
 def test_hidden_state_ids():

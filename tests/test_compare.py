@@ -155,7 +155,7 @@ def test_one_device_run_never_imports_lightning(config, tmp_path):
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 import compare
-from baselines.base import BUILTIN, method_class
+from probes.methods import BUILTIN, method_class
 compare.main(["--config", {str(config())!r}, "--out", {str(tmp_path / "out")!r}])
 for name in BUILTIN:
     if name != "dlp":

@@ -10,9 +10,9 @@ import torch
 from lm_fixtures import perturb
 from test_dlp_fixtures import FAST, micro_rows, run_cli
 
-from baselines.base import AttributionContext, build_method
 from probes.data.datamodule import HopsDataModule
 from probes.lm.load import load_pair
+from probes.methods import AttributionContext, build_method
 from probes.models.method import DLPMethod
 
 

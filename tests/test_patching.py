@@ -6,7 +6,6 @@ import pytest
 import torch
 from lm_fixtures import CANDIDATES, make_micro_model, make_tokenizer, micro_rows, perturb
 
-from baselines.base import AttributionContext, build_method
 from baselines.patching import gate_masks, margins
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
@@ -15,6 +14,7 @@ from probes.lm.load import load_pair
 from probes.lm.patch import Patcher, num_blocks, resolve_layer
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.lm.store import FeatureStore
+from probes.methods import AttributionContext, build_method
 
 BLOCKS = 3
 

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from baselines.base import AttributionContext, Method, register
+from probes.methods import AttributionContext, Method, register
 from probes.models import provenance
 from probes.models.lm import preloaded
 from probes.models.module import ProbeModule

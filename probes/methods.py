@@ -1,4 +1,4 @@
-"""The interface every attribution method implements, its context, and the registry that builds them."""
+"""The attribution-method interface (Method, AttributionContext) and the registry building methods by name."""
 
 from __future__ import annotations
 
@@ -151,17 +151,3 @@ def check_choice(method: str, option: str, value: object, choices: tuple) -> Non
     """Raise naming the method and option when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"method {method!r}: option {option}={value!r} is not one of {list(choices)}")
-
-
-QUERY_LOSSES = ("ce", "margin")
-QUERY_TEXTS = ("prompt_answer", "prompt")
-
-
-def query_texts(queries: list[Query], mode: str = "prompt_answer") -> list[str]:
-    """The text a text-matching method sees for a query: prompt followed by answer, or the prompt alone."""
-    return [q.prompt + q.answer if mode == "prompt_answer" else q.prompt for q in queries]
-
-
-def text_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The model tokenizer's ids of each text with no special tokens (function tokens stay one id each)."""
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
