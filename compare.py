@@ -110,7 +110,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--config", action=ActionConfigFile, help="a YAML config such as configs/compare.yaml"
     )
-    parser.add_class_arguments(HopsData, "data")
+    # the loader options serve the DataModule only; compare.py scores in model.score_batch_size batches
+    parser.add_class_arguments(HopsData, "data", skip={"batch_size", "num_workers"})
     parser.add_class_arguments(PairConfig, "model")
     parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
     parser.add_argument(

@@ -129,18 +129,14 @@ def test_hparams_default_corpus_and_parse_time_link(forest_path, monkeypatch):
     dm = HopsDataModule(seed=3)
     assert dm.hparams.seed == 3 and dm.hparams.corpus_path is None and dm.hparams.split == "by_input"
     assert dm.num_documents == 20 and len(dm.queries) == 1300
-    assert HopsDataModule.num_documents_of(None) == 20 == HopsDataModule.num_documents_of(str(forest_path))
 
 
-def test_jsonargparse_signature_and_link(forest_path):
+def test_jsonargparse_signature(forest_path):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(HopsDataModule, "data")
-    parser.add_argument("--model.num_documents", type=int)
-    sources = ("data.corpus_path", "data.skip_invalid")
-    parser.link_arguments(sources, "model.num_documents", compute_fn=HopsDataModule.num_documents_of)
     cfg = parser.parse_args([f"--data.corpus_path={forest_path}", "--data.split=by_function"])
-    assert cfg.model.num_documents == 20 and cfg.data.split == "by_function"
+    assert cfg.data.split == "by_function"
     dm = parser.instantiate_classes(cfg).data
-    assert isinstance(dm, HopsDataModule) and dm.hparams.split == "by_function"
+    assert isinstance(dm, HopsDataModule) and dm.hparams.split == "by_function" and dm.num_documents == 20

@@ -113,11 +113,6 @@ class HopsData:
         """The corpus file to use: ``corpus_path``, or the named (None: default) generated corpus."""
         return resolve_corpus_path(corpus_path)
 
-    @staticmethod
-    def num_documents_of(corpus_path: str | None = None, skip_invalid: bool = False) -> int:
-        """Training documents in a corpus: a ``compute_fn`` for ``link_arguments`` at parse time."""
-        return len(load_corpus(HopsData.resolve_corpus_path(corpus_path), skip_invalid=skip_invalid))
-
     def prepare(self) -> HopsData:
         """Load the corpus, build queries, relevance and the split once; later calls return at once."""
         if self._prepared is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -101,9 +101,6 @@ class FeatureSpec:
     def what(self) -> str:
         """A short name for progress bars and errors: "hidden", "grad (<loss>)" or "attr (<loss>)"."""
         return "hidden" if self.kind == "hidden" else f"{self.kind} ({self.loss})"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def query_inputs(queries) -> tuple[list[str], list[tuple[int, int]]]:

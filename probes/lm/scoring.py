@@ -202,20 +202,6 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def encode(
-    tokenizer,
-    texts: Sequence[str],
-    *,
-    targets: Sequence[tuple[int, int]] | None = None,
-    padding_side: str = "right",
-    as_prompt: bool = False,
-    device: str | torch.device = "cpu",
-) -> dict[str, Tensor]:
-    """`tokenize` then `collate` in one call (one padded batch of all texts)."""
-    items = tokenize(tokenizer, texts, targets, as_prompt=as_prompt)
-    return collate(items, pad_id(tokenizer), padding_side, device)
-
-
 def candidate_logits(
     model, tokenizer, prompts: Sequence[str], candidate_ids: Int[Tensor, "c"], batch_size: int = 64
 ) -> Float[Tensor, "q c"]:
