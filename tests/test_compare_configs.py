@@ -11,11 +11,27 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted([*ROOT.glob("configs/compare*.yaml"), *ROOT.glob("configs/ablations/*.yaml")])
 
 
-def test_there_are_configs():
-    names = {p.relative_to(ROOT).as_posix() for p in CONFIGS}
-    assert "configs/compare.yaml" in names
-    for topic in ("layers", "pooling", "normalisation", "ig_steps", "gating", "similarity"):
-        assert f"configs/ablations/{topic}.yaml" in names
+# each ablation config and the options it is about
+ABLATES = {
+    "layers": ("layers", "aggregate"),
+    "pooling": ("query_pooling", "doc_pooling", "product"),
+    "normalisation": ("normalize",),
+    "ig_steps": ("ig_steps",),
+    "gating": ("percentile", "gate", "layer"),
+    "similarity": ("similarity",),
+}
+
+
+@pytest.mark.parametrize("topic", sorted(ABLATES))
+def test_each_ablation_varies_its_option_for_every_method_it_names(topic):
+    cfg = compare.build_parser().parse_args(["--config", str(ROOT / f"configs/ablations/{topic}.yaml")])
+    seen: dict[str, set] = {}
+    for label, candidates in compare.build_methods(cfg):
+        for _, method in candidates:
+            settings = method.hparams()
+            assert set(ABLATES[topic]) & set(settings), f"{label}: {method.name} has none of {ABLATES[topic]}"
+            seen.setdefault(method.name, set()).add(tuple(settings.get(k) for k in ABLATES[topic]))
+    assert seen and all(len(values) > 1 for values in seen.values()), seen
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
