@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, micro_rows
 
+import baselines
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import Query, make_queries, relevance
-from probes.methods import AttributionContext, build_method, method_names
+from probes.methods import BUILTIN, AttributionContext, Method, build_method, method_class, method_names
+
+# baselines/ modules that hold shared parts, not a method
+HELPER_MODULES = {"__init__", "feature_method", "layers", "queries"}
 
 
 @pytest.fixture(autouse=True)
@@ -62,17 +68,14 @@ def make_ctx(corpus, queries, pair=None, features=None, val_ids=(0, 1)) -> Attri
     )
 
 
-def test_every_builtin_name_is_listed():
-    assert {
-        "random",
-        "bm25",
-        "edit_distance",
-        "repsim",
-        "delta_h",
-        "act_grad",
-        "attr_weighted",
-        "grad_sim",
-    } <= set(method_names())
+def test_every_method_module_is_builtin_and_registers_its_name():
+    # a method module missing from BUILTIN (or listed under a wrong name) would be unbuildable by name
+    modules = {p.stem for p in (Path(baselines.__file__).parent).glob("*.py")} - HELPER_MODULES
+    assert {f"baselines.{m}" for m in modules} | {"probes.models.method"} == set(BUILTIN.values())
+    for name, module in BUILTIN.items():
+        cls = method_class(name)
+        assert cls.__module__ == module and cls.name == name and name in method_names()
+        assert issubclass(cls, Method) and not inspect.isabstract(cls)
 
 
 @pytest.mark.parametrize(

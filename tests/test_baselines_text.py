@@ -78,12 +78,24 @@ def test_bm25_matrix_equals_bm25s_per_query_scores(variant, pair):
         torch.testing.assert_close(scores[row], torch.from_numpy(expected).float())
 
 
+def levenshtein(a: list[int], b: list[int]) -> int:
+    """Textbook dynamic programme: insertions, deletions and substitutions each cost 1."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
 def test_edit_distance_is_minus_normalised_levenshtein(pair):
     corpus = micro_corpus()
-    queries = doc_queries(corpus)
+    queries = doc_queries(corpus)[:3]
     scores = prepared("edit_distance", corpus, queries, pair).score(torch.arange(len(queries)))
-    assert torch.allclose(scores.diagonal(), torch.zeros(len(corpus)))
-    assert (scores <= 0).all() and (scores >= -1).all()
+    ids = [pair.tokenizer.encode(t, add_special_tokens=False) for t in corpus.texts]
+    want = torch.tensor([[-levenshtein(ids[q], d) / max(len(ids[q]), len(d)) for d in ids] for q in range(3)])
+    torch.testing.assert_close(scores, want.float())
+    assert (scores.argmax(1) == torch.arange(3)).all() and (scores < 0).sum() >= 3 * (len(corpus) - 1)
 
 
 def test_random_rows_depend_on_seed_and_query_only(pair):
