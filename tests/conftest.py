@@ -6,6 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+# ---- threads: micro models run fastest on one intra-op thread (shared CI cores are not oversubscribed) ----
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test, restored after; a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ---- data-core: small HOPS corpora written to tmp_path ----
 

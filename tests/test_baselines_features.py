@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm.features import query_inputs
@@ -14,6 +14,8 @@ from probes.lm.load import load_pair
 from probes.lm.scoring import tokenize
 from probes.lm.store import FeatureStore
 from probes.methods import build_method
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FEATURE_METHODS = ["repsim", "delta_h", "act_grad", "attr_weighted"]
 

@@ -19,13 +19,7 @@ from probes.methods import BUILTIN, AttributionContext, Method, build_method, me
 HELPER_MODULES = {"__init__", "feature_method", "layers", "queries"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models run fastest on one thread (and shared CI cores are not oversubscribed); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_corpus():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm import losses
@@ -27,6 +27,8 @@ from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair
 from probes.lm.scoring import collate, pad_id, tokenize
 from probes.methods import build_method
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, TEXTS, make_micro_pair
-from test_baselines_fixtures import micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import micro_corpus
 
 from probes.lm.features import gradient_features
 from probes.lm.interpolate import (
@@ -17,6 +17,8 @@ from probes.lm.interpolate import (
 )
 from probes.lm.load import load_pair
 from probes.lm.scoring import collate, pad_id, tokenize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_riemann_sum_is_exact_for_a_linear_map():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics.pairwise import cosine_similarity
-from test_baselines_fixtures import make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import make_ctx, micro_corpus
 
 from baselines.feature_method import FeatureMethod
 from baselines.layers import (
@@ -20,6 +20,8 @@ from baselines.layers import (
 from probes.data.queries import make_queries
 from probes.lm.features import hidden_state_ids
 from probes.methods import register
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hidden_state_ids():

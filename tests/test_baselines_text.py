@@ -6,11 +6,13 @@ import bm25s
 import pytest
 import torch
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread, shuffled_corpus  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm.load import load_pair
 from probes.methods import build_method
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT_METHODS = ["random", "bm25", "edit_distance"]
 

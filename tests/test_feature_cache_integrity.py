@@ -11,13 +11,15 @@ import torch
 from lm_fixtures import make_micro_pair
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, one_thread  # noqa: F401 (autouse)
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
 
 from probes.lm.cache import FeatureCache
 from probes.lm.features import query_inputs
 from probes.lm.load import load_pair
 from probes.lm.store import FeatureStore
 from probes.methods import build_method
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 METHODS = ("repsim", "delta_h", "act_grad")
 
