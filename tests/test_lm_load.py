@@ -10,7 +10,7 @@ from lm_fixtures import CANDIDATES, FUNCTION_TOKENS, make_micro_model, make_micr
 
 from probes.data.corpus import corpus_from_rows
 from probes.lm.load import PairMismatchError, check_pair, load_model, load_pair
-from probes.lm.scoring import TokenizationError, answer_token_ids, candidate_logits, encode, tokenize
+from probes.lm.scoring import TokenizationError, answer_token_ids, candidate_logits, tokenize
 
 
 @pytest.fixture
@@ -102,8 +102,8 @@ def test_candidate_logits_match_a_plain_forward(pair_dirs):
     ids = answer_token_ids(pair.tokenizer, CANDIDATES)
     got = candidate_logits(pair.new, pair.tokenizer, prompts, ids, batch_size=2)
     for i, prompt in enumerate(prompts):
-        batch = encode(pair.tokenizer, [prompt], as_prompt=True)
-        logits = pair.new(input_ids=batch["input_ids"]).logits[0, -1, ids]
+        input_ids = torch.tensor([tokenize(pair.tokenizer, [prompt], as_prompt=True)[0].ids])
+        logits = pair.new(input_ids=input_ids).logits[0, -1, ids]
         torch.testing.assert_close(got[i], logits.float())
 
 
