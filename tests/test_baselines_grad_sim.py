@@ -87,7 +87,7 @@ def test_full_dimension_equals_exact_gradient_cosine(setup):
     torch.testing.assert_close(head, cosine(qs, docs))
 
 
-@pytest.mark.parametrize("kind", ["sparse", "rademacher"])
+@pytest.mark.parametrize("kind", ["sparse", pytest.param("rademacher", marks=pytest.mark.slow)])
 def test_projection_preserves_cosines(setup, kind):
     corpus, queries, pair = setup
     docs, qs = reference_gradients(pair, corpus, queries)

@@ -148,6 +148,7 @@ def test_feature_max_tokens_reaches_the_store(config):
     assert (features.max_tokens, features.grad_max_tokens) == (40, 20)
 
 
+@pytest.mark.slow
 def test_one_device_run_never_imports_lightning(config, tmp_path):
     """compare.py on one device imports neither Lightning nor torchmetrics (seconds of start-up on a GPU
     machine), nor does any built-in method but the DLP; a fresh interpreter, as a user runs it."""

@@ -173,6 +173,7 @@ def _run_compare(config: Path, out: Path, *extra: str, env: dict | None = None):
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_compare_process_exits_2_with_one_line_and_debug_shows_the_traceback(cfg, tmp_path):
     config = cfg(data={"relevance": "foo"})
     done = _run_compare(config, tmp_path / "out")
