@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -15,13 +13,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.lm.load import resolve_dtype
-from probes.metrics import RetrievalSuite, flatten, random_expectation
+from probes.metrics import RetrievalSuite
 from probes.models import provenance
 from probes.models.conditioning import ProbeReader
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead
 from probes.models.lm import frozen_lm, resolve_model_path
-from probes.models.plots import log_recall_figure
+from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
@@ -85,7 +83,8 @@ class ProbeModule(L.LightningModule):
         self._reader: ProbeReader | None = None  # a plain object: f_new is never a submodule
         self.documents: list[str] | None = None
         self._doc_cache: Float[Tensor, "n k r"] | None = None
-        self._last_val: dict[str, float] = {}
+        self.val_metrics: dict[str, float] = {}  # of the last validation outside the sanity check
+        self.test_metrics: dict[str, float] = {}  # of the last test
         self.trained_on: dict | None = None  # `provenance.record` of a loaded checkpoint
 
     @property
@@ -123,12 +122,14 @@ class ProbeModule(L.LightningModule):
                 "configs/dlp-heldout-functions.yaml)"
             )
 
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        self.set_documents(dm.corpus.texts)
+    def configure_callbacks(self) -> list:
+        """Under a Trainer: the data's tables in (`QueryTables`), the figure and test_metrics.json out."""
+        return [QueryTables(), RecallFigure(), TestMetricsJson()]
+
+    def set_queries(self, functions: Sequence[str], is_wrapper: Tensor, hop: tuple[Tensor, Tensor]) -> None:
+        """Per query id: its function, whether it is a wrapper, its wrapper→base relevance (below, own)."""
         for name in ("val", "test"):
-            suite = RetrievalSuite(dm.query_functions, dm.is_wrapper, dm.correct, dm.hop, prefix=name)
-            setattr(self, f"{name}_retrieval", suite)
+            setattr(self, f"{name}_retrieval", RetrievalSuite(functions, is_wrapper, None, hop, prefix=name))
 
     def set_documents(self, texts: Sequence[str]) -> None:
         """The training documents' texts, in corpus order (the pairwise head runs the probes on them)."""
@@ -208,50 +209,18 @@ class ProbeModule(L.LightningModule):
         self.log_dict({k: v for k, v in headline(metrics).items() if k != "val/macro/map"}, sync_dist=True)
         self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
-            self._last_val = metrics
-
-    def on_fit_end(self) -> None:
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if self._last_val and self.trainer.is_global_zero:
-            dm = self.trainer.datamodule
-            ids = dm.split_ids["val"]
-            functions = [dm.query_functions[i] for i in ids.tolist()]
-            hop = tuple(mask[ids] for mask in dm.hop)
-            chance = flatten(
-                random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], hop=hop), "val"
-            )
-            log_recall_figure(self.trainer, self._last_val, chance, "val", log_dir)
+            self.val_metrics = metrics
 
     def on_test_epoch_start(self) -> None:
         self._doc_cache = None
-        dm = self.trainer.datamodule
-        if dm.correct is None:  # f_new's per-query correctness: the correct/incorrect subsets of the test
-            from probes.lm.evaluate import query_correctness
-
-            reader = self.reader
-            dm.set_correctness(query_correctness(reader.lm, reader.tokenizer, dm.queries, dm.candidates))
-        self.test_retrieval.correct = dm.correct
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.test_retrieval.compute()
+        self.test_metrics = self.test_retrieval.compute()
         self.test_retrieval.reset()
-        self.log_dict(headline(metrics), sync_dist=True)
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if self.trainer.is_global_zero and log_dir is not None:
-            dm = self.trainer.datamodule
-            ids = dm.split_ids["test"]
-            functions = [dm.query_functions[i] for i in ids.tolist()]
-            hop = tuple(mask[ids] for mask in dm.hop)
-            correct = None if dm.correct is None else dm.correct[ids]
-            chance = random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], correct, hop)
-            chance = flatten(chance, "random/test")
-            path = Path(log_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**metrics, **chance}, indent=1, sort_keys=True) + "\n")
-            print(f"test metrics written to {path}")
+        self.log_dict(headline(self.test_metrics), sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:
         self._doc_cache = None
