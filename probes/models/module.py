@@ -1,4 +1,4 @@
-"""ProbeModule: the DLP as a thin LightningModule around its parts; the frozen f_new is held, never saved."""
+"""ProbeModule: the DLP as a thin LightningModule; its frozen f_new is a submodule, never checkpointed."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     keep = ("/macro/map", "/macro/recall@10")
     every = {k: v for k, v in metrics.items() if "/subsets/" not in k and not k.endswith("/count")}
     return every | {k: v for k, v in metrics.items() if k.endswith(keep)}
+
+
+def _drop_lm(module, state: dict, prefix: str, local_metadata) -> None:
+    """State-dict hook: f_new's weights are not the probe's (a checkpoint holds the probes and the head)."""
+    for key in [k for k in state if k.startswith(f"{prefix}lm.")]:
+        del state[key]
+
+
+def _lm_not_missing(module, incompatible) -> None:
+    """Load-state-dict hook: a checkpoint without f_new's weights is complete (f_new is loaded by path)."""
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("lm.")]
 
 
 class ProbeModule(L.LightningModule):
@@ -80,7 +91,10 @@ class ProbeModule(L.LightningModule):
         self._make_generator, self._make_head, self._make_optimizer = generator, head, optimizer
         self.generator: ProbeGenerator | None = None
         self.head: Head | None = None
-        self._reader: ProbeReader | None = None  # a plain object: f_new is never a submodule
+        self.lm: torch.nn.Module | None = None  # f_new: frozen, placed and cast by Lightning, never saved
+        self._reader: ProbeReader | None = None  # f_new behind its conditioning (a plain object)
+        self.register_state_dict_post_hook(_drop_lm)
+        self.register_load_state_dict_post_hook(_lm_not_missing)
         self.documents: list[str] | None = None
         self._doc_cache: Float[Tensor, "n k r"] | None = None
         self.val_metrics: dict[str, float] = {}  # of the last validation outside the sanity check
@@ -89,12 +103,17 @@ class ProbeModule(L.LightningModule):
 
     @property
     def reader(self) -> ProbeReader:
-        """The frozen f_new behind its conditioning, moved to this module's device on first use there."""
+        """The frozen f_new behind its conditioning."""
         if self._reader is None:
             raise RuntimeError("ProbeModule has no LM yet: call configure_model() (the Trainer does)")
-        if self._reader.lm.device != self.device:
-            self._reader.lm.to(self.device)
         return self._reader
+
+    def train(self, mode: bool = True) -> ProbeModule:
+        """Train or eval the probes; f_new stays in eval mode (no dropout) either way."""
+        super().train(mode)
+        if self.lm is not None:
+            self.lm.eval()
+        return self
 
     def prepare_data(self) -> None:
         """Build and cache the embedded tiny pair when f_new is it: on local rank 0, before ranks load it."""
@@ -111,6 +130,7 @@ class ProbeModule(L.LightningModule):
             from probes.lm.scoring import answer_token_ids
 
             candidate_ids = answer_token_ids(tokenizer, hp.candidates or [])
+        self.lm = lm
         self._reader = ProbeReader(lm, tokenizer, hp.position, hp.layer, hp.response, candidate_ids)
         self.generator = self._make_generator(lm.config.hidden_size)
         self.generator.set_token_norm(lm.get_input_embeddings().weight)
