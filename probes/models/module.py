@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from jaxtyping import Float
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -20,6 +22,9 @@ from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead
 from probes.models.lm import frozen_lm, resolve_model_path
 from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
+
+# f_new is a submodule kept in eval mode on purpose: Lightning's warning about that says nothing to a user
+warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning)
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head

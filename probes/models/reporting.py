@@ -24,15 +24,20 @@ def chance(data, split: str, prefix: str, correct=None) -> dict[str, float]:
 
 class QueryTables(Callback):
     """Gives the module the training documents and the per-query tables of the Trainer's data (a
-    HopsDataModule) at setup, and f_new's per-query correctness (the correct/incorrect subsets) at test."""
+    HopsDataModule) at setup, and f_new's per-query correctness (the correct/incorrect subsets) at test.
+    Without a datamodule (plain dataloaders) it does nothing: call ``set_documents``/``set_queries``."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         data = trainer.datamodule
+        if data is None:
+            return
         pl_module.set_documents(data.corpus.texts)
         pl_module.set_queries(data.query_functions, data.is_wrapper, data.hop)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
+        if data is None:
+            return
         if data.correct is None:
             from probes.lm.evaluate import query_correctness
 
