@@ -62,6 +62,9 @@ def test_lm_is_frozen_and_never_in_the_state_or_a_checkpoint(fitted_dlp):
     own = {f"generator.{k}" for k in module.generator.state_dict()}
     own |= {f"head.{k}" for k in module.head.state_dict()}
     assert set(module.state_dict()) == own
+    groups = fitted_dlp.cli.trainer.optimizers[0].param_groups
+    optimised = {id(p) for group in groups for p in group["params"]}
+    assert optimised == {id(p) for p in [*module.generator.parameters(), *module.head.parameters()]}
     for name in ("best.ckpt", "last.ckpt"):
         state = torch.load(CHECKPOINTS(fitted_dlp.root) / name, weights_only=False)["state_dict"]
         assert set(state) == own  # nothing of f_new (embed_tokens, layers, lm_head, ...)

@@ -177,7 +177,7 @@ class ProbeModule(L.LightningModule):
             provenance.check(self.trained_on, self.documents, self._reader.lm, where, self.hparams.model)
 
     def configure_optimizers(self):
-        return self._make_optimizer(self.parameters())
+        return self._make_optimizer([p for p in self.parameters() if p.requires_grad])  # not f_new
 
     def _document_responses(self, probes: Float[Tensor, "k m d"]) -> Float[Tensor, "n k r"]:
         """Every document's responses, computed once per evaluation (probes fixed there), shortest first."""
