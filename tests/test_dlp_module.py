@@ -58,13 +58,45 @@ def test_lm_is_frozen_and_never_in_the_state_or_a_checkpoint(fitted_dlp):
     module = fitted_dlp.cli.model
     lm = module.reader.lm
     assert all(not p.requires_grad for p in lm.parameters()) and not lm.training
-    assert not any(m is lm for m in module.modules())
+    assert module.lm is lm  # a submodule, so Lightning places and casts it
     own = {f"generator.{k}" for k in module.generator.state_dict()}
     own |= {f"head.{k}" for k in module.head.state_dict()}
     assert set(module.state_dict()) == own
+    groups = fitted_dlp.cli.trainer.optimizers[0].param_groups
+    optimised = {id(p) for group in groups for p in group["params"]}
+    assert optimised == {id(p) for p in [*module.generator.parameters(), *module.head.parameters()]}
     for name in ("best.ckpt", "last.ckpt"):
         state = torch.load(CHECKPOINTS(fitted_dlp.root) / name, weights_only=False)["state_dict"]
         assert set(state) == own  # nothing of f_new (embed_tokens, layers, lm_head, ...)
+
+
+def test_module_validates_without_a_datamodule_like_with_one(micro_world, fitted_dlp, in_tmp):
+    # regression: ProbeModule read trainer.datamodule in its hooks; now the data reaches it from outside
+    model, data = fitted_dlp.cli.model, fitted_dlp.cli.datamodule
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with_data = L.Trainer(**quiet).validate(model, datamodule=data, verbose=False)[0]
+    model.set_documents(data.corpus.texts)
+    model.set_queries(data.query_functions, data.is_wrapper, data.hop)
+    alone = L.Trainer(**quiet).validate(model, dataloaders=data.val_dataloader(), verbose=False)[0]
+    assert alone == pytest.approx(with_data) and "val/subsets/wrapper_to_base/macro/map" in alone
+
+
+def test_f_new_moves_and_casts_with_the_module_and_stays_in_eval_mode(micro_world, in_tmp):
+    # regression: f_new was no submodule (moved by hand), so Lightning's placement and precision missed it
+    seen = []
+
+    class Look(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append((module.lm.training, module.generator.training))
+
+    cli = run_cli(micro_world, None, "--trainer.callbacks=[]", "--trainer.logger=false")
+    trainer = L.Trainer(
+        accelerator="cpu", fast_dev_run=True, callbacks=[Look()], logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert seen == [(False, True)]
+    assert cli.model.to(torch.float64).lm.dtype == torch.float64
 
 
 def test_load_from_checkpoint_scores_like_the_trained_module(fitted_dlp):

@@ -4,6 +4,7 @@ from probes.models.callbacks import BestCheckpoint, CpuThreads
 from probes.models.generator import DeepLinear, ProbeGenerator
 from probes.models.heads import Head, MultiHotHead, PairwiseHead
 from probes.models.module import ProbeModule
+from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
 
 __all__ = [
     "BestCheckpoint",
@@ -14,4 +15,7 @@ __all__ = [
     "PairwiseHead",
     "ProbeGenerator",
     "ProbeModule",
+    "QueryTables",
+    "RecallFigure",
+    "TestMetricsJson",
 ]

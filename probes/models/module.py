@@ -1,27 +1,30 @@
-"""ProbeModule: the DLP as a thin LightningModule around its parts; the frozen f_new is held, never saved."""
+"""ProbeModule: the DLP as a thin LightningModule; its frozen f_new is a submodule, never checkpointed."""
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 from jaxtyping import Float
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.lm.load import resolve_dtype
-from probes.metrics import RetrievalSuite, flatten, random_expectation
+from probes.metrics import RetrievalSuite
 from probes.models import provenance
 from probes.models.conditioning import ProbeReader
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead
 from probes.models.lm import frozen_lm, resolve_model_path
-from probes.models.plots import log_recall_figure
+from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
+
+# f_new is a submodule kept in eval mode on purpose: Lightning's warning about that says nothing to a user
+warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning)
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
@@ -32,6 +35,17 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     keep = ("/macro/map", "/macro/recall@10")
     every = {k: v for k, v in metrics.items() if "/subsets/" not in k and not k.endswith("/count")}
     return every | {k: v for k, v in metrics.items() if k.endswith(keep)}
+
+
+def _drop_lm(module, state: dict, prefix: str, local_metadata) -> None:
+    """State-dict hook: f_new's weights are not the probe's (a checkpoint holds the probes and the head)."""
+    for key in [k for k in state if k.startswith(f"{prefix}lm.")]:
+        del state[key]
+
+
+def _lm_not_missing(module, incompatible) -> None:
+    """Load-state-dict hook: a checkpoint without f_new's weights is complete (f_new is loaded by path)."""
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("lm.")]
 
 
 class ProbeModule(L.LightningModule):
@@ -82,20 +96,29 @@ class ProbeModule(L.LightningModule):
         self._make_generator, self._make_head, self._make_optimizer = generator, head, optimizer
         self.generator: ProbeGenerator | None = None
         self.head: Head | None = None
-        self._reader: ProbeReader | None = None  # a plain object: f_new is never a submodule
+        self.lm: torch.nn.Module | None = None  # f_new: frozen, placed and cast by Lightning, never saved
+        self._reader: ProbeReader | None = None  # f_new behind its conditioning (a plain object)
+        self.register_state_dict_post_hook(_drop_lm)
+        self.register_load_state_dict_post_hook(_lm_not_missing)
         self.documents: list[str] | None = None
         self._doc_cache: Float[Tensor, "n k r"] | None = None
-        self._last_val: dict[str, float] = {}
+        self.val_metrics: dict[str, float] = {}  # of the last validation outside the sanity check
+        self.test_metrics: dict[str, float] = {}  # of the last test
         self.trained_on: dict | None = None  # `provenance.record` of a loaded checkpoint
 
     @property
     def reader(self) -> ProbeReader:
-        """The frozen f_new behind its conditioning, moved to this module's device on first use there."""
+        """The frozen f_new behind its conditioning."""
         if self._reader is None:
             raise RuntimeError("ProbeModule has no LM yet: call configure_model() (the Trainer does)")
-        if self._reader.lm.device != self.device:
-            self._reader.lm.to(self.device)
         return self._reader
+
+    def train(self, mode: bool = True) -> ProbeModule:
+        """Train or eval the probes; f_new stays in eval mode (no dropout) either way."""
+        super().train(mode)
+        if self.lm is not None:
+            self.lm.eval()
+        return self
 
     def prepare_data(self) -> None:
         """Build and cache the embedded tiny pair when f_new is it: on local rank 0, before ranks load it."""
@@ -112,6 +135,7 @@ class ProbeModule(L.LightningModule):
             from probes.lm.scoring import answer_token_ids
 
             candidate_ids = answer_token_ids(tokenizer, hp.candidates or [])
+        self.lm = lm
         self._reader = ProbeReader(lm, tokenizer, hp.position, hp.layer, hp.response, candidate_ids)
         self.generator = self._make_generator(lm.config.hidden_size)
         self.generator.set_token_norm(lm.get_input_embeddings().weight)
@@ -123,12 +147,14 @@ class ProbeModule(L.LightningModule):
                 "configs/dlp-heldout-functions.yaml)"
             )
 
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        self.set_documents(dm.corpus.texts)
+    def configure_callbacks(self) -> list:
+        """Under a Trainer: the data's tables in (`QueryTables`), the figure and test_metrics.json out."""
+        return [QueryTables(), RecallFigure(), TestMetricsJson()]
+
+    def set_queries(self, functions: Sequence[str], is_wrapper: Tensor, hop: tuple[Tensor, Tensor]) -> None:
+        """Per query id: its function, whether it is a wrapper, its wrapper→base relevance (below, own)."""
         for name in ("val", "test"):
-            suite = RetrievalSuite(dm.query_functions, dm.is_wrapper, dm.correct, dm.hop, prefix=name)
-            setattr(self, f"{name}_retrieval", suite)
+            setattr(self, f"{name}_retrieval", RetrievalSuite(functions, is_wrapper, None, hop, prefix=name))
 
     def set_documents(self, texts: Sequence[str]) -> None:
         """The training documents' texts, in corpus order (the pairwise head runs the probes on them)."""
@@ -151,7 +177,7 @@ class ProbeModule(L.LightningModule):
             provenance.check(self.trained_on, self.documents, self._reader.lm, where, self.hparams.model)
 
     def configure_optimizers(self):
-        return self._make_optimizer(self.parameters())
+        return self._make_optimizer([p for p in self.parameters() if p.requires_grad])  # not f_new
 
     def _document_responses(self, probes: Float[Tensor, "k m d"]) -> Float[Tensor, "n k r"]:
         """Every document's responses, computed once per evaluation (probes fixed there), shortest first."""
@@ -208,50 +234,18 @@ class ProbeModule(L.LightningModule):
         self.log_dict({k: v for k, v in headline(metrics).items() if k != "val/macro/map"}, sync_dist=True)
         self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
-            self._last_val = metrics
-
-    def on_fit_end(self) -> None:
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if self._last_val and self.trainer.is_global_zero:
-            dm = self.trainer.datamodule
-            ids = dm.split_ids["val"]
-            functions = [dm.query_functions[i] for i in ids.tolist()]
-            hop = tuple(mask[ids] for mask in dm.hop)
-            chance = flatten(
-                random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], hop=hop), "val"
-            )
-            log_recall_figure(self.trainer, self._last_val, chance, "val", log_dir)
+            self.val_metrics = metrics
 
     def on_test_epoch_start(self) -> None:
         self._doc_cache = None
-        dm = self.trainer.datamodule
-        if dm.correct is None:  # f_new's per-query correctness: the correct/incorrect subsets of the test
-            from probes.lm.evaluate import query_correctness
-
-            reader = self.reader
-            dm.set_correctness(query_correctness(reader.lm, reader.tokenizer, dm.queries, dm.candidates))
-        self.test_retrieval.correct = dm.correct
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.test_retrieval.compute()
+        self.test_metrics = self.test_retrieval.compute()
         self.test_retrieval.reset()
-        self.log_dict(headline(metrics), sync_dist=True)
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if self.trainer.is_global_zero and log_dir is not None:
-            dm = self.trainer.datamodule
-            ids = dm.split_ids["test"]
-            functions = [dm.query_functions[i] for i in ids.tolist()]
-            hop = tuple(mask[ids] for mask in dm.hop)
-            correct = None if dm.correct is None else dm.correct[ids]
-            chance = random_expectation(dm.relevant[ids], functions, dm.is_wrapper[ids], correct, hop)
-            chance = flatten(chance, "random/test")
-            path = Path(log_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**metrics, **chance}, indent=1, sort_keys=True) + "\n")
-            print(f"test metrics written to {path}")
+        self.log_dict(headline(self.test_metrics), sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:
         self._doc_cache = None
