@@ -53,8 +53,8 @@ def condition(
 class ProbeReader:
     """Runs a frozen causal LM on probe-conditioned texts and returns one response vector per (text, probe).
 
-    The LM is held, not owned: this is a plain object, so the LM is never a submodule of whoever holds the
-    reader (nor in its state_dict). Gradients flow to the probes through the LM's activations only.
+    The reader is a plain object that holds the LM without owning it (ProbeModule owns it as a frozen
+    submodule kept out of its state_dict). Gradients flow to the probes through the LM's activations only.
 
     Args:
         lm: a Hugging Face causal LM (frozen by the caller).
