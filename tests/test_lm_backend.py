@@ -129,3 +129,14 @@ def test_prefix_attention_is_known_only_while_patching():
     patcher.logits(prefix, 0, prefix.old)
     assert PREFIX_ATTENTION not in ALL_ATTENTION_FUNCTIONS.valid_keys()
     assert model.config._attn_implementation != PREFIX_ATTENTION
+
+
+def test_compare_takes_the_feature_backend():
+    import compare
+    from probes.errors import UserError
+
+    assert compare.PairConfig().feature_backend == "fast"
+    with pytest.raises(UserError, match="feature_backend='quick'"):
+        compare.PairConfig(feature_backend="quick")
+    with pytest.raises(UserError, match="needs model.feature_backend: fast"):
+        compare.PairConfig(feature_backend="reference", feature_compile=True)

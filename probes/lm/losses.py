@@ -129,7 +129,7 @@ def _chunk_nll(
 
     The head sees [b, c, d] (per-example parameter gradients hook it per text); the cross-entropy runs on the
     logits flattened to [b * c, v], whose kernel reduces each row over the vocabulary in parallel (the
-    [b, v, c] class-dimension layout reduced a chunk of few positions several times slower on an H100)."""
+    [b, v, c] class-dimension layout reduced a chunk of few positions several times slower; BENCHMARKS.md)."""
     logits = _upcast(head(hidden))
     nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     return torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum(-1)
