@@ -198,7 +198,7 @@ def ce_loss(
 def margin_loss(
     logits: Float[Tensor, "b v"], answers: Int[Tensor, "b"], candidate_ids: Int[Tensor, "c"]
 ) -> Float[Tensor, "b"]:
-    """-(logit[answer] - max over the other candidate answers): negative when the answer wins."""
+    """``-answer_margin`` over the candidate answers' logits: negative when the answer wins."""
     candidates = _upcast(logits[:, candidate_ids])
     is_answer = candidate_ids[None, :] == answers[:, None]
     if not bool(is_answer.any(-1).all()):
@@ -206,9 +206,16 @@ def margin_loss(
         raise ValueError(
             f"answer token ids {missing} are not among the candidate ids; margin needs them there"
         )
-    correct = candidates[is_answer]
-    others = candidates.masked_fill(is_answer, float("-inf")).amax(-1)
-    return others - correct
+    return -answer_margin(candidates, is_answer.int().argmax(-1))
+
+
+def answer_margin(logits: Float[Tensor, "b c"], answer: Int[Tensor, "b"]) -> Float[Tensor, "b"]:
+    """The one margin: the answer's logit minus the largest logit among the other candidates (``logits``
+    over the candidate answers, ``answer`` the index of each row's answer among them); positive when the
+    answer wins."""
+    correct = logits.gather(1, answer[:, None])[:, 0]
+    others = logits.scatter(1, answer[:, None], float("-inf"))
+    return correct - others.amax(1)
 
 
 def _upcast(x: Tensor) -> Tensor:
