@@ -41,8 +41,11 @@ class PairConfig:
             gradient passes at half), so batches of long texts shrink instead of running out of memory;
             null = no cap.
         feature_compile: run the feature passes' decoder blocks through torch.compile (see
-            probes/lm/compiled.py): on an H100 the 1B passes ran 1.3-1.9x faster, after 15-50 s of compiling
-            per process; worth it when the passes are long (large corpora) and the feature cache is cold.
+            probes/lm/compiled.py; BENCHMARKS.md has its speed-up and compile time); worth it when the
+            passes are long (large corpora) and the feature cache is cold. Fast backend only.
+        feature_backend: "fast" (masks dropped for right padding, fused losses, optional compile) or
+            "reference" (the plain computation, for checking); both give the same features
+            (probes/lm/backend.py).
         score_batch_size: test queries per call to a method's score().
         feature_cache: keep hidden states and gradients on disk (under $PROBES_CACHE) for later runs.
         threads: CPU intra-op threads while the models run on the CPU (null = torch's default, every
@@ -64,6 +67,7 @@ class PairConfig:
     feature_batch_size: int = 32
     feature_max_tokens: int | None = None
     feature_compile: bool = False
+    feature_backend: str = "fast"
     score_batch_size: int = 64
     feature_cache: bool = True
     threads: int | None = None
@@ -71,6 +75,7 @@ class PairConfig:
 
     def __post_init__(self) -> None:
         """Refuse bad values before anything loads: dtype, device, the pair's paths, sizes."""
+        from probes.lm.backend import BACKENDS
         from probes.lm.load import DTYPES
 
         if self.dtype not in DTYPES:
@@ -80,6 +85,10 @@ class PairConfig:
             raise UserError(
                 "model.old and model.new: give both paths, or neither for the embedded default pair"
             )
+        if self.feature_backend not in BACKENDS:
+            raise UserError(f"model.feature_backend={self.feature_backend!r} is not one of {list(BACKENDS)}")
+        if self.feature_compile and self.feature_backend != "fast":
+            raise UserError("model.feature_compile: true needs model.feature_backend: fast")
         for key in ("feature_batch_size", "score_batch_size", "devices"):
             check_at_least(f"model.{key}", getattr(self, key))
         for key in ("feature_max_tokens", "threads"):
@@ -227,6 +236,7 @@ def load_everything(cfg: Namespace):
         batch_size=model.feature_batch_size,
         max_tokens=model.feature_max_tokens,
         compile=model.feature_compile,
+        backend=model.feature_backend,
         progress=global_rank(model.devices) == 0,
         devices=model.devices,
     )

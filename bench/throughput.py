@@ -1,7 +1,7 @@
 """Throughput of the shared feature pass, patching and compare.py on 1B architectures with random weights.
 
     python bench/throughput.py --arch olmo2-1b --corpus .data/hops/20hops.jsonl [--out DIR]
-        [--max-tokens N] [--repeats N] [--compile] [--compare]
+        [--max-tokens N] [--repeats N] [--compile] [--backend fast|reference] [--compare]
 
 The published checkpoints cannot be downloaded on the GPU machines, so the OLMo2-1B and Llama-3.2-1B
 architectures are built from their configs with random bf16 weights (speed does not depend on the weights).
@@ -16,6 +16,7 @@ and gradient passes run their decoder blocks compiled (`probes.lm.compiled`, the
 option); compiling (with one unrated run of both passes) is its own line, and their rates after it are of
 the compiled blocks. The plain loop and patching run eager either way. Passes over the same texts share their
 tokens (`probes.lm.features`), as the passes of compare.py's FeatureStore do: tokenising is its own line.
+With --backend reference the feature and gradient passes run the plain computation (`probes.lm.backend`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="feature passes with compile=True (compile time shown apart)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["fast", "reference"],
+        default="fast",
+        help="the feature passes' backend (probes.lm.backend); reference: the plain computation",
+    )
     parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
     parser.add_argument(
         "--patch-batch-size",
@@ -149,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     opts = dict(batch_size=args.batch_size, max_tokens=args.max_tokens, progress=False, compile=args.compile)
+    opts.update(backend=args.backend)
     grad_batch, grad_tokens = gradient_batching(args.batch_size, args.max_tokens, args.grad_batch_size)
     gopts = dict(batch_size=grad_batch, max_tokens=grad_tokens, progress=False, compile=args.compile)
+    gopts.update(backend=args.backend)
     if args.compile:
 
         def first_calls():  # every compiled variant (grad or not, length divisible by 8 or not) before rating

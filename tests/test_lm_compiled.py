@@ -108,7 +108,7 @@ def test_compiling_a_model_without_decoder_blocks_names_it():
     class NoLayers(torch.nn.Module):
         base_model = torch.nn.Linear(2, 2)
 
-    with pytest.raises(ValueError, match="NoLayers.*'layers'"):
+    with pytest.raises(TypeError, match="NoLayers.*'layers'"):
         with compiled_blocks(NoLayers()):
             pass
 

@@ -135,3 +135,13 @@ def test_transformed_logits_are_refused(tokenizer):
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(TypeError, match="final_logit_softcapping=30.0"):
         losses.lm_head(model)
+
+
+def test_margin_loss_is_the_negated_answer_margin():
+    """The margin was written twice with opposite signs; the loss is now minus the one margin."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, 9.0], [0.0, 1.0, 4.0, 2.0, 9.0]], dtype=torch.float64)
+    candidates = torch.tensor([1, 2, 3])
+    answers = torch.tensor([1, 3])
+    margin = losses.answer_margin(logits[:, candidates], torch.tensor([0, 2]))
+    torch.testing.assert_close(margin, torch.tensor([0.5, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(losses.margin_loss(logits, answers, candidates), -margin)

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from probes.lm.stack import decoder_stack
+
 _COMPILED: dict[Callable, Callable] = {}
 # Entries one code object may collect: grad mode on or off, a length divisible by 8 or not, single rows, and a
 # few model configurations (dtype, width) per process. Past the limit dynamo would quietly run the rest eager.
@@ -31,9 +33,9 @@ RECOMPILE_LIMIT = 32
 
 def fuse_shared_input_linears(graph: torch.fx.Graph) -> None:
     """Bias-free linear maps of one input become one map by the concatenated weights, split afterwards:
-    attention's q, k and v projections and the MLP's gate and up run as one wide GEMM each. A 2048-wide
-    projection of 1B models ran at ~460 TFLOP/s on an H100, the 8192-wide ones at ~730. The concatenation
-    copies the weights on every call (24 MB per 1B block), a small price beside the GEMMs of a batch.
+    attention's q, k and v projections and the MLP's gate and up run as one wide GEMM each (wide GEMMs run
+    nearer the device's peak; BENCHMARKS.md). The concatenation copies the weights on every call (24 MB per
+    1B block), a small price beside the GEMMs of a batch.
     Weight nodes need their ``meta["example_value"]`` (dynamo's graphs carry it)."""
     order = {node: i for i, node in enumerate(graph.nodes)}
     groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
@@ -109,28 +111,23 @@ def compiled_forward(cls: type) -> Callable:
 
 def decoder_blocks(model) -> torch.nn.ModuleList:
     """The decoder blocks of a Hugging Face causal LM or its base model (``base_model.layers``)."""
-    layers = getattr(model.base_model, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(
-            f"cannot compile {type(model).__name__}: its base model has no ModuleList 'layers' of decoder "
-            "blocks; run it with compile off"
-        )
-    return layers
+    return decoder_stack(model, use="compiling (compile=True)").layers
 
 
 @contextmanager
 def compiled_blocks(model) -> Iterator[None]:
     """Run the children of ``model``'s decoder blocks through their class's compiled ``forward``; each gets
-    its class's eager ``forward`` back on leaving, also after an error. A child whose ``forward`` was already
-    replaced on the instance (by a hook library, say) is left as it is."""
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    its class's eager ``forward`` back on leaving, also after an error, and dynamo's recompile limit is raised
+    to at least `RECOMPILE_LIMIT` only inside the block. A child whose ``forward`` was already replaced on the
+    instance (by a hook library, say) is left as it is."""
     blocks = decoder_blocks(model)
     children = [c for block in blocks for c in block.children() if "forward" not in c.__dict__]
+    limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     try:
-        for child in children:
-            child.forward = functools.partial(compiled_forward(type(child)), child)
-        yield
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            for child in children:
+                child.forward = functools.partial(compiled_forward(type(child)), child)
+            yield
     finally:
         for child in children:
             child.__dict__.pop("forward", None)

@@ -104,8 +104,7 @@ class GatherRows(L.Callback):
 
 def to_host(tensor: Tensor) -> Tensor:
     """``tensor`` on the CPU. From a GPU, the pages of the CPU copy are first touched by a parallel fill: a
-    device-to-host copy into fresh memory faults them in one at a time (331 ms for 418 MB on an H100 host,
-    74 ms with the fill first)."""
+    device-to-host copy into fresh memory faults them in one at a time (BENCHMARKS.md)."""
     if tensor.device.type == "cpu":
         return tensor
     return torch.empty(tensor.shape, dtype=tensor.dtype).zero_().copy_(tensor)

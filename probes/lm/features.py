@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn.attention import sdpa_kernel
 from tqdm.auto import tqdm
 
+from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.compiled import compiled_blocks
 from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
@@ -123,6 +124,7 @@ def hidden_features(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     compile: bool = False,
+    backend: str = "fast",
 ) -> Float[Tensor, "n l d"]:
     """Pooled hidden states of each text at each layer (all layers by default; index 0 = embeddings).
 
@@ -130,7 +132,7 @@ def hidden_features(
     `probes.lm.scoring.length_batches`); neither changes the result."""
     spec = FeatureSpec("hidden", pooling, layers=None if layers is None else tuple(layers))
     options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
-    options.update(dtype=dtype, progress=progress, compile=compile)
+    options.update(dtype=dtype, progress=progress, compile=compile, backend=backend)
     return compute_features(model, tokenizer, texts, spec, targets=targets, **options)
 
 
@@ -150,6 +152,7 @@ def gradient_features(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     compile: bool = False,
+    backend: str = "fast",
 ) -> Float[Tensor, "n l d"]:
     """Pooled activation gradients dL/dh_l of each text's own loss (see `probes.lm.losses`), at least fp32.
 
@@ -159,7 +162,7 @@ def gradient_features(
     """
     spec = FeatureSpec("grad", pooling, loss, None if layers is None else tuple(layers))
     options = dict(batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side)
-    options.update(dtype=dtype, progress=progress, compile=compile)
+    options.update(dtype=dtype, progress=progress, compile=compile, backend=backend)
     return compute_features(
         model, tokenizer, texts, spec, targets=targets, candidate_ids=candidate_ids, **options
     )
@@ -182,6 +185,7 @@ def compute_features(
     devices: int = 1,
     strategy: str = "ddp",
     compile: bool = False,
+    backend: str = "fast",
 ) -> Float[Tensor, "n l d"]:
     """The features ``spec`` names of every text, in text order, on the CPU (kind "attr": ``old`` is the
     checkpoint its Δh starts from, on the model's device).
@@ -189,7 +193,8 @@ def compute_features(
     ``devices=1``: this process runs every length batch. ``devices>1``: a Lightning ``strategy`` ("ddp";
     "ddp_fork" on the CPU where the script cannot be relaunched) deals the batches out over that many
     devices and every rank gets all rows back (see `probes.lm.distributed`); the model must sit on the
-    rank's device. ``compile``: run the decoder blocks compiled (see `probes.lm.compiled`); the first passes
+    rank's device. ``backend``: "fast" or the plain "reference" (same result, see `probes.lm.backend`);
+    ``compile`` (fast only): run the decoder blocks compiled (see `probes.lm.compiled`); the first passes
     pay for compiling, later ones (either checkpoint, any length) reuse it.
     Each batch's rows travel to the CPU while the device computes the next (`HostRows`).
     """
@@ -199,9 +204,7 @@ def compute_features(
         spec,
         candidate_ids=candidate_ids,
         old=old,
-        padding_side=padding_side,
-        dtype=dtype,
-        compile=compile,
+        options=PassOptions(backend, compile, padding_side, dtype),
     )
     items, batches = plan(tokenizer, texts, targets, spec, candidate_ids, batch_size, max_tokens)
     if devices > 1 and len(batches) >= devices:  # fewer batches: nothing to share (and each rank needs one)
@@ -328,16 +331,14 @@ class FeatureStep:
         *,
         candidate_ids: Int[Tensor, "c"] | None = None,
         old=None,
-        padding_side: str = "right",
-        dtype: torch.dtype | None = None,
-        compile: bool = False,
+        options: PassOptions = DEFAULT,
     ):
         if (spec.kind == "attr") != (old is not None):
             raise ValueError(f"{spec.what} features: kind 'attr' needs the old checkpoint, others take none")
-        self.model, self.spec, self.candidate_ids, self.compile = model, spec, candidate_ids, compile
+        self.model, self.spec, self.candidate_ids, self.options = model, spec, candidate_ids, options
         self.old = old
-        self.pad, self.padding_side = pad_id(tokenizer), padding_side
-        self.dtype = _out_dtype(model, dtype)
+        self.pad = pad_id(tokenizer)
+        self.dtype = _out_dtype(model, options.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -351,29 +352,29 @@ class FeatureStep:
 
     @sdpa_kernel(ATTENTION_BACKENDS)
     def __call__(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
-        with compiled_blocks(self.model) if self.compile else nullcontext():
+        with compiled_blocks(self.model) if self.options.compile else nullcontext():
             return self._pooled(items)
 
     def _pooled(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
-        batch = collate(items, self.pad, self.padding_side, self.device)
+        batch = collate(items, self.pad, self.options.padding_side, self.device)
         pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype, self.device)
         if self.spec.kind == "hidden":
             with torch.inference_mode():  # the decoder stack alone: hidden states need no LM head
-                states = _forward(self.model.base_model, batch, self.padding_side).hidden_states
+                states = _forward(self.model.base_model, batch, self.options).hidden_states
                 return torch.stack([pool(states[i]) for i in _layer_ids(self.spec.layers, len(states))], 1)
         if self.spec.kind == "attr":
             with torch.inference_mode():
-                old_states = _forward(self.old.base_model, batch, self.padding_side).hidden_states
+                old_states = _forward(self.old.base_model, batch, self.options).hidden_states
         with torch.enable_grad():
             embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
             per_text, out = text_losses(
                 self.model,
-                lambda **kw: _forward(self.model, batch, self.padding_side, inputs_embeds=embeds, **kw),
+                lambda **kw: _forward(self.model, batch, self.options, inputs_embeds=embeds, **kw),
                 batch,
                 items,
                 self.spec.loss,
                 self.candidate_ids,
-                self.compile,
+                self.options,
             )
             states = out.hidden_states
             wanted = _layer_ids(self.spec.layers, len(states))
@@ -383,15 +384,16 @@ class FeatureStep:
         return torch.stack([pool(g) for g in grads], 1)
 
 
-def _forward(model, batch: dict[str, Tensor], padding_side: str, **kwargs):
-    """The model with all hidden states. Right-padded batches run with no attention mask and one shared row
-    of positions: under causal attention no real token can see the pads that follow it, so real tokens get
-    exactly the masked result, while the attention kernels take their fast unmasked causal path and rotary
+def _forward(model, batch: dict[str, Tensor], options: PassOptions, **kwargs):
+    """The model with all hidden states, with the batch's attention mask and position ids. The fast backend
+    runs right-padded batches with no attention mask and one shared row of positions: under causal
+    attention no real token can see the pads that follow it, so real tokens get exactly the masked result,
+    while the attention kernels take their fast unmasked causal path and rotary
     embeddings are computed once instead of per row. Pad positions' outputs are never read."""
     if "inputs_embeds" not in kwargs:
         kwargs["input_ids"] = batch["input_ids"]
     kwargs.setdefault("output_hidden_states", True)
-    if padding_side == "right":
+    if options.drops_mask:
         width = batch["input_ids"].shape[1]
         mask, positions = None, torch.arange(width, device=batch["input_ids"].device)[None]
     else:

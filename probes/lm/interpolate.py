@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from probes.lm.losses import text_losses
 from probes.lm.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
+from probes.lm.stack import decoder_stack
 
 
 def riemann_path_mean(
@@ -35,22 +36,11 @@ def riemann_path_mean(
     return total / steps
 
 
-def _stack(model):
-    """The decoder stack ``model.model`` with its blocks ``layers`` and final ``norm``."""
-    stack = getattr(model, "model", model)
-    if not hasattr(stack, "layers") or not hasattr(stack, "norm"):
-        raise TypeError(
-            f"{type(model).__name__} has no model.layers / model.norm: integrated gradients supports decoder "
-            "stacks laid out like Llama / OLMo2 / Qwen2 / Mistral"
-        )
-    return stack
-
-
 @contextmanager
 def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]) -> Iterator[None]:
     """Inside the block, the model's hidden state ``layer`` (as in ``output_hidden_states``: 0 = embeddings,
     L = after the final norm) is ``state``; everything above runs from it, everything below is ignored."""
-    stack = _stack(model)
+    stack = decoder_stack(model, ("layers", "norm"), "integrated gradients")
     if not 0 <= layer <= len(stack.layers):
         raise ValueError(f"layer {layer} is out of range: hidden states run 0..{len(stack.layers)}")
 

@@ -12,6 +12,7 @@ from torch.nn.attention import sdpa_kernel
 from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
+from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.compiled import compiled
 from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, last_position, to_device
 
@@ -24,11 +25,23 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-# Logit elements (rows x positions x vocabulary) one chunk of the "lm" loss may hold: 2**27 is 512 MiB of fp32
-# logits; a chunk's backward holds a few such copies (bf16 logits, fp32 upcast, log-softmax, its gradient),
-# ~2 GiB at any batch size. Llama-3.2's 128k vocabulary at 256 rows: 4 positions a chunk. A batch whose
-# single position exceeds the budget still runs one position at a time.
+# Logit elements (rows x positions x vocabulary) one chunk of the fast "lm" loss may hold: 2**27 is 512 MiB of
+# fp32 logits; a chunk's backward holds a few such copies (bf16 logits, fp32 upcast, log-softmax, its
+# gradient), ~2 GiB at any batch size. Llama-3.2's 128k vocabulary at 256 rows: 4 positions a chunk. A batch
+# whose single position exceeds the budget still runs one position at a time.
 LOGIT_BUDGET = 2**27
+
+
+def reference_lm_loss(
+    logits: Float[Tensor, "b s v"], input_ids: Int[Tensor, "b s"], attention_mask: Int[Tensor, "b s"]
+) -> Float[Tensor, "b"]:
+    """Each text's next-token cross-entropy averaged over its real predicted tokens, from its full logits:
+    the definition `lm_loss` computes in chunks."""
+    real = attention_mask.bool()
+    predicted = real[:, 1:] & real[:, :-1]
+    nll = F.cross_entropy(_upcast(logits[:, :-1]).transpose(1, 2), input_ids[:, 1:], reduction="none")
+    nll = torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
+    return nll.sum(-1) / predicted.sum(-1).clamp(min=1)
 
 
 def lm_loss(
@@ -116,7 +129,7 @@ def _chunk_nll(
 
     The head sees [b, c, d] (per-example parameter gradients hook it per text); the cross-entropy runs on the
     logits flattened to [b * c, v], whose kernel reduces each row over the vocabulary in parallel (the
-    [b, v, c] class-dimension layout reduced a chunk of few positions several times slower on an H100)."""
+    [b, v, c] class-dimension layout reduced a chunk of few positions several times slower; BENCHMARKS.md)."""
     logits = _upcast(head(hidden))
     nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     return torch.where(predicted, nll, torch.zeros((), dtype=nll.dtype, device=nll.device)).sum(-1)
@@ -185,7 +198,7 @@ def ce_loss(
 def margin_loss(
     logits: Float[Tensor, "b v"], answers: Int[Tensor, "b"], candidate_ids: Int[Tensor, "c"]
 ) -> Float[Tensor, "b"]:
-    """-(logit[answer] - max over the other candidate answers): negative when the answer wins."""
+    """``-answer_margin`` over the candidate answers' logits: negative when the answer wins."""
     candidates = _upcast(logits[:, candidate_ids])
     is_answer = candidate_ids[None, :] == answers[:, None]
     if not bool(is_answer.any(-1).all()):
@@ -193,9 +206,16 @@ def margin_loss(
         raise ValueError(
             f"answer token ids {missing} are not among the candidate ids; margin needs them there"
         )
-    correct = candidates[is_answer]
-    others = candidates.masked_fill(is_answer, float("-inf")).amax(-1)
-    return others - correct
+    return -answer_margin(candidates, is_answer.int().argmax(-1))
+
+
+def answer_margin(logits: Float[Tensor, "b c"], answer: Int[Tensor, "b"]) -> Float[Tensor, "b"]:
+    """The one margin: the answer's logit minus the largest logit among the other candidates (``logits``
+    over the candidate answers, ``answer`` the index of each row's answer among them); positive when the
+    answer wins."""
+    correct = logits.gather(1, answer[:, None])[:, 0]
+    others = logits.scatter(1, answer[:, None], float("-inf"))
+    return correct - others.amax(1)
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -211,31 +231,50 @@ def text_losses(
     items: Sequence[Tokenized],
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
-    compile: bool = False,
+    options: PassOptions = DEFAULT,
 ) -> tuple[Float[Tensor, "b"], object]:
     """Each text's own loss ("lm", "ce" or "margin") from one call of ``model``, and that call's output.
 
-    ``run(**kwargs)`` calls ``model`` on ``batch`` (however the caller feeds it). It gets ``logits_to_keep``
+    ``run(**kwargs)`` calls ``model`` on ``batch`` (however the caller feeds it). The reference backend
+    (``options``) takes the full logits of that call. The fast one passes ``logits_to_keep``
     so the vocabulary projection runs only where a target is predicted ("ce", "margin"), or only at the last
     position (`probes.lm.scoring.last_position`; "lm", with ``output_hidden_states=True``: `lm_loss` projects
-    the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits, compiled with ``compile``).
+    the final hidden state itself, in chunks of at most `LOGIT_BUDGET` logits, compiled with
+    ``options.compile``).
     Attention runs on `probes.lm.scoring.ATTENTION_BACKENDS` (its backward follows the forward's kernel).
     """
     check_loss(loss)
+    if not options.fast:
+        return _reference_text_losses(run, batch, items, loss, candidate_ids)
     if loss == "lm":
         head = lm_head(model)
         out = run(logits_to_keep=last_position(batch["input_ids"]), output_hidden_states=True)
         rows, vocab = batch["input_ids"].shape[0], head.weight.shape[0]
         chunk = max(1, LOGIT_BUDGET // (rows * vocab))
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        return lm_loss(head, out.hidden_states[-1], ids, mask, chunk, compile), out
+        return lm_loss(head, out.hidden_states[-1], ids, mask, chunk, options.compile), out
     positions, tokens, valid = target_layout(items, batch["offset"], batch["input_ids"].device)
     keep = torch.unique(positions)
     out = run(logits_to_keep=keep)
     rows = torch.arange(len(items), device=keep.device)[:, None]
     logits = out.logits[rows, torch.searchsorted(keep, positions)]
+    return _target_loss(logits, tokens, valid, loss, candidate_ids), out
+
+
+def _reference_text_losses(run, batch, items, loss, candidate_ids) -> tuple[Float[Tensor, "b"], object]:
+    """`text_losses` from the model's full logits, read where the definitions say."""
+    out = run(output_hidden_states=True)
+    if loss == "lm":
+        return reference_lm_loss(out.logits, batch["input_ids"], batch["attention_mask"]), out
+    positions, tokens, valid = target_layout(items, batch["offset"], batch["input_ids"].device)
+    rows = torch.arange(len(items), device=positions.device)[:, None]
+    return _target_loss(out.logits[rows, positions], tokens, valid, loss, candidate_ids), out
+
+
+def _target_loss(logits, tokens, valid, loss, candidate_ids) -> Float[Tensor, "b"]:
+    """The "ce" or "margin" loss of the logits at each row's target positions."""
     if loss == "ce":
-        return ce_loss(logits, tokens, valid), out
+        return ce_loss(logits, tokens, valid)
     if candidate_ids is None:
         raise ValueError("loss 'margin' needs candidate_ids (the candidate answers' token ids)")
-    return margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device)), out
+    return margin_loss(logits[:, 0], tokens[:, 0], candidate_ids.to(logits.device))

@@ -10,44 +10,27 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from probes.lm.features import hidden_state_ids
 from probes.lm.scoring import last_position, to_device, tokenize
+from probes.lm.stack import decoder_stack
 
 LAYER_NAMES = ("middle", "last")
+STACK_PARTS = ("layers", "norm", "rotary_emb")
 
 
 def num_blocks(model) -> int:
     """The number of decoder blocks L (hidden-state index 0 = embeddings .. L = after the final norm)."""
-    return len(_stack(model).layers)
+    return len(decoder_stack(model, STACK_PARTS, "patching").layers)
 
 
 def resolve_layer(model, layer: int | str) -> int:
-    """A hidden-state index in 0..L from an int (negative counts from L) or "middle" (L // 2) / "last" (L)."""
-    blocks = num_blocks(model)
-    if isinstance(layer, str):
-        if layer not in LAYER_NAMES:
-            raise ValueError(
-                f"layer must be an int in -{blocks + 1}..{blocks} or one of {LAYER_NAMES}, got {layer!r}"
-            )
-        return blocks // 2 if layer == "middle" else blocks
-    if not -(blocks + 1) <= layer <= blocks:
-        raise ValueError(
-            f"layer {layer} is out of range for a model with {blocks} blocks (use -{blocks + 1}..{blocks})"
-        )
-    return layer % (blocks + 1)
-
-
-def _stack(model):
-    """The decoder stack (``model.model`` for *ForCausalLM: Llama, OLMo2, Qwen2, Mistral ...)."""
-    stack = getattr(model, "model", model)
-    for part in ("layers", "norm", "rotary_emb"):
-        if not hasattr(stack, part):
-            raise TypeError(
-                f"{type(model).__name__} has no model.{part}: patching supports Llama-family decoder stacks "
-                "(model.model.layers, model.model.norm, model.model.rotary_emb, lm_head)"
-            )
-    return stack
+    """A hidden-state index in 0..L from an int (negative counts from L) or "middle" (L // 2) / "last" (L),
+    by `probes.lm.features.hidden_state_ids`."""
+    if isinstance(layer, str) and layer not in LAYER_NAMES:
+        raise ValueError(f"layer must be an int or one of {LAYER_NAMES}, got {layer!r}")
+    return hidden_state_ids(layer, num_blocks(model) + 1)[0]
 
 
 def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
@@ -94,12 +77,13 @@ def shared_prefix_attention(
 ) -> tuple[Tensor, None]:
     """Attention of each candidate's one position over its prompt's cached prefix and its own key/value.
 
-    A transformers attention function (registered as `PREFIX_ATTENTION`): ``query`` [b, H, 1, dim], ``key``
-    and ``value`` [b, H_kv, 1, dim] are the candidates' own; ``kwargs["shared_prefix"]`` holds the prefixes.
-    Concatenating a prefix to every candidate's key/value (what a KV cache does) copied it b times per block
-    and took half of patching's time. Here all candidates are scored against the u prompts' prefixes at once,
-    one product per key/value head ([b, dim] x [dim, u * P]), and each keeps its own prompt's scores; the
-    values are mixed back the same way. Scores and softmax in float32 (float64 for a float64 model).
+    A transformers attention function (`PREFIX_ATTENTION` inside `attention_implementation`): ``query``
+    [b, H, 1, dim], ``key`` and ``value`` [b, H_kv, 1, dim] are the candidates' own;
+    ``kwargs["shared_prefix"]`` holds the prefixes. Concatenating a prefix to every candidate's key/value
+    (what a KV cache does) copied it b times per block and took half of patching's time. Here all
+    candidates are scored against the u prompts' prefixes at once, one product per key/value head
+    ([b, dim] x [dim, u * P]), and each keeps its own prompt's scores; the values are mixed back the same
+    way. Scores and softmax in float32 (float64 for a float64 model).
     """
     shared = kwargs["shared_prefix"]
     prefix_keys, prefix_values = shared.keys_values(module.layer_idx)
@@ -137,18 +121,26 @@ def shared_prefix_attention(
 
 
 PREFIX_ATTENTION = "probes_shared_prefix"
-AttentionInterface.register(PREFIX_ATTENTION, shared_prefix_attention)
 
 
 @contextmanager
-def attention_implementation(model, name: str) -> Iterator[None]:
-    """Inside the block, ``model`` runs its attention with the registered function ``name``."""
+def attention_implementation(model, name: str, function) -> Iterator[None]:
+    """Inside the block, ``model`` runs its attention with ``function``, known to transformers as ``name``
+    only there: the entry goes into transformers' attention table on entering and out on leaving, and the
+    model gets its own implementation back, also after an error."""
+    table = ALL_ATTENTION_FUNCTIONS
+    previous_function = table.get(name)
     previous = model.config._attn_implementation
-    model.set_attn_implementation(name)
+    table[name] = function
     try:
+        model.set_attn_implementation(name)
         yield
     finally:
         model.set_attn_implementation(previous)
+        if previous_function is None:
+            del table[name]
+        else:
+            table[name] = previous_function
 
 
 class Patcher:
@@ -162,7 +154,7 @@ class Patcher:
 
     def __init__(self, model, tokenizer, candidate_ids: Int[Tensor, "c"], layer: int | str = "middle"):
         self.model, self.tokenizer = model, tokenizer
-        self.stack = _stack(model)
+        self.stack = decoder_stack(model, STACK_PARTS, "patching")
         self.blocks = num_blocks(model)
         self.layer = resolve_layer(model, layer)
         weight = model.get_output_embeddings().weight
@@ -218,7 +210,7 @@ class Patcher:
             position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
             rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
             shared = _SharedPrefix(prefix, rows, self.device)
-            with attention_implementation(self.model, PREFIX_ATTENTION):
+            with attention_implementation(self.model, PREFIX_ATTENTION, shared_prefix_attention):
                 for block in self.stack.layers[self.layer :]:
                     hidden = block(
                         hidden,

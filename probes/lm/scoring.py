@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 # The attention kernels the project's own passes run (the feature passes, each text's loss): not cuDNN's,
 # PyTorch's first choice on Hopper, which builds a plan per new sequence length, and every length batch has
-# its own. Flash attention ran the hidden pass of OLMo2-1B on 20hops 15% faster on an H100.
+# its own (BENCHMARKS.md, "Measurements behind code choices").
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -109,8 +109,8 @@ def _encode_all(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of every text without specials, in one batched call.
 
     A fast tokenizer with no truncation or padding set is called through its Rust backend directly:
-    transformers' conversion of each result to a Python dict cost more than the encoding (0.58 s of 0.66 s
-    for 5000 texts on an H100 host), and it returns the same ids."""
+    transformers' conversion of each result to a Python dict cost more than the encoding (BENCHMARKS.md),
+    and it returns the same ids."""
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -225,8 +225,8 @@ def candidate_logits(
 def last_position(input_ids: Int[Tensor, "b s"]) -> Int[Tensor, "1"]:
     """``logits_to_keep`` for the last position only, as an index tensor rather than HF's int 1: the int keeps
     the strided slice ``hidden[:, -1:]``, on which the LM head runs as a batched matmul that reads the whole
-    vocabulary matrix once per row (89 ms for 500 rows of Llama-3.2-1B on an H100); an index gathers a
-    contiguous [b, 1, d], one matrix product."""
+    vocabulary matrix once per row (BENCHMARKS.md); an index gathers a contiguous [b, 1, d], one matrix
+    product."""
     return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.lm.backend import PassOptions
 from probes.lm.cache import FeatureCache, content_hash, model_fingerprint
 from probes.lm.features import FeatureSpec, compute_features
 from probes.lm.load import ModelPair
@@ -41,7 +42,8 @@ class FeatureStore:
         grad_batch_size: texts per forward+backward pass.
         max_tokens: padded tokens per forward pass (None = no cap; see `probes.lm.scoring.length_batches`);
             gradients use half of it, as their pass holds activations for the backward.
-        compile: run the decoder blocks compiled (`probes.lm.compiled`).
+        compile: run the decoder blocks compiled (`probes.lm.compiled`; fast backend only).
+        backend: "fast" or "reference" (`probes.lm.backend`; the same features).
         progress: show progress bars.
         devices: devices that share each feature pass (Lightning's ``strategy``, see
             `probes.lm.distributed`); every rank must have its pair on its own device. Only rank 0 writes
@@ -61,6 +63,7 @@ class FeatureStore:
         grad_batch_size: int | None = None,
         max_tokens: int | None = None,
         compile: bool = False,
+        backend: str = "fast",
         progress: bool = True,
         devices: int = 1,
         strategy: str = "ddp",
@@ -73,7 +76,8 @@ class FeatureStore:
         self.candidate_ids = candidate_ids
         self.batch_size = batch_size
         self.devices, self.strategy = devices, strategy
-        self.max_tokens, self.compile = max_tokens, compile
+        self.options = PassOptions(backend, compile)
+        self.max_tokens = max_tokens
         grad = gradient_batching(batch_size, max_tokens, grad_batch_size)
         self.grad_batch_size, self.grad_max_tokens = grad
         self._memo: dict[tuple, Tensor] = {}
@@ -121,7 +125,8 @@ class FeatureStore:
                         old=old,
                         batch_size=batch_size,
                         max_tokens=max_tokens,
-                        compile=self.compile,
+                        compile=self.options.compile,
+                        backend=self.options.backend,
                         progress=self.progress,
                         devices=self.devices,
                         strategy=self.strategy,
