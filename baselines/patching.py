@@ -10,6 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from baselines.feature_method import apply_preset
+from probes.lm.losses import answer_margin
 from probes.lm.patch import Patcher
 from probes.lm.scoring import answer_token_ids, to_device
 from probes.methods import AttributionContext, Method, check_choice, register
@@ -26,13 +27,6 @@ def gate_masks(attribution: Float[Tensor, "n d"], percentile: float) -> Bool[Ten
     if count:
         mask.scatter_(1, attribution.abs().topk(count, dim=1).indices, True)
     return mask
-
-
-def margins(logits: Float[Tensor, "b c"], answer: Int[Tensor, "b"]) -> Float[Tensor, "b"]:
-    """Correct-answer logit minus the largest logit among the other candidate answers."""
-    correct = logits.gather(1, answer[:, None])[:, 0]
-    others = logits.scatter(1, answer[:, None], float("-inf"))
-    return correct - others.max(dim=1).values
 
 
 @register("patching")
@@ -128,8 +122,8 @@ class Patching(Method):
         for prefix in prefixes:
             ids = query_ids[prefix.rows]
             answer = self.answers[ids].to(device)
-            old_margin = margins(prefix.logits.float(), answer)
-            span = margins(self.new_logits[ids].to(device), answer) - old_margin
+            old_margin = answer_margin(prefix.logits.float(), answer)
+            span = answer_margin(self.new_logits[ids].to(device), answer) - old_margin
             span = torch.where(span.abs() > 1e-6, span, torch.ones_like(span))
             old, new = prefix.old, self.new_states[ids].to(device=device, dtype=prefix.old.dtype)
             block = torch.empty(len(ids), n, dtype=torch.float32, device=device)
@@ -137,7 +131,7 @@ class Patching(Method):
                 rows = prompts if isinstance(prompts, int) else to_device(prompts, device)
                 states = torch.where(self.masks[docs], new[rows], old[rows])
                 expand = torch.broadcast_to(answer[rows], docs.shape)
-                patched = margins(self.patcher.logits(prefix, prompts, states).float(), expand)
+                patched = answer_margin(self.patcher.logits(prefix, prompts, states).float(), expand)
                 block[rows, docs] = (patched - old_margin[rows]) / span[rows]
                 bar.update(len(docs))
             out[prefix.rows] = block.cpu()

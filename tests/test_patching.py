@@ -6,11 +6,12 @@ import pytest
 import torch
 from lm_fixtures import CANDIDATES, make_micro_model, make_tokenizer, micro_rows, perturb
 
-from baselines.patching import gate_masks, margins
+from baselines.patching import gate_masks
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
 from probes.lm.features import hidden_state_ids, query_inputs
 from probes.lm.load import load_pair
+from probes.lm.losses import answer_margin
 from probes.lm.patch import Patcher, num_blocks, resolve_layer
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.lm.store import FeatureStore
@@ -151,7 +152,7 @@ def test_gate_masks_pick_the_largest_magnitudes():
 
 def test_margin_is_answer_minus_best_other():
     logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 4.0]])
-    assert margins(logits, torch.tensor([1, 2])).tolist() == [1.0, -1.0]
+    assert answer_margin(logits, torch.tensor([1, 2])).tolist() == [1.0, -1.0]
 
 
 @pytest.mark.parametrize(
