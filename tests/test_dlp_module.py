@@ -176,3 +176,18 @@ def test_test_best_before_any_fit_says_so(micro_world, in_tmp, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert re.search("--ckpt_path best: no fit has saved a best checkpoint.*fit", err)
+
+
+def test_fit_hides_the_eval_mode_warning_about_f_new_and_restores_the_filters(micro_world, in_tmp):
+    """f_new stays in eval mode on purpose; the warning Lightning raises about it is silenced only during
+    the fit's start, and the process's warning filters are left as they were (no process-wide change)."""
+    import warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inner = list(warnings.filters)
+        run_cli(micro_world, "fit", "--trainer.fast_dev_run=true")
+        assert list(warnings.filters) == inner
+    assert not [w for w in caught if "in eval mode" in str(w.message)]
+    assert list(warnings.filters) == before

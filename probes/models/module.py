@@ -24,7 +24,7 @@ from probes.models.lm import frozen_lm, resolve_model_path
 from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
 
 # f_new is a submodule kept in eval mode on purpose: Lightning's warning about that says nothing to a user
-warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning)
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode"
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
@@ -146,6 +146,19 @@ class ProbeModule(L.LightningModule):
                 "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
                 "configs/dlp-heldout-functions.yaml)"
             )
+
+    def on_fit_start(self) -> None:
+        """Silence Lightning's eval-mode warning (it is about f_new) until training starts, where it is
+        raised; the process's warning filters are restored in `on_train_start`."""
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.filterwarnings("ignore", EVAL_MODE_WARNING, PossibleUserWarning)
+
+    def on_train_start(self) -> None:
+        quiet = getattr(self, "_quiet", None)
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
+            self._quiet = None
 
     def configure_callbacks(self) -> list:
         """Under a Trainer: the data's tables in (`QueryTables`), the figure and test_metrics.json out."""
