@@ -201,7 +201,6 @@ def load_everything(cfg: Namespace):
         query_inputs,
     )
     from probes.lm.context import check_document_lengths
-    from probes.lm.evaluate import query_correctness
     from probes.lm.ranks import global_rank, rank_device
 
     data = HopsData(**cfg.data.as_dict())
@@ -240,7 +239,9 @@ def load_everything(cfg: Namespace):
         progress=global_rank(model.devices) == 0,
         devices=model.devices,
     )
-    data.set_correctness(query_correctness(pair.new, pair.tokenizer, data.queries, data.candidates))
+    # f_new's answers come from the last-layer states the features hold anyway (no separate pass)
+    answers = torch.tensor([data.candidates.index(q.constant) for q in data.queries])
+    data.set_correctness(features.answers_correct(answers))
     return data, pair, candidate_ids, features
 
 

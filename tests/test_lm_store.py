@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 import probes.lm.cache as cache_module
 import probes.lm.store as store_module
+from probes.data.queries import Query
 from probes.lm.cache import FeatureCache, model_fingerprint
 from probes.lm.features import FeatureSpec, query_inputs
 from probes.lm.load import load_pair
@@ -164,3 +165,23 @@ def test_attributions_at_one_position_are_the_product_and_keyed_by_both_checkpoi
     assert attr.abs().sum() > 0
     perturb(pair.old, scale=1e-2)  # another f_old, the same f_new: the entry must not be read
     assert not torch.allclose(make_store().attributions("queries", "last"), attr)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_answers_correct_from_the_stored_states_equals_a_separate_pass(pair, seed):
+    """f_new's correctness read off the features (LM head on the stored final state) equals the separate
+    candidate-logit pass compare.py used to run, for every query; the answers are checked, not only shapes."""
+    from probes.lm.evaluate import query_correctness
+
+    perturb(pair.new, scale=0.5, seed=seed)  # a random micro model answers some queries right, some wrong
+    queries = [
+        Query(i, "<FN>", 0, q.prompt, str(c), c, 0)
+        for i, (q, c) in enumerate((q, c) for q in QUERIES for c in (5, 7, 9))
+    ]
+    texts, targets = query_inputs(queries)
+    ids = answer_token_ids(pair.tokenizer, CANDIDATES)
+    store = FeatureStore(pair, list(TEXTS[:2]), texts, targets, ids, batch_size=3, progress=False)
+    answers = torch.tensor([CANDIDATES.index(q.constant) for q in queries])
+    got = store.answers_correct(answers)
+    expected = query_correctness(pair.new, pair.tokenizer, queries, CANDIDATES)
+    assert torch.equal(got, expected) and expected.any() and not expected.all()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from jaxtyping import Float, Int
+import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from probes.lm.backend import PassOptions
@@ -148,6 +149,19 @@ class FeatureStore:
                     model, texts, spec, compute, extra=extra, write=write
                 )
         return self._memo[key]
+
+    def answers_correct(self, answers: Int[Tensor, "N"]) -> Bool[Tensor, "N"]:
+        """f_new's correctness on every query from the features it already has: the LM head on the final
+        hidden state (after the final norm) at the last prompt position, argmax over the candidate answers,
+        compared with ``answers`` (each query's index among the candidates). No extra pass over the texts."""
+        states = self.hidden("new", "queries", "last")[:, -1]
+        head = self.pair.new.get_output_embeddings()
+        weight = head.weight[self.candidate_ids.to(head.weight.device)]
+        with torch.no_grad():
+            logits = states.to(weight.device, weight.dtype) @ weight.T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[self.candidate_ids.to(head.bias.device)]
+        return logits.argmax(-1).cpu() == answers.cpu()
 
     def tokenizer_hash(self) -> str:
         """A hash of the tokenizer's vocabulary and special tokens (part of every cache key)."""
