@@ -72,23 +72,33 @@ def make_tokenizer(
     return tokenizer
 
 
+# the micro models' sizes, shared by every architecture the tests build
+MICRO_SIZES = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+)
+
+
 def micro_config(vocab_size: int, **overrides) -> LlamaConfig:
     """A 2-layer Llama: hidden 32, 4 heads, 2 key-value heads, intermediate 64."""
-    settings = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    settings.update(overrides)
-    return LlamaConfig(**settings)
+    return LlamaConfig(**{**MICRO_SIZES, "vocab_size": vocab_size, **overrides})
+
+
+def micro_olmo2(vocab_size: int):
+    """A 2-layer OLMo2 (post-norm blocks, q/k norms) of the micro Llama's sizes."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Olmo2Config(**MICRO_SIZES, vocab_size=vocab_size, initializer_range=0.2)
+    return Olmo2ForCausalLM(config).eval()
 
 
 def make_micro_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:

@@ -7,8 +7,16 @@ import copy
 
 import pytest
 import torch
-from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model, perturb
-from transformers import Olmo2Config, Olmo2ForCausalLM
+from lm_fixtures import (
+    CANDIDATES,
+    QUERIES,
+    TEXTS,
+    build_tokenizer,
+    exact_float64,
+    make_micro_model,
+    micro_olmo2,
+    perturb,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from probes.lm.backend import PassOptions
@@ -16,26 +24,6 @@ from probes.lm.compiled import RECOMPILE_LIMIT, compiled_blocks
 from probes.lm.features import FeatureSpec, compute_features, query_inputs
 from probes.lm.patch import PREFIX_ATTENTION, Patcher
 from probes.lm.scoring import answer_token_ids
-
-
-def micro_olmo2(vocab_size: int) -> Olmo2ForCausalLM:
-    """A 2-layer OLMo2 (post-norm blocks, q/k norms) of the micro Llama's sizes."""
-    torch.manual_seed(0)
-    config = Olmo2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        initializer_range=0.2,
-    )
-    return Olmo2ForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module", params=["llama", "olmo2"])
