@@ -14,11 +14,7 @@ from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
 from baselines.queries import QUERY_LOSSES
 from probes.lm.example_grads import (
     GROUPS,
-    PROJECTIONS,
-    BlockProjection,
     KroneckerProjection,
-    RandomProjection,
-    allocate_dims,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
@@ -26,6 +22,7 @@ from probes.lm.example_grads import (
     with_rule,
 )
 from probes.lm.features import query_inputs
+from probes.lm.projections import PROJECTIONS, BlockProjection, RandomProjection, allocate_dims
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 from probes.methods import AttributionContext, Method, check_choice, register
 

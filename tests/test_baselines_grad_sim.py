@@ -15,8 +15,6 @@ from probes.data.queries import make_queries
 from probes.lm import losses
 from probes.lm.example_grads import (
     KroneckerProjection,
-    RandomProjection,
-    allocate_dims,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
@@ -25,6 +23,7 @@ from probes.lm.example_grads import (
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.load import load_pair
+from probes.lm.projections import RandomProjection, allocate_dims
 from probes.lm.scoring import collate, pad_id, tokenize
 from probes.methods import build_method
 
