@@ -9,8 +9,9 @@ from torch import Tensor
 from baselines.delta_h import delta_hidden
 from baselines.feature_method import FeatureMethod, apply_preset
 from baselines.queries import QUERY_LOSSES
-from probes.lm.features import hidden_state_ids, query_inputs
+from probes.lm.features import query_inputs
 from probes.lm.interpolate import integrated_gradients
+from probes.lm.layer_ids import hidden_state_ids
 from probes.methods import AttributionContext, check_choice, register
 
 PRODUCTS = ("per_position", "of_means")

@@ -8,7 +8,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from baselines.layers import LayerScorer
-from probes.lm.features import hidden_state_ids
+from probes.lm.layer_ids import hidden_state_ids
 from probes.methods import AttributionContext, Method, check_choice
 
 QUERY_POOLINGS = ("last", "mean", "span")

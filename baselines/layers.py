@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from probes.lm.features import check_layer_spec, hidden_state_ids
+from probes.lm.layer_ids import check_layer_spec, hidden_state_ids
 
 SIMILARITIES = ("cosine", "dot")
 NORMALISATIONS = ("none", "zscore", "whiten")

@@ -18,7 +18,7 @@ from baselines.layers import (
     layer_similarity,
 )
 from probes.data.queries import make_queries
-from probes.lm.features import hidden_state_ids
+from probes.lm.layer_ids import hidden_state_ids
 from probes.methods import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,8 @@ from lm_fixtures import CANDIDATES, make_micro_model, make_tokenizer, micro_rows
 from baselines.patching import gate_masks
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
-from probes.lm.features import hidden_state_ids, query_inputs
+from probes.lm.features import query_inputs
+from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.load import load_pair
 from probes.lm.losses import answer_margin
 from probes.lm.patch import Patcher, num_blocks, resolve_layer

@@ -3,7 +3,7 @@
 Layer index l runs over what Hugging Face returns with ``output_hidden_states=True``: 0 = the embeddings
 (the first block's input), l = the output of block l, and the last index L = the final hidden state AFTER
 the model's final norm (the tensor the LM head reads; transformers ties ``hidden_states[-1]`` to it).
-`hidden_state_ids` is the one resolver of a layer option into these indices.
+`probes.lm.layer_ids.hidden_state_ids` is the one resolver of a layer option into these indices.
 """
 
 from __future__ import annotations
@@ -21,57 +21,11 @@ from tqdm.auto import tqdm
 
 from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.compiled import compiled_blocks
+from probes.lm.host_rows import HostRows, check_finite
+from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.losses import check_loss, text_losses
 from probes.lm.pooling import Pooler, check_pooling
 from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, collate, length_batches, pad_id, tokenize
-
-# "all": the block outputs 1..L (the embeddings, index 0, are the same vector for a token wherever it stands:
-# pooled at one token they are a context-independent term); "all_with_embeddings": 0..L; "middle": L // 2
-# (as the reference scripts: num_hidden_layers // 2); "last": L. Ints (negative from the end) name states.
-LAYER_NAMES = ("all", "all_with_embeddings", "middle", "last")
-
-
-def check_layer_spec(spec) -> None:
-    """Raise unless ``spec`` is one of LAYER_NAMES, an int or a non-empty list of distinct ints."""
-    if isinstance(spec, str):
-        if spec not in LAYER_NAMES:
-            raise ValueError(f"layers={spec!r}: give one of {list(LAYER_NAMES)}, an int or a list of ints")
-        return
-    items = [spec] if isinstance(spec, int) else spec
-    if (
-        not isinstance(items, (list, tuple))
-        or not items
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in items)
-    ):
-        raise ValueError(f"layers={spec!r}: give one of {list(LAYER_NAMES)}, an int or a non-empty int list")
-
-
-def hidden_state_ids(spec, n_states: int) -> list[int]:
-    """Hidden-state indices (0 = embeddings .. ``n_states - 1`` = after the final norm) that ``spec`` names
-    (see LAYER_NAMES); ints may be negative (from the end). Raises on an index out of range or named twice."""
-    check_layer_spec(spec)
-    if spec == "all":
-        if n_states < 2:
-            raise ValueError(
-                f"layers='all' (block outputs 1..L) names nothing among {n_states} hidden state(s); features "
-                "that are not hidden states take layers=None (every row)"
-            )
-        return list(range(1, n_states))
-    if spec == "all_with_embeddings":
-        return list(range(n_states))
-    if spec in ("middle", "last"):
-        return [(n_states - 1) // 2 if spec == "middle" else n_states - 1]
-    out = []
-    for i in [spec] if isinstance(spec, int) else spec:
-        if not -n_states <= i < n_states:
-            raise ValueError(
-                f"layers={spec!r}: index {i} is out of range for {n_states} hidden states (0 = embeddings)"
-            )
-        out.append(i % n_states)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers={spec!r} names a hidden state twice")
-    return out
-
 
 KINDS = ("hidden", "grad", "attr")
 
@@ -215,62 +169,7 @@ def compute_features(
     bar = tqdm(batches, desc=f"{spec.what} features", disable=not progress or len(batches) < 4, leave=False)
     for index in bar:
         out.add(index, step([items[i] for i in index]))
-    return out.result(texts, spec)
-
-
-class HostRows:
-    """Collects each batch's feature rows into one CPU tensor of ``count`` rows, in text order, while the
-    device computes the next batch: a batch's rows go to pinned memory by an asynchronous copy, and the
-    host files them in place only once the following batch is queued. The device never waits for the host,
-    and the copy to the host (~700 MB per checkpoint and pass at 1B scale) is hidden behind the compute.
-    Non-finite rows are counted on the device and looked for on the host only when there are some."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self.out: Tensor | None = None
-        self.pending: list[tuple[Tensor, Tensor, torch.cuda.Event]] = []
-        self.bad: Tensor | None = None
-
-    def add(self, index: Sequence[int], rows: Tensor) -> None:
-        if self.out is None:
-            self.out = torch.empty((self.count, *rows.shape[1:]), dtype=rows.dtype)
-        index = torch.tensor(index)
-        if rows.device.type != "cuda":
-            self.out.index_copy_(0, index, rows.cpu())
-            return
-        bad = (~torch.isfinite(rows)).sum()
-        self.bad = bad if self.bad is None else self.bad + bad
-        pinned = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-        pinned.copy_(rows, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        self.pending.append((index, pinned, done))
-        self._file(keep=1)
-
-    def _file(self, keep: int) -> None:
-        """Wait for all but the last ``keep`` pending copies and put their rows in place."""
-        while len(self.pending) > keep:
-            index, pinned, done = self.pending.pop(0)
-            done.synchronize()
-            self.out.index_copy_(0, index, pinned)
-
-    def result(self, texts: Sequence[str], spec: FeatureSpec) -> Tensor:
-        """All rows on the CPU; raises naming the first text whose features hold NaN or inf."""
-        self._file(keep=0)
-        if self.bad is None or int(self.bad):
-            check_finite(self.out, range(self.count), texts, spec)
-        return self.out
-
-
-def check_finite(rows: Tensor, index: Sequence[int], texts: Sequence[str], spec: FeatureSpec) -> None:
-    """Raise naming the first text whose features (``rows[j]`` of text ``index[j]``) hold NaN or inf."""
-    finite = torch.isfinite(rows).flatten(1).all(-1)
-    if not bool(finite.all()):
-        i = index[int((~finite).nonzero()[0, 0])]
-        raise FloatingPointError(
-            f"{spec.what} features of text {i} ({texts[i][:60]!r}) contain NaN or inf; check the model's "
-            "weights and dtype (bf16/fp16 can overflow; try float32)"
-        )
+    return out.result(texts, spec.what)
 
 
 def plan(
@@ -347,7 +246,7 @@ class FeatureStep:
     def rows(self, items: Sequence[Tokenized], index: Sequence[int], texts: Sequence[str]) -> Tensor:
         """The features of texts ``index`` (into ``items`` and ``texts``); an error names a non-finite one."""
         rows = self([items[i] for i in index])
-        check_finite(rows, index, texts, self.spec)
+        check_finite(rows, index, texts, self.spec.what)
         return rows
 
     @sdpa_kernel(ATTENTION_BACKENDS)

@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from probes.lm.features import hidden_state_ids
+from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.scoring import last_position, to_device, tokenize
 from probes.lm.stack import decoder_stack
 
@@ -27,7 +27,7 @@ def num_blocks(model) -> int:
 
 def resolve_layer(model, layer: int | str) -> int:
     """A hidden-state index in 0..L from an int (negative counts from L) or "middle" (L // 2) / "last" (L),
-    by `probes.lm.features.hidden_state_ids`."""
+    by `probes.lm.layer_ids.hidden_state_ids`."""
     if isinstance(layer, str) and layer not in LAYER_NAMES:
         raise ValueError(f"layer must be an int or one of {LAYER_NAMES}, got {layer!r}")
     return hidden_state_ids(layer, num_blocks(model) + 1)[0]
