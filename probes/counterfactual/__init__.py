@@ -1,0 +1,1 @@
+"""Counterfactual ground truth: retrain f_old on document subsets and measure what each query answer lost."""

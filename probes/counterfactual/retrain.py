@@ -1,0 +1,206 @@
+"""Many fine-tunes of one model at once: stacked parameters, one vmapped step for every subset model.
+
+A tiny model's fine-tune is launch-bound on a GPU (a small pair's step runs a few thousand tiny kernels), so
+the K models of one chunk share each kernel: their parameters are stacked on a leading dimension and one
+``torch.func.vmap`` of the loss gradient runs every model on its own batch. Each model follows
+`probes.lm.train_lm.train` exactly (same batches for its seed, schedule, AdamW, per-model gradient clipping,
+bf16 autocast on a GPU), which tests/test_counterfactual_retrain.py checks in float64 against ``train`` run
+alone. AdamW is elementwise, so one optimiser over the stacked tensors is K independent optimisers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, vmap
+from tqdm.auto import tqdm
+
+from probes.lm.patch import attention_implementation
+from probes.lm.train_lm import TrainConfig, collate, epoch_batches
+
+Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
+
+
+STACKED_ATTENTION = "probes_stacked_causal"
+
+
+def causal_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
+    """Eager attention with its own causal mask, for models stacked under vmap.
+
+    The fused attention kernels have no batching rule (vmap would loop over the models); transformers' eager
+    attention takes its softmax in float32 even for a float64 model. Here the softmax runs in float32 from
+    half precision and in the input's precision otherwise. transformers passes no mask to an implementation
+    it does not know, and none is needed: batches are right-padded (see `_step_batch`)."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scores = (query @ key.transpose(2, 3)) * scaling
+    rows, cols = scores.shape[-2:]
+    future = torch.ones(rows, cols, dtype=torch.bool, device=scores.device).triu(cols - rows + 1)
+    half = query.dtype in (torch.bfloat16, torch.float16)
+    weights = scores.masked_fill(future, float("-inf")).softmax(-1, dtype=torch.float32 if half else None)
+    return (weights.to(query.dtype) @ value).transpose(1, 2).contiguous(), None
+
+
+def stack(model: torch.nn.Module, k: int) -> Stacked:
+    """K copies of ``model``'s trainable parameters, stacked, as leaf tensors that take gradients."""
+    return {
+        name: p.detach().unsqueeze(0).repeat(k, *[1] * p.ndim).requires_grad_()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def unstack(params: Stacked, index: int) -> dict[str, Tensor]:
+    """Model ``index``'s parameters (views) from a stacked dict."""
+    return {name: p[index].detach() for name, p in params.items()}
+
+
+def load_into(model: torch.nn.Module, params: dict[str, Tensor]) -> torch.nn.Module:
+    """Copy ``params`` into ``model`` in place (tied weights receive the value once); returns it."""
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in params.items():
+            own[name].copy_(value)
+    return model
+
+
+def _param_groups(model: torch.nn.Module, params: Stacked, weight_decay: float) -> list[dict]:
+    """`train_lm._param_groups` on stacked tensors: decay on matrices except embeddings (per-model ndim)."""
+    embeddings = {
+        f"{prefix}.weight" if prefix else "weight"
+        for prefix, module in model.named_modules()
+        if isinstance(module, torch.nn.Embedding)
+    }
+    decay = [p for n, p in params.items() if p.ndim - 1 >= 2 and n not in embeddings]
+    no_decay = [p for n, p in params.items() if not (p.ndim - 1 >= 2 and n not in embeddings)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _mean_token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"]):
+    """One model's mean next-token cross-entropy over its labelled positions (HF's loss for ``labels``)."""
+    logits = functional_call(model, (params, buffers), (input_ids,), {"use_cache": False}).logits
+    # float32 from half precision, as transformers' ForCausalLMLoss; a float64 model keeps float64
+    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+    targets = labels[:, 1:]
+    total = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    return total / (targets != -100).sum()
+
+
+def _step_batch(
+    seqs: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"]]:
+    """Every model's batch padded to one [K, b, s] block; missing rows carry no labels.
+
+    Right padding with no attention mask is exact: causal attention never lets a real token see the pad
+    after it, and padded positions carry no loss."""
+    rows = max(len(b) for b in batches)
+    width = max(len(seqs[i]) for b in batches for i in b)
+    ids = torch.full((len(batches), rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batches), rows, width), -100, dtype=torch.long)
+    for k, batch in enumerate(batches):
+        block_ids, block_labels = collate([seqs[i] for i in batch], pad_id)
+        ids[k, : len(batch), : block_ids.shape[1]] = block_ids
+        labels[k, : len(batch), : block_labels.shape[1]] = block_labels
+    return ids.to(device), labels.to(device)
+
+
+def train_stacked(
+    model: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    subsets: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    desc: str = "retrain",
+    progress: bool = True,
+) -> Stacked:
+    """Fine-tune K copies of ``model`` at once, copy k on ``seqs[subsets[k]]`` with data-order seed
+    ``seeds[k]``; returns the K trained parameter sets stacked (``model`` itself is left unchanged).
+
+    Copy k equals ``train(copy of model, [seqs[i] for i in subsets[k]], cfg, seed=seeds[k])``. Subsets must
+    have one size (they share one learning-rate schedule and so one step count).
+    """
+    sizes = {len(s) for s in subsets}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"train_stacked: subsets must be non-empty and of one size, got sizes {sorted(sizes)}"
+        )
+    if len(seeds) != len(subsets):
+        raise ValueError(f"train_stacked: {len(subsets)} subsets but {len(seeds)} seeds")
+    k, size = len(subsets), sizes.pop()
+    fmodel = copy.deepcopy(model).train()
+    device = next(fmodel.parameters()).device
+    params = stack(fmodel, k)
+    buffers = dict(fmodel.named_buffers())
+    views = [list(subset) for subset in subsets]
+    lengths = [[len(seqs[i]) for i in view] for view in views]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    steps_per_epoch = math.ceil(size / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_run = min(total, cfg.max_steps) if cfg.max_steps else total
+    warmup = max(1, int(cfg.warmup * total))
+
+    def lr_at(step: int) -> float:  # train_lm.train's schedule
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    opt = torch.optim.AdamW(
+        _param_groups(fmodel, params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    grad_fn = vmap(grad_and_value(lambda p, i, y: _mean_token_loss(fmodel, buffers, p, i, y)))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    queues: list[list[list[int]]] = [[] for _ in range(k)]
+    with (
+        attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
+        tqdm(total=total_run, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        for _ in range(total_run):
+            if not queues[0]:
+                queues = [epoch_batches(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
+                if len({len(q) for q in queues}) != 1:  # epoch_batches' count depends on the size only
+                    raise AssertionError("subset models got different numbers of batches per epoch")
+            batches = [[views[m][i] for i in queues[m].pop()] for m in range(k)]
+            input_ids, labels = _step_batch(seqs, batches, pad_id, device)
+            with autocast:
+                grads, loss = grad_fn(params, input_ids, labels)
+            _clip_per_model(grads, max_norm=1.0)
+            for name, p in params.items():
+                p.grad = grads[name]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.mean().item():.3f}", models=k)
+    return {name: p.detach() for name, p in params.items()}
+
+
+def _clip_per_model(grads: Stacked, max_norm: float) -> None:
+    """``clip_grad_norm_`` for each model separately: scale model k's gradients by
+    ``min(1, max_norm / (||g_k|| + 1e-6))``, the norm over all of its parameters."""
+    sq = sum(g.pow(2).flatten(1).sum(1) for g in grads.values())
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
+
+
+def stacked_outputs(
+    model: torch.nn.Module, params: Stacked, evaluate, *, progress: bool = False
+) -> list[Float[Tensor, "..."]]:
+    """``evaluate(model_k)`` for each of the K parameter sets, loaded one after another into a copy."""
+    work = copy.deepcopy(model).eval()
+    k = next(iter(params.values())).shape[0]
+    out = []
+    for index in tqdm(range(k), desc="evaluate", disable=not progress, leave=False):
+        out.append(evaluate(load_into(work, unstack(params, index))))
+    return out
