@@ -1,0 +1,1 @@
+"""Counterfactual ground truth: f_old retrained on random document subsets, and its on-disk format."""
