@@ -78,6 +78,14 @@ def identity(
     }
 
 
+def split_queries(data, split: str = "test") -> tuple[list[int], list[str]]:
+    """A split's query ids in order (the order of compare.py's queries.csv for "test") and each query's
+    prompt + answer: the ``query_ids`` and ``query_texts`` of `identity` and `check_matches`, from a
+    prepared ``probes.data.hops.HopsData``."""
+    ids = data.split_ids[split].tolist()
+    return ids, [data.queries[i].prompt + data.queries[i].answer for i in ids]
+
+
 def check_matches(
     gt: GroundTruth,
     *,
