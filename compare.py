@@ -203,9 +203,10 @@ def run(cfg: Namespace, out: Path) -> str | None:
         per_query = query_metrics(scores, relevant, hop)
         report = summarise(per_query, functions, is_wrapper, correct)
         ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
-        lds = (
-            summarise_lds(lds_per_query(scores, gt.masks, gt.outputs), functions) if gt is not None else None
-        )
+        lds = None
+        if gt is not None:  # per_query.csv's lds column and metrics.json's summary
+            ranking["lds"] = lds_per_query(scores, gt.masks, gt.outputs)
+            lds = summarise_lds(ranking["lds"], functions)
         return MethodResult(label, hparams, scores, ranking, report, seconds, tuned, lds)
 
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored

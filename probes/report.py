@@ -70,7 +70,8 @@ def write_results(
     """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table.
 
     ``counterfactual`` (``{"path", "subsets", "fraction", "noise_ceiling"}``, given with the LDS of every
-    result) becomes metrics.json's entry of that name and the LDS column of the table. An older
+    result, summarised and per query as ``per_query["lds"]``) becomes metrics.json's entry of that name, the
+    LDS column of the table and of per_query.csv. An older
     metrics.json is removed first, so metrics.json exists only beside a complete set of files.
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ def write_results(
     _write_csv(out / "queries.csv", list(queries[0]) if queries else [], queries)
     _write_csv(
         out / "per_query.csv",
-        ["label", *(queries[0] if queries else []), *metric_names(KS)],
+        ["label", *(queries[0] if queries else []), *metric_names(KS), *(["lds"] if counterfactual else [])],
         _per_query(results, queries),
     )
     table = markdown_table(results, random, counterfactual)

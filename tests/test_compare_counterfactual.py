@@ -70,7 +70,7 @@ def test_every_row_gets_the_lds_that_the_saved_files_give(config, tmp_path):  # 
     truth = load_file(str(tmp_path / "gt" / TENSORS_FILE))
     with (out / "queries.csv").open() as handle:
         functions = [row["func"] for row in csv.DictReader(handle)]
-    for label in ("random_a", "bm25", "relevance"):
+    for label in ("random_a", "relevance", "bm25"):
         lds = metrics[label]["lds"]
         assert set(lds) == {"mean", "macro", "ci95", "undefined"}
         per_query = lds_per_query(scores[label], truth["masks"].bool(), truth["outputs"])
@@ -78,6 +78,9 @@ def test_every_row_gets_the_lds_that_the_saved_files_give(config, tmp_path):  # 
         assert again["ci95"] == pytest.approx(lds["ci95"])
         for key in ("mean", "macro", "undefined"):
             assert again[key] == pytest.approx(lds[key])
+    with (out / "per_query.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["label"] == "bm25"]
+    assert [float(row["lds"]) for row in rows] == pytest.approx(per_query.tolist())  # bm25's, the last
     table = (out / "table.md").read_text()
     assert "| LDS |" in table and "Noise ceiling" in table
     assert re.search(r"\| relevance \|.*\| 1\.000 ± 0\.000 \|", table)

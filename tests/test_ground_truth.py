@@ -100,6 +100,8 @@ def rewrite(folder, tensors=None, manifest=None) -> None:
         (None, {"documents.count": 3}, "documents.count=3"),
         (None, {"queries.ids": [4, 1]}, r"'outputs' has shape \(6, 3\).*\(6, 2\)"),
         (None, {"version": 2}, f"{MANIFEST_FILE}: version 2"),
+        (None, {"queries.ids": "4,1,7"}, "'queries.ids' is not a list"),
+        (None, {"subsets": 6.0}, "'subsets' is not an integer"),
         (None, {"fraction": None}, f"{MANIFEST_FILE} has no 'fraction'"),
         (None, {"pair.old_weights": None}, "no 'pair.old_weights'"),
     ],

@@ -198,6 +198,9 @@ def _validate(
         _entry(manifest, key, manifest_where)
     if manifest["version"] != VERSION:
         raise UserError(f"{manifest_where}: version {manifest['version']!r} is not {VERSION}")
+    for key, kind in (("subsets", int), ("documents.count", int), ("queries.ids", list)):
+        if not isinstance(_entry(manifest, key, manifest_where), kind):
+            raise UserError(f"{manifest_where}: {key!r} is not a{'n integer' if kind is int else ' list'}")
     m, n, q = manifest["subsets"], manifest["documents"]["count"], len(manifest["queries"]["ids"])
     masks, repeat_index = tensors["masks"], tensors["repeat_index"]
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
