@@ -36,6 +36,13 @@ def build_parser() -> ArgumentParser:
         "--dlp_checkpoint", type=str | None, default=None, help="a DLP checkpoint to add as 'dlp'"
     )
     parser.add_argument(
+        "--counterfactual",
+        type=str | None,
+        default=None,
+        help="a counterfactual ground-truth folder (python -m probes.counterfactual build): adds every "
+        "method's LDS and a 'relevance' row",
+    )
+    parser.add_argument(
         "--out", type=str | None, default=None, help="output folder (default results/<config>)"
     )
     parser.add_argument(
@@ -160,14 +167,22 @@ def run(cfg: Namespace, out: Path) -> str | None:
     Under DDP (``model.devices`` > 1) every rank runs this (the feature passes need them all); rank 0 alone
     writes and returns the table, the others return None.
     """
+    from probes.counterfactual.ground_truth import check_matches, load_ground_truth, split_queries
     from probes.lm.ranks import global_rank
     from probes.methods import AttributionContext
     from probes.metrics import query_metrics, random_expectation, summarise
+    from probes.metrics.lds import lds_per_query, noise_ceiling, summarise_lds
     from probes.tune import tune
 
     methods = build_methods(cfg)
+    gt = load_ground_truth(cfg.counterfactual) if cfg.counterfactual else None  # a bad folder fails now
     data, pair, candidate_ids, features = load_everything(cfg)
     val_ids, test_ids = data.split_ids["val"], data.split_ids["test"]
+    if gt is not None:  # before any method scores: the same documents, test queries and f_old, by content
+        query_ids, query_texts = split_queries(data, "test")
+        check_matches(
+            gt, texts=data.corpus.texts, query_ids=query_ids, query_texts=query_texts, old_model=pair.old
+        )
     ctx = AttributionContext(
         data.corpus, data.queries, candidate_ids, pair, features, val_ids, data.relevant[val_ids]
     )
@@ -183,17 +198,32 @@ def run(cfg: Namespace, out: Path) -> str | None:
         batch_size=cfg.model.score_batch_size,
     )
     results, quiet = [], global_rank(cfg.model.devices) != 0
+
+    def result(label: str, hparams: dict, scores: torch.Tensor, seconds: float, tuned=None) -> MethodResult:
+        per_query = query_metrics(scores, relevant, hop)
+        report = summarise(per_query, functions, is_wrapper, correct)
+        ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
+        lds = None
+        if gt is not None:  # per_query.csv's lds column and metrics.json's summary
+            ranking["lds"] = lds_per_query(scores, gt.masks, gt.outputs)
+            lds = summarise_lds(ranking["lds"], functions)
+        return MethodResult(label, hparams, scores, ranking, report, seconds, tuned, lds)
+
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
         label, candidates = methods.pop(0)
         start = time.perf_counter()
         method, tuned = tune(candidates, lambda m: m.prepare(ctx), **val)
         batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
-        seconds = time.perf_counter() - start
-        per_query = query_metrics(scores, relevant, hop)
-        report = summarise(per_query, functions, is_wrapper, correct)
-        ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
-        results.append(MethodResult(label, method.hparams(), scores, ranking, report, seconds, tuned))
+        results.append(result(label, method.hparams(), scores, time.perf_counter() - start, tuned))
+    counterfactual = None
+    if gt is not None:  # the structural ground truth as scores: 1 for a relevant document, else 0
+        results.append(result("relevance", {"method": "relevance"}, relevant.float(), 0.0))
+        counterfactual = {
+            "path": str(gt.path),
+            **{key: gt.manifest[key] for key in ("subsets", "fraction")},
+            "noise_ceiling": noise_ceiling(gt, functions),
+        }
     random = random_expectation(relevant, functions, is_wrapper, correct, hop)
     if quiet:
         return None
@@ -207,7 +237,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
         }
         for i, row in enumerate(data.query_table(test_ids))
     ]
-    return write_results(out, results, relevant, rows, random)
+    return write_results(out, results, relevant, rows, random, counterfactual)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -220,7 +250,7 @@ def _main(argv: list[str] | None) -> Path:
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     check_config(cfg, out)
-    inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint]
+    inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, cfg.counterfactual]
     check_output_folder(out, FILES, overwrite=cfg.overwrite, inputs=inputs)
     threads = torch.get_num_threads()
     if cfg.model.threads and torch.device(cfg.model.device).type == "cpu":

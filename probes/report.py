@@ -32,7 +32,8 @@ MAIN_METRICS = (
 )
 TABLE_SUBSETS = ("base", "wrapper")
 HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
-RESERVED_LABELS = ("relevant", "random_expectation")
+# output keys (scores.safetensors' "relevant", metrics.json's entries) and the --counterfactual row's label
+RESERVED_LABELS = ("relevant", "random_expectation", "relevance", "counterfactual")
 FILES = (
     "metrics.json",
     "scores.safetensors",
@@ -55,6 +56,7 @@ class MethodResult:
     report: dict
     seconds: float
     tuned: Tuned | None = None  # the options chosen on the validation queries, when a grid was given
+    lds: dict | None = None  # probes.metrics.lds.summarise_lds of its scores, given a counterfactual truth
 
 
 def write_results(
@@ -63,10 +65,14 @@ def write_results(
     relevant: Bool[Tensor, "q n"],
     queries: Sequence[Mapping[str, object]],
     random: dict,
+    counterfactual: dict | None = None,
 ) -> str:
     """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table.
 
-    An older metrics.json is removed first, so metrics.json exists only beside a complete set of files.
+    ``counterfactual`` (``{"path", "subsets", "fraction", "noise_ceiling"}``, given with the LDS of every
+    result, summarised and per query as ``per_query["lds"]``) becomes metrics.json's entry of that name, the
+    LDS column of the table and of per_query.csv. An older
+    metrics.json is removed first, so metrics.json exists only beside a complete set of files.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
@@ -76,10 +82,10 @@ def write_results(
     _write_csv(out / "queries.csv", list(queries[0]) if queries else [], queries)
     _write_csv(
         out / "per_query.csv",
-        ["label", *(queries[0] if queries else []), *metric_names(KS)],
+        ["label", *(queries[0] if queries else []), *metric_names(KS), *(["lds"] if counterfactual else [])],
         _per_query(results, queries),
     )
-    table = markdown_table(results, random)
+    table = markdown_table(results, random, counterfactual)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
     plot_recall(out / "recall_at_k.png", results, random)
@@ -92,10 +98,13 @@ def write_results(
             "seconds": r.seconds,
             **({"tuned": {"chosen": r.tuned.chosen, "trials": r.tuned.trials}} if _was_tuned(r) else {}),
             **_report(r.report),
+            **({"lds": r.lds} if r.lds is not None else {}),
         }
         for r in results
     }
     metrics["random_expectation"] = _report(random)
+    if counterfactual is not None:
+        metrics["counterfactual"] = counterfactual
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return table
@@ -136,18 +145,30 @@ def _cell(report: dict, subset: str, metric: str) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
+def _lds_cell(lds: dict | None) -> str:
+    """The mean LDS ± half the width of its 95% bootstrap interval."""
+    if lds is None:
+        return "–"
+    low, high = lds["ci95"]
+    return f"{lds['mean']:.3f} ± {(high - low) / 2:.3f}"
+
+
+def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual: dict | None = None) -> str:
     """Methods x main metrics (macro over functions), base and wrapper queries apart, then wrapper queries
-    against the documents below them (when the report has that subset), random row last."""
+    against the documents below them (when the report has that subset), the LDS given ``counterfactual``,
+    random row last."""
     counts = {s: random["subsets"].get(s, {}).get("count", 0) for s in TABLE_SUBSETS}
     columns = [(s, metric, f"{s} {name}") for s in TABLE_SUBSETS for metric, name in MAIN_METRICS]
     if HOP_SUBSET in random["subsets"]:
         columns += [(HOP_SUBSET, metric, f"wrapper→base {name}") for metric, name in HOP_METRICS]
-    header = ["method", *(title for _, _, title in columns), "time (s)"]
+    lds = ["LDS"] if counterfactual is not None else []
+    header = ["method", *(title for _, _, title in columns), *lds, "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [(r.label, r.report, f"{r.seconds:.1f}") for r in results] + [("random (expected)", random, "–")]
-    for label, report, seconds in rows:
+    rows = [(r.label, r.report, r.lds, f"{r.seconds:.1f}") for r in results]
+    rows.append(("random (expected)", random, None, "–"))
+    for label, report, row_lds, seconds in rows:
         cells = [_cell(report, subset, metric) for subset, metric, _ in columns]
+        cells += [_lds_cell(row_lds)] * len(lds)
         lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
     queries = ", ".join(f"{counts[s]} {s}" for s in TABLE_SUBSETS)
     lines.append(
@@ -156,6 +177,16 @@ def markdown_table(results: Sequence[MethodResult], random: dict) -> str:
         "out. Time: prepare + scoring; features shared by several methods count where they are first "
         "computed."
     )
+    if counterfactual is not None:
+        ceiling = counterfactual["noise_ceiling"]
+        lines.append(
+            f"\nLDS: per test query, Spearman over the {counterfactual['subsets']} retrained subsets "
+            f"({counterfactual['fraction']:g} of the documents each) between the summed scores of a subset's "
+            "documents and the retrained f_old's log-probability of the answer; mean over queries ± half "
+            "the 95% bootstrap interval (an undefined query, constant prediction, counts as 0). relevance "
+            "scores the structurally relevant documents 1, the others 0. Noise ceiling (two seeds): "
+            + (f"{_lds_cell(ceiling)}." if ceiling else "not measured (fewer than 3 repeated subsets).")
+        )
     tuned = [r for r in results if _was_tuned(r)]
     if tuned:
         lines.append(
@@ -204,17 +235,18 @@ def write_tensorboard(root: Path, results: Sequence[MethodResult], random: dict)
     """One run per label (its own folder): flat test/... scalars, recall@k by k, settings as hparams."""
     from torch.utils.tensorboard import SummaryWriter
 
-    runs = [(r.label, r.report, {**r.hparams, "label": r.label}) for r in results]
+    runs = [(r.label, r.report, {**r.hparams, "label": r.label}, r.lds) for r in results]
     runs.append(
-        ("random_expectation", random, {"method": "random_expectation", "label": "random_expectation"})
+        ("random_expectation", random, {"method": "random_expectation", "label": "random_expectation"}, None)
     )
-    for label, report, hparams in runs:
+    for label, report, hparams, lds in runs:
         with SummaryWriter(str(root / _folder(label))) as writer:
             for k in KS:
                 value = report["macro"].get(f"recall@{k}")
                 if value is not None:
                     writer.add_scalar("test/macro/recall@k", value, global_step=k)
             scalars = {key: value for key, value in flatten(report, "test").items() if not math.isnan(value)}
+            scalars.update({f"test/lds/{key}": lds[key] for key in ("mean", "macro")} if lds else {})
             writer.add_hparams({key: _scalar(v) for key, v in hparams.items()}, scalars, run_name=".")
 
 

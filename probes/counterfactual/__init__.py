@@ -1,1 +1,1 @@
-"""Counterfactual ground truth: retrain f_old on document subsets and measure what each query answer lost."""
+"""Counterfactual ground truth: f_old retrained on random document subsets, and its on-disk format."""

@@ -1,0 +1,223 @@
+"""The counterfactual ground truth on disk: subset masks, retrained models' answer log-probs, manifest.
+
+A folder holds ``ground_truth.safetensors`` (``masks`` uint8 0/1 [M, n], documents in corpus order;
+``outputs`` float32 [M, q], the log-probability of each test query's correct answer under f_old retrained on
+subset m, queries in the order of compare.py's queries.csv; ``repeat_index`` int64 [R] and ``repeat_outputs``
+float32 [R, q], subsets retrained again with another seed, for the noise ceiling) and ``manifest.json``,
+written last, so a folder with a manifest is complete. The manifest identifies what the outputs belong to by
+content (`identity`): the corpus texts in order, the test queries in order and f_old's weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from probes.cache import atomic_path
+from probes.errors import UserError
+from probes.lm.cache import content_hash, weights_hash
+
+VERSION = 1
+TENSORS_FILE = "ground_truth.safetensors"
+MANIFEST_FILE = "manifest.json"
+FILES = (TENSORS_FILE, MANIFEST_FILE)
+TENSORS = ("masks", "outputs", "repeat_index", "repeat_outputs")
+# the manifest entries the loader reads ("documents.count" = entry "documents", key "count")
+REQUIRED = ("version", "subsets", "fraction", "documents.count", "queries.ids", "pair.old_weights")
+
+
+@dataclass
+class GroundTruth:
+    """M retrained subsets of n documents scored on q test queries, and R repeats of some subsets.
+
+    ``path`` is the folder it was loaded from (None when built in memory), named by every error about it.
+    """
+
+    masks: Bool[Tensor, "subsets n"]
+    outputs: Float[Tensor, "subsets q"]
+    repeat_index: Int[Tensor, " repeats"]
+    repeat_outputs: Float[Tensor, "repeats q"]
+    manifest: dict
+    path: Path | None = None
+
+    @property
+    def where(self) -> str:
+        return f"counterfactual ground truth {self.path}" if self.path else "counterfactual ground truth"
+
+
+def identity(
+    texts: Sequence[str],
+    query_ids: Sequence[int],
+    query_texts: Sequence[str],
+    old_model: torch.nn.Module,
+    old_path: str,
+    new_path: str,
+) -> dict:
+    """The manifest's ``documents``, ``queries`` and ``pair`` entries: what the outputs belong to, by content.
+
+    ``texts`` are the corpus's document texts in order, ``query_ids`` the test split's query ids in order and
+    ``query_texts`` each one's prompt + answer; ``old_model`` is f_old (its `weights_hash`, the same for a
+    copy at another path, device or dtype). The sorted documents' hash tells a reordered corpus apart.
+    """
+    return {
+        "documents": {
+            "count": len(texts),
+            "texts": content_hash(list(texts)),
+            "texts_sorted": content_hash(sorted(texts)),
+        },
+        "queries": {"ids": [int(i) for i in query_ids], "texts": content_hash(list(query_texts))},
+        "pair": {"old": str(old_path), "new": str(new_path), "old_weights": weights_hash(old_model)},
+    }
+
+
+def split_queries(data, split: str = "test") -> tuple[list[int], list[str]]:
+    """A split's query ids in order (the order of compare.py's queries.csv for "test") and each query's
+    prompt + answer: the ``query_ids`` and ``query_texts`` of `identity` and `check_matches`, from a
+    prepared ``probes.data.hops.HopsData``."""
+    ids = data.split_ids[split].tolist()
+    return ids, [data.queries[i].prompt + data.queries[i].answer for i in ids]
+
+
+def check_matches(
+    gt: GroundTruth,
+    *,
+    texts: Sequence[str],
+    query_ids: Sequence[int],
+    query_texts: Sequence[str],
+    old_model: torch.nn.Module,
+) -> None:
+    """Raise a UserError (a ValueError) naming the folder and what differs when the ground truth was not
+    computed for these documents (in this order), these test queries (in this order) and this f_old."""
+    recorded = gt.manifest
+    documents, queries = recorded["documents"], recorded["queries"]
+    problems = []
+    if documents.get("texts") != content_hash(list(texts)):
+        if documents.get("texts_sorted") == content_hash(sorted(texts)):
+            problems.append(f"the corpus holds the same {len(texts)} documents in another row order")
+        else:
+            problems.append(
+                f"the corpus's document texts differ ({documents['count']} documents there, {len(texts)} now)"
+            )
+    ids = [int(i) for i in query_ids]
+    if queries["ids"] != ids:
+        same = sorted(queries["ids"]) == sorted(ids)
+        problems.append(
+            "the test split holds the same queries in another order"
+            if same
+            else f"the test split differs ({len(queries['ids'])} query ids there, {len(ids)} now)"
+        )
+    elif queries.get("texts") != content_hash(list(query_texts)):
+        problems.append("the test queries' texts (prompt + answer) differ")
+    if recorded["pair"]["old_weights"] != weights_hash(old_model):
+        problems.append(f"f_old has other weights than {recorded['pair'].get('old', 'the recorded f_old')}")
+    if problems:
+        raise UserError(
+            f"{gt.where} does not belong to this run: {'; and '.join(problems)}. Use the corpus, data split "
+            "options and pair it was built with, or build one for these"
+        )
+
+
+def save_ground_truth(out: Path, gt: GroundTruth) -> None:
+    """Write ``out/ground_truth.safetensors`` then ``out/manifest.json`` (each atomically; the manifest last,
+    so it exists only beside complete tensors). The ground truth is validated first, as the loader would."""
+    out = Path(out)
+    _validate({name: getattr(gt, name) for name in TENSORS}, gt.manifest, f"{out / TENSORS_FILE}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    tensors = {
+        "masks": gt.masks.to(torch.uint8),
+        "outputs": gt.outputs.float(),
+        "repeat_index": gt.repeat_index.long(),
+        "repeat_outputs": gt.repeat_outputs.float(),
+    }
+    with atomic_path(out / TENSORS_FILE) as tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+    with atomic_path(out / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(gt.manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def load_ground_truth(path: str | Path) -> GroundTruth:
+    """Read and validate a ground-truth folder; a UserError names the bad file and key."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"counterfactual ground truth {folder} is not a folder")
+    manifest_path, tensors_path = folder / MANIFEST_FILE, folder / TENSORS_FILE
+    for file in (manifest_path, tensors_path):
+        if not file.is_file():
+            raise UserError(f"{file} is missing (not a complete counterfactual ground-truth folder)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{manifest_path} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{manifest_path} holds a {type(manifest).__name__}, not a JSON object")
+    tensors = {}
+    try:
+        with safe_open(tensors_path, "pt") as handle:
+            for name in TENSORS:
+                if name not in handle.keys():
+                    raise UserError(f"{tensors_path} has no tensor {name!r}")
+                tensors[name] = handle.get_tensor(name)
+    except (OSError, SafetensorError) as err:
+        raise UserError(f"{tensors_path} is unreadable ({err})") from None
+    _validate(tensors, manifest, str(tensors_path), str(manifest_path))
+    return GroundTruth(
+        masks=tensors["masks"].bool(),
+        outputs=tensors["outputs"].float(),
+        repeat_index=tensors["repeat_index"].long(),
+        repeat_outputs=tensors["repeat_outputs"].float(),
+        manifest=manifest,
+        path=folder,
+    )
+
+
+def _entry(manifest: dict, key: str, where: str) -> object:
+    value: object = manifest
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise UserError(f"{where} has no {key!r} entry")
+        value = value[part]
+    return value
+
+
+def _validate(
+    tensors: dict[str, Tensor], manifest: dict, where: str, manifest_where: str = "manifest"
+) -> None:
+    """Refuse a missing manifest entry, another version, a mask that is not 0/1, shapes that disagree with
+    each other or with the manifest's M, n and q, a non-finite output or a repeat of a subset that is not
+    there; each message names the file (``where`` for tensors, ``manifest_where`` for entries) and key."""
+    for key in REQUIRED:
+        _entry(manifest, key, manifest_where)
+    if manifest["version"] != VERSION:
+        raise UserError(f"{manifest_where}: version {manifest['version']!r} is not {VERSION}")
+    for key, kind in (("subsets", int), ("documents.count", int), ("queries.ids", list)):
+        if not isinstance(_entry(manifest, key, manifest_where), kind):
+            raise UserError(f"{manifest_where}: {key!r} is not a{'n integer' if kind is int else ' list'}")
+    m, n, q = manifest["subsets"], manifest["documents"]["count"], len(manifest["queries"]["ids"])
+    masks, repeat_index = tensors["masks"], tensors["repeat_index"]
+    if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+        raise UserError(f"{where}: 'masks' holds values other than 0 and 1")
+    expected = {"masks": (m, n), "outputs": (m, q), "repeat_outputs": (len(repeat_index), q)}
+    if repeat_index.dim() != 1:
+        raise UserError(f"{where}: 'repeat_index' has shape {tuple(repeat_index.shape)}, not [R]")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise UserError(
+                f"{where}: {name!r} has shape {tuple(tensors[name].shape)}, but the manifest's subsets={m}, "
+                f"documents.count={n} and queries.ids ({q}) make it {shape}"
+            )
+    for name in ("outputs", "repeat_outputs"):
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise UserError(f"{where}: {name!r} holds NaN or inf")
+    if repeat_index.is_floating_point():
+        raise UserError(f"{where}: 'repeat_index' is {repeat_index.dtype}, not an integer tensor")
+    if len(repeat_index) and not bool(((repeat_index >= 0) & (repeat_index < m)).all()):
+        raise UserError(f"{where}: 'repeat_index' holds a subset outside 0..{m - 1}")
