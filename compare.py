@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 from tqdm.auto import tqdm
 
 from probes.cache import cache_dir
-from probes.compare_config import MethodEntry, PairConfig
+from probes.compare_config import PairConfig, add_study_arguments
 from probes.data.hops import HopsData
 from probes.errors import (
     UserError,
@@ -25,16 +25,7 @@ from probes.report import FILES, MethodResult, as_float32, check_labels, write_r
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="compare.py", description=__doc__, default_meta=False)
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="a YAML config such as configs/compare.yaml"
-    )
-    # the loader options serve the DataModule only; compare.py scores in model.score_batch_size batches
-    parser.add_class_arguments(HopsData, "data", skip={"batch_size", "num_workers"})
-    parser.add_class_arguments(PairConfig, "model")
-    parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
-    parser.add_argument(
-        "--dlp_checkpoint", type=str | None, default=None, help="a DLP checkpoint to add as 'dlp'"
-    )
+    add_study_arguments(parser)
     parser.add_argument(
         "--counterfactual",
         type=str | None,

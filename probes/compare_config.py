@@ -95,3 +95,22 @@ class MethodEntry:
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     tune: dict[str, list[Any]] | list[dict[str, Any]] | None = None
+
+
+def add_study_arguments(parser) -> None:
+    """compare.py's config keys (``--config``, ``data``, ``model``, ``methods``, ``dlp_checkpoint``), shared
+    with ``python -m probes.counterfactual``, which reads the same configs."""
+    from jsonargparse import ActionConfigFile
+
+    from probes.data.hops import HopsData
+
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="a YAML config such as configs/compare.yaml"
+    )
+    # the loader options serve the DataModule only; compare.py scores in model.score_batch_size batches
+    parser.add_class_arguments(HopsData, "data", skip={"batch_size", "num_workers"})
+    parser.add_class_arguments(PairConfig, "model")
+    parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
+    parser.add_argument(
+        "--dlp_checkpoint", type=str | None, default=None, help="a DLP checkpoint to add as 'dlp'"
+    )

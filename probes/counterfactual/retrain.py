@@ -11,7 +11,6 @@ alone. AdamW is elementwise, so one optimiser over the stacked tensors is K inde
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +20,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from probes.lm.patch import attention_implementation
-from probes.lm.train_lm import TrainConfig, collate, epoch_batches
+from probes.lm.train_lm import ADAMW, TrainConfig, collate, epoch_batches, param_groups, schedule
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 
@@ -67,18 +66,6 @@ def load_into(model: torch.nn.Module, params: dict[str, Tensor]) -> torch.nn.Mod
         for name, value in params.items():
             own[name].copy_(value)
     return model
-
-
-def _param_groups(model: torch.nn.Module, params: Stacked, weight_decay: float) -> list[dict]:
-    """`train_lm._param_groups` on stacked tensors: decay on matrices except embeddings (per-model ndim)."""
-    embeddings = {
-        f"{prefix}.weight" if prefix else "weight"
-        for prefix, module in model.named_modules()
-        if isinstance(module, torch.nn.Embedding)
-    }
-    decay = [p for n, p in params.items() if p.ndim - 1 >= 2 and n not in embeddings]
-    no_decay = [p for n, p in params.items() if not (p.ndim - 1 >= 2 and n not in embeddings)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _mean_token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"]):
@@ -143,20 +130,8 @@ def train_stacked(
     views = [list(subset) for subset in subsets]
     lengths = [[len(seqs[i]) for i in view] for view in views]
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    steps_per_epoch = math.ceil(size / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    total_run = min(total, cfg.max_steps) if cfg.max_steps else total
-    warmup = max(1, int(cfg.warmup * total))
-
-    def lr_at(step: int) -> float:  # train_lm.train's schedule
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, total - warmup)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
-
-    opt = torch.optim.AdamW(
-        _param_groups(fmodel, params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8
-    )
+    total_run, lr_at = schedule(cfg, size)
+    opt = torch.optim.AdamW(param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, **ADAMW)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     grad_fn = vmap(grad_and_value(lambda p, i, y: _mean_token_loss(fmodel, buffers, p, i, y)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

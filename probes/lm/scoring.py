@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -206,19 +206,36 @@ def candidate_logits(
     model, tokenizer, prompts: Sequence[str], candidate_ids: Int[Tensor, "c"], batch_size: int = 64
 ) -> Float[Tensor, "q c"]:
     """The model's logits for each candidate answer token at the last prompt position (fp32, on CPU)."""
+
+    def read(logits: Tensor, _: list[int]) -> Tensor:
+        return logits[:, candidate_ids.to(logits.device)]
+
+    return prompt_outputs(model, tokenizer, prompts, read, batch_size)
+
+
+def prompt_outputs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    read: Callable[[Float[Tensor, "b v"], list[int]], Float[Tensor, "b k"]],
+    batch_size: int = 64,
+) -> Float[Tensor, "q k"]:
+    """``read(logits, rows)`` of the model's logits at the last position of each prompt (``rows``: the
+    prompts' indices in the batch), in length-bucketed batches; fp32, on CPU, rows in prompt order."""
     items = tokenize(tokenizer, prompts, as_prompt=True)
     device = next(model.parameters()).device
-    candidates = candidate_ids.to(device)
-    out = torch.empty(len(prompts), len(candidate_ids), dtype=torch.float32)
+    out = torch.empty(len(prompts), 0)
     batches = length_batches([len(item.ids) for item in items], batch_size)
     with torch.inference_mode():
-        for index in tqdm(batches, desc="candidate logits", disable=len(batches) < 4, leave=False):
+        for index in tqdm(batches, desc="prompt logits", disable=len(batches) < 4, leave=False):
             # right padding: left padding makes fully masked pad rows, which eager attention in float64 turns
             # into NaN that then leaks into the real rows
             batch = collate([items[i] for i in index], pad_id(tokenizer), "right", device)
             last = batch["attention_mask"].sum(-1) - 1
-            logits = logits_at(model, batch, last[:, None])[:, 0]
-            out[index] = logits[:, candidates].float().cpu()
+            values = read(logits_at(model, batch, last[:, None])[:, 0], index).float().cpu()
+            if out.shape[1] != values.shape[1]:
+                out = torch.empty(len(prompts), values.shape[1])
+            out[index] = values
     return out
 
 

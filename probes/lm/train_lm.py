@@ -67,13 +67,39 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b 
     return input_ids, labels
 
 
-def _param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict]:
+ADAMW = dict(betas=(0.9, 0.98), eps=1e-8)  # the AdamW settings besides lr and weight decay
+
+
+def decayed(model: torch.nn.Module) -> dict[str, bool]:
+    """Per trainable parameter name: does weight decay apply (matrices, but never embeddings, so rows of
+    tokens that never occur keep their initial values)."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    trainable = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    return {n: p.ndim >= 2 and id(p) not in embeddings for n, p in trainable}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, params: dict | None = None) -> list[dict]:
+    """AdamW groups of ``model``'s parameters (or of ``params``, tensors by the same names, e.g. stacked
+    copies): weight decay where `decayed`, none elsewhere."""
+    params = params or dict(model.named_parameters())
+    flags = decayed(model)
+    groups = [[params[n] for n, d in flags.items() if d], [params[n] for n, d in flags.items() if not d]]
+    return [{"params": groups[0], "weight_decay": weight_decay}, {"params": groups[1], "weight_decay": 0.0}]
+
+
+def schedule(cfg: TrainConfig, n: int) -> tuple[int, Callable[[int], float]]:
+    """(steps to run, learning-rate factor per step) for ``n`` sequences: linear warm-up, cosine decay to
+    ``min_lr_ratio`` over every epoch's steps (``max_steps`` stops early without changing it)."""
+    total = max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size)))
+    warmup = max(1, int(cfg.warmup * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
+
+    return (min(total, cfg.max_steps) if cfg.max_steps else total), lr_at
 
 
 def train(
@@ -85,6 +111,7 @@ def train(
     seed: int,
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
+    progress: bool = True,
 ) -> list[float]:
     """Train ``model`` in place on ``seqs`` (full-sequence next-token loss); returns the mean loss per epoch.
 
@@ -96,17 +123,8 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(s) for s in seqs]
     steps_per_epoch = math.ceil(len(seqs) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    total_run = min(total, cfg.max_steps) if cfg.max_steps else total
-    warmup = max(1, int(cfg.warmup * total))
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+    total_run, lr_at = schedule(cfg, len(seqs))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, **ADAMW)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     device = next(model.parameters()).device
     # bf16 autocast on a GPU (weights and optimiser state stay fp32); plain fp32 on a CPU
@@ -114,7 +132,7 @@ def train(
     model.train()
     curve: list[float] = []
     step, batches, epoch_loss, epoch_n = 0, [], 0.0, 0
-    with tqdm(total=total_run, desc=desc, unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=total_run, desc=desc, unit="step", dynamic_ncols=True, disable=not progress) as bar:
         while step < total_run:
             if not batches:
                 batches = epoch_batches(lengths, cfg.batch_size, generator)

@@ -1,0 +1,126 @@
+"""Speed of the counterfactual retrains: M fine-tunes of f_old on random subsets, as `build` runs them.
+
+    python bench/retrain.py [--pair default | --preset small --corpus .data/hops/20hops.jsonl]
+        [--retrains 16] [--fraction 0.5] [--stack 25 50] [--workers 2] [--device cpu|cuda] [--max-steps N]
+
+``--pair default`` retrains the embedded tiny pair's f_old with its recipe; ``--preset P --corpus C`` builds
+a randomly initialised model of preset P with a tokenizer trained on C (speed does not depend on the weights)
+and retrains it with the preset's fine-tuning recipe. On a GPU every ``--stack`` value runs the M retrains in
+chunks of that many models stacked under vmap, after one retrain alone (`train_lm.train`, the serial
+reference); on a CPU the retrains are spread over ``--workers`` processes (one thread each). ``--max-steps``
+caps each retrain (a quick estimate: the rates hold, the wall time then covers fewer steps). Prints a table:
+setting, retrains, steps each, seconds, retrains per minute, peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probes.counterfactual.jobs import Job, pair_recipe, run_plan, subsets_of  # noqa: E402
+from probes.data.corpus import load_corpus  # noqa: E402
+from probes.lm.integrity import file_sha256  # noqa: E402
+from probes.lm.train_lm import schedule  # noqa: E402
+
+
+def random_pair(preset: str, corpus_path: str, folder: Path) -> tuple[str, object]:
+    """Save a random model of ``preset`` with a tokenizer trained on the corpus; (its folder, the recipe)."""
+    from transformers import LlamaForCausalLM
+
+    from probes.lm.presets import get_preset
+    from probes.lm.tokenizer import train_tokenizer
+
+    cfg = get_preset(preset)
+    corpus = load_corpus(corpus_path)
+    tokenizer = train_tokenizer(corpus.texts, [], corpus.function_tokens, vocab_size=cfg.bpe_vocab)
+    ids = dict(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg.model_config(len(tokenizer), **ids)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder), cfg.finetune
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pair", choices=["default"], default=None)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--corpus", default=None, help="HOPS JSONL (default: the embedded default corpus)")
+    parser.add_argument("--retrains", type=int, default=16)
+    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--stack", type=int, nargs="+", default=[25])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-steps", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from probes.data.generator import resolve_corpus_path
+
+    corpus_path = str(resolve_corpus_path(args.corpus))
+    corpus = load_corpus(corpus_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.pair == "default":
+            from probes.lm.default import ensure_default_pair
+
+            old, _ = ensure_default_pair(corpus_path)
+            old, recipe = str(old), pair_recipe(old, file_sha256(corpus_path))[0]
+            name = "default tiny pair"
+        else:
+            old, recipe = random_pair(args.preset, corpus_path, Path(tmp) / "old")
+            name = f"{args.preset} preset, random weights"
+        if args.max_steps:
+            recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
+        n = len(corpus.texts)
+        size = round(args.fraction * n)
+        steps = schedule(recipe, size)[0]
+        seed = 1
+        plan = [(s, seed) for s in subsets_of(n, size, args.retrains, 0)]
+        prompts = tuple(f"{f}(3) returns the value " for f in list(corpus.functions)[:64])
+        job = Job(old, tuple(corpus.texts), prompts, (0,) * len(prompts), (0,), recipe, args.device)
+        rows = []
+
+        def timed(label: str, chunks, workers: int) -> None:
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            count = sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
+            seconds = time.perf_counter() - start
+            peak = (
+                torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
+            )
+            rows.append((label, count, steps, seconds, 60 * count / seconds, peak))
+
+        if args.device.startswith("cuda"):
+            timed("one alone (train)", [(0, plan[:1])], 1)
+            for k in args.stack:
+                timed(f"stack {k}", [(i, plan[i : i + k]) for i in range(0, len(plan), k)], 1)
+        else:
+            timed(
+                f"{args.workers} workers x 1 thread",
+                [(i, plan[i : i + 1]) for i in range(len(plan))],
+                args.workers,
+            )
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"\n{name}; {corpus_path} ({n} documents, subsets of {size}); {device}\n")
+    print("| setting | retrains | steps each | seconds | retrains/min | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for label, count, steps_, seconds, rate, peak in rows:
+        print(f"| {label} | {count} | {steps_} | {seconds:.1f} | {rate:.1f} | {peak:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

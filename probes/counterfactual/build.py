@@ -1,0 +1,101 @@
+"""``build``: f_old retrained on M random subsets of the corpus with f_new's recipe; every test query's answer
+log-probability after each retrain, and the noise ceiling from subsets retrained again with another seed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+
+from probes.counterfactual.ground_truth import GroundTruth, identity, save_ground_truth
+from probes.counterfactual.jobs import as_mask, subsets_of
+from probes.counterfactual.study import ChunkStore, default_workers, load_study, machine, run_chunks
+from probes.errors import UserError
+from probes.lm.integrity import file_sha256
+from probes.metrics.lds import noise_ceiling
+
+# the repeats' data order: the recipe's seed + this (the main retrains use the recipe's own seed)
+REPEAT_SEED_OFFSET = 1000
+
+
+def build_ground_truth(
+    cfg: Namespace,
+    out: Path,
+    *,
+    subsets: int,
+    fraction: float,
+    repeats: int = 0,
+    seed: int = 0,
+    stack: int = 25,
+    workers: int | None = None,
+) -> GroundTruth:
+    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable."""
+    if subsets < 3:
+        raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
+    if not 0 < fraction < 1:
+        raise UserError(f"--fraction={fraction}: give the share of documents each subset keeps, in (0, 1)")
+    if not 0 <= repeats <= subsets:
+        raise UserError(f"--repeats={repeats}: give 0 (no noise ceiling) up to --subsets ({subsets})")
+    started = time.time()
+    study = load_study(cfg, stack=stack)
+    n = len(study.job.texts)
+    size = round(fraction * n)
+    if not 0 < size < n:
+        raise UserError(f"--fraction={fraction} of {n} documents keeps {size}; give a larger or smaller one")
+    chosen = subsets_of(n, size, subsets, seed)
+    repeat_seed = study.recipe_seed + REPEAT_SEED_OFFSET
+    plan = [(s, study.recipe_seed) for s in chosen] + [(chosen[r], repeat_seed) for r in range(repeats)]
+    ident = identity(
+        study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
+    )
+    settings = {"subsets": subsets, "fraction": fraction, "repeats": repeats, "seed": seed, **ident}
+    store = ChunkStore(out, settings)
+    workers = default_workers(study.job.device, workers)
+    chunk = stack if study.job.device.startswith("cuda") else 1
+    outputs = run_chunks(store, study.job, plan, chunk=chunk, workers=workers, desc="ground truth")
+    logp = outputs[:, 0]
+    corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
+    manifest = {
+        "version": 1,
+        "subsets": subsets,
+        "fraction": fraction,
+        "subset_size": size,
+        "repeats": repeats,
+        "seeds": {"subsets": seed, "data_order": study.recipe_seed, "repeats": repeat_seed},
+        **ident,
+        "corpus": {"path": str(corpus_file), "sha256": file_sha256(corpus_file)},
+        "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
+        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **study.job.describe()},
+        "accuracy": outputs[:subsets, 1].mean().item(),  # the retrained models' mean test accuracy
+        "seconds": round(time.time() - started, 1),
+        "workers": workers,
+        "machine": machine(study.job),
+        "noise_ceiling": None,
+    }
+    gt = GroundTruth(
+        masks=as_mask(chosen, n),
+        outputs=logp[:subsets].float(),
+        repeat_index=torch.arange(repeats, dtype=torch.long),
+        repeat_outputs=logp[subsets:].float(),
+        manifest=manifest,
+        path=out,
+    )
+    gt.manifest["noise_ceiling"] = noise_ceiling(gt, study.functions)
+    save_ground_truth(out, gt)
+    store.finish()
+    return gt
+
+
+def describe(gt: GroundTruth) -> str:
+    m = gt.manifest
+    ceiling = m["noise_ceiling"]
+    line = (
+        f"{m['subsets']} subsets of {m['subset_size']} documents, {len(m['queries']['ids'])} test queries, "
+        f"{m['seconds']:.0f} s; mean answer log-prob {gt.outputs.mean():.3f}"
+    )
+    if ceiling:
+        low, high = ceiling["ci95"]
+        line += f"; noise ceiling (seed-to-seed LDS) {ceiling['mean']:.3f} [{low:.3f}, {high:.3f}]"
+    return line

@@ -1,0 +1,148 @@
+"""What build and remove share: the compare config's data, pair and test split, a retrain `Job`, and the
+resumable chunk store (each finished chunk of retrains is a file: a killed run resumes where it stopped)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probes.cache import atomic_path
+from probes.counterfactual.jobs import Job, Plan, pair_recipe, run_plan
+from probes.errors import UserError
+
+PARTS = "parts"  # a run's finished chunks, removed once its results are written
+PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume
+
+
+@dataclass
+class Study:
+    """The compare config's data (prepared), pair paths, f_old (CPU, float32), test split and recipe."""
+
+    data: object
+    old: str
+    new: str
+    old_model: torch.nn.Module
+    query_ids: list[int]
+    query_texts: list[str]
+    functions: list[str]
+    recipe_seed: int
+    pair_manifest: dict
+    job: Job
+
+
+def load_study(cfg: Namespace, *, stack: int) -> Study:
+    """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probes.compare_config import PairConfig
+    from probes.counterfactual.ground_truth import split_queries
+    from probes.data.hops import HopsData
+    from probes.lm.integrity import file_sha256
+    from probes.lm.scoring import answer_token_ids
+
+    data = HopsData(**cfg.data.as_dict())
+    data.prepare()
+    pair = PairConfig(**cfg.model.as_dict())
+    old, new = pair.old, pair.new
+    if old is None:
+        from probes.lm.default import ensure_default_pair
+
+        old, new = ensure_default_pair(cfg.data.corpus_path)
+    corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
+    recipe, seed, manifest = pair_recipe(old, file_sha256(corpus_file))
+    tokenizer = AutoTokenizer.from_pretrained(str(old))
+    old_model = AutoModelForCausalLM.from_pretrained(str(old), dtype=torch.float32).eval()
+    query_ids, query_texts = split_queries(data, "test")
+    queries = [data.queries[i] for i in query_ids]
+    candidates = answer_token_ids(tokenizer, data.candidates)
+    answers = answer_token_ids(tokenizer, [q.constant for q in queries])
+    job = Job(
+        old=str(old),
+        texts=tuple(data.corpus.texts),
+        prompts=tuple(q.prompt for q in queries),
+        answers=tuple(answers.tolist()),
+        candidates=tuple(candidates.tolist()),
+        recipe=recipe,
+        device=pair.device,
+        stack=stack,
+    )
+    functions = [data.query_functions[i] for i in query_ids]
+    return Study(data, str(old), str(new), old_model, query_ids, query_texts, functions, seed, manifest, job)
+
+
+def machine(job: Job) -> dict:
+    device = torch.cuda.get_device_name() if job.device.startswith("cuda") else platform.processor() or "cpu"
+    return {"platform": platform.platform(), "device": device, "torch": torch.__version__}
+
+
+class ChunkStore:
+    """Finished chunks of a run under ``out/parts/``, keyed by their first row; ``plan.json`` holds the run's
+    settings so that a rerun resumes only the same run."""
+
+    def __init__(self, out: Path, settings: dict) -> None:
+        self.out, self.parts = out, out / PARTS
+        plan = out / PLAN
+        if plan.is_file():
+            recorded = json.loads(plan.read_text())
+            if recorded != settings:
+                changed = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
+                raise UserError(
+                    f"{out} holds an unfinished run with other settings ({', '.join(changed)} differ); "
+                    f"rerun with the same settings to resume it, or give another --out"
+                )
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(plan) as tmp:
+                tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        self.parts.mkdir(exist_ok=True)
+
+    def done(self) -> dict[int, Tensor]:
+        found = {}
+        for path in self.parts.glob("chunk-*.safetensors"):
+            try:
+                found[int(path.stem.split("-")[1])] = load_file(str(path))["outputs"]
+            except Exception:  # a chunk file that cannot be read is run again
+                path.unlink()
+        return found
+
+    def save(self, key: int, outputs: Tensor) -> None:
+        with atomic_path(self.parts / f"chunk-{key:06d}.safetensors") as tmp:
+            save_file({"outputs": outputs.contiguous()}, str(tmp))
+
+    def finish(self) -> None:
+        """Drop the run's own bookkeeping (``parts/``, ``plan.json``) once its results are written."""
+        shutil.rmtree(self.parts, ignore_errors=True)
+        (self.out / PLAN).unlink(missing_ok=True)
+
+
+def run_chunks(
+    store: ChunkStore, job: Job, plan: Plan, *, chunk: int, workers: int, desc: str
+) -> torch.Tensor:
+    """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: the finished chunks read back, the others
+    run (``chunk`` retrains each) and saved as they finish."""
+    done = store.done()
+    keys = list(range(0, len(plan), chunk))
+    todo = [(key, plan[key : key + chunk]) for key in keys if key not in done]
+    with tqdm(total=len(plan), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
+        bar.update(sum(len(plan[key : key + chunk]) for key in keys if key in done))
+        for key, outputs in run_plan(job, todo, workers=workers):
+            store.save(key, outputs)
+            done[key] = outputs
+            bar.update(len(outputs))
+    return torch.cat([done[key] for key in keys])
+
+
+def default_workers(device: str, workers: int | None) -> int:
+    """Worker processes: every core on a CPU (one thread each), one process on a GPU."""
+    if workers is not None:
+        return workers
+    return max(1, torch.get_num_threads()) if device == "cpu" else 1
