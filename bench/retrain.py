@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.counterfactual.jobs import Job, pair_recipe, run_plan, subsets_of  # noqa: E402
+from probes.counterfactual.jobs import Job, Runner, pair_recipe, run_plan, subsets_of  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
 from probes.lm.integrity import file_sha256  # noqa: E402
 from probes.lm.train_lm import schedule  # noqa: E402
@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         job = Job(old, tuple(corpus.texts), prompts, (0,) * len(prompts), (0,), recipe, args.device)
         rows = []
 
-        def timed(label: str, chunks, workers: int) -> None:
+        def timed(label: str, chunks, workers: int, runner=None) -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            count = sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
+            if runner is None:  # worker processes: their start and model loading count
+                count = sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
+            else:
+                count = sum(len(runner.run(plan_)) for _, plan_ in chunks)
             seconds = time.perf_counter() - start
             peak = (
                 torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
@@ -101,15 +104,15 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((label, count, steps, seconds, 60 * count / seconds, peak))
 
         if args.device.startswith("cuda"):
-            timed("one alone (train)", [(0, plan[:1])], 1)
+            runner = Runner(job)
+            runner.run(plan[:2])  # warm-up: CUDA context, kernels of both paths
+            runner.run(plan[:1])
+            timed("one alone (train)", [(0, plan[:1])], 1, runner)
             for k in args.stack:
-                timed(f"stack {k}", [(i, plan[i : i + k]) for i in range(0, len(plan), k)], 1)
+                timed(f"stack {k}", [(i, plan[i : i + k]) for i in range(0, len(plan), k)], 1, runner)
         else:
-            timed(
-                f"{args.workers} workers x 1 thread",
-                [(i, plan[i : i + 1]) for i in range(len(plan))],
-                args.workers,
-            )
+            chunks = [(i, plan[i : i + 1]) for i in range(len(plan))]
+            timed(f"{args.workers} workers x 1 thread", chunks, args.workers)
     device = (
         torch.cuda.get_device_name()
         if args.device.startswith("cuda")
