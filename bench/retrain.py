@@ -87,21 +87,34 @@ def main(argv: list[str] | None = None) -> None:
         prompts = tuple(f"{f}(3) returns the value " for f in list(corpus.functions)[:64])
         job = Job(old, tuple(corpus.texts), prompts, (0,) * len(prompts), (0,), recipe, args.device)
         rows = []
+        print("| setting | retrains | steps each | seconds | retrains/min | peak GiB |", flush=True)
 
         def timed(label: str, chunks, workers: int, runner=None) -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            if runner is None:  # worker processes: their start and model loading count
-                count = sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
-            else:
-                count = sum(len(runner.run(plan_)) for _, plan_ in chunks)
+            try:
+                count = _run(chunks, workers, runner)
+            except torch.OutOfMemoryError:
+                rows.append((label, 0, steps, float("nan"), float("nan"), float("inf")))
+                print(f"| {label} | out of memory |", flush=True)
+                torch.cuda.empty_cache()
+                return
             seconds = time.perf_counter() - start
             peak = (
                 torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
             )
             rows.append((label, count, steps, seconds, 60 * count / seconds, peak))
+            print(
+                f"| {label} | {count} | {steps} | {seconds:.1f} | {60 * count / seconds:.1f} | {peak:.1f} |",
+                flush=True,
+            )
+
+        def _run(chunks, workers, runner) -> int:
+            if runner is None:  # worker processes: their start and model loading count
+                return sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
+            return sum(len(runner.run(plan_)) for _, plan_ in chunks)
 
         if args.device.startswith("cuda"):
             runner = Runner(job)

@@ -85,8 +85,8 @@ def machine(job: Job) -> dict:
 
 
 class ChunkStore:
-    """Finished chunks of a run under ``out/parts/``, keyed by their first row; ``plan.json`` holds the run's
-    settings so that a rerun resumes only the same run."""
+    """Finished retrains of a run under ``out/parts/`` (one file per row of the plan); ``plan.json`` holds
+    the run's settings so that a rerun resumes only the same run."""
 
     def __init__(self, out: Path, settings: dict) -> None:
         self.out, self.parts = out, out / PARTS
@@ -106,16 +106,18 @@ class ChunkStore:
         self.parts.mkdir(exist_ok=True)
 
     def done(self) -> dict[int, Tensor]:
+        """Outputs of the retrains already finished, by row of the plan."""
         found = {}
-        for path in self.parts.glob("chunk-*.safetensors"):
+        for path in self.parts.glob("row-*.safetensors"):
             try:
                 found[int(path.stem.split("-")[1])] = load_file(str(path))["outputs"]
-            except Exception:  # a chunk file that cannot be read is run again
+            except Exception:  # a file that cannot be read (a crash while writing it): run that row again
                 path.unlink()
         return found
 
-    def save(self, key: int, outputs: Tensor) -> None:
-        with atomic_path(self.parts / f"chunk-{key:06d}.safetensors") as tmp:
+    def save(self, row: int, outputs: Tensor) -> None:
+        """Keep each retrain's outputs as its own file, so that a rerun may chunk the rest differently."""
+        with atomic_path(self.parts / f"row-{row:06d}.safetensors") as tmp:
             save_file({"outputs": outputs.contiguous()}, str(tmp))
 
     def finish(self) -> None:
@@ -127,18 +129,20 @@ class ChunkStore:
 def run_chunks(
     store: ChunkStore, job: Job, plan: Plan, *, chunk: int, workers: int, desc: str
 ) -> torch.Tensor:
-    """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: the finished chunks read back, the others
-    run (``chunk`` retrains each) and saved as they finish."""
+    """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: finished ones read back, the others run
+    (``chunk`` retrains at a time) and each saved as its chunk finishes."""
     done = store.done()
-    keys = list(range(0, len(plan), chunk))
-    todo = [(key, plan[key : key + chunk]) for key in keys if key not in done]
-    with tqdm(total=len(plan), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
-        bar.update(sum(len(plan[key : key + chunk]) for key in keys if key in done))
-        for key, outputs in run_plan(job, todo, workers=workers):
-            store.save(key, outputs)
-            done[key] = outputs
-            bar.update(len(outputs))
-    return torch.cat([done[key] for key in keys])
+    todo = [row for row in range(len(plan)) if row not in done]
+    runs = {todo[i]: todo[i : i + chunk] for i in range(0, len(todo), chunk)}
+    chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
+    with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
+        for first, outputs in run_plan(job, chunks, workers=workers):
+            rows = runs[first]
+            for row, output in zip(rows, outputs, strict=True):
+                store.save(row, output)
+                done[row] = output
+            bar.update(len(rows))
+    return torch.stack([done[row] for row in range(len(plan))])
 
 
 def default_workers(device: str, workers: int | None) -> int:
