@@ -29,14 +29,20 @@ STACKED_ATTENTION = "probes_stacked_causal"
 
 
 def causal_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
-    """Eager attention with its own causal mask, for models stacked under vmap.
+    """Causal attention for models stacked under vmap (transformers passes no mask to an implementation it
+    does not know, and none is needed: batches are right-padded, see `_step_batch`).
 
-    The fused attention kernels have no batching rule (vmap would loop over the models); transformers' eager
-    attention takes its softmax in float32 even for a float64 model. Here the softmax runs in float32 from
-    half precision and in the input's precision otherwise. transformers passes no mask to an implementation
-    it does not know, and none is needed: batches are right-padded (see `_step_batch`)."""
+    On a GPU, scaled_dot_product_attention, whose CUDA kernels fold vmap's dimension into the batch; on a CPU
+    its fused kernel has no batching rule (vmap would loop over the models), so the scores are explicit, with
+    the softmax in float32 from half precision and in the input's precision otherwise (transformers' eager
+    attention takes it in float32 even for a float64 model)."""
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    if query.is_cuda:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling
+        )
+        return out.transpose(1, 2).contiguous(), None
     scores = (query @ key.transpose(2, 3)) * scaling
     rows, cols = scores.shape[-2:]
     future = torch.ones(rows, cols, dtype=torch.bool, device=scores.device).triu(cols - rows + 1)
