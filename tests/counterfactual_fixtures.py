@@ -58,3 +58,12 @@ def world(tmp_path_factory) -> dict:
 def isolated_cache(tmp_path, monkeypatch):
     """Nothing a test writes lands in the real cache."""
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch):
+    """compare.py's plot and TensorBoard logs (tested in test_compare.py) took most of each run's seconds."""
+    from probes import report
+
+    monkeypatch.setattr(report, "plot_recall", lambda path, *args: path.write_bytes(b""))
+    monkeypatch.setattr(report, "write_tensorboard", lambda root, *args: root.mkdir(exist_ok=True))

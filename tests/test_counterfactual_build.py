@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
+import counterfactual_fixtures as fixtures
 import pytest
 import torch
-from counterfactual_fixtures import CORPUS, MEMORISE, isolated_cache, micro_pair, world, write_config  # noqa: F401
+from counterfactual_fixtures import isolated_cache, no_figures, world  # noqa: F401
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 from test_compare import load_compare
@@ -54,9 +55,9 @@ def test_masks_and_outputs_line_up_with_documents_and_queries(tmp_path, monkeypa
     """On a pair whose recipe memorises, the subset without <GN>'s documents answers <GN>'s query worse than
     the subset without <JN>'s, and the reverse for <JN>: rows of masks and outputs are the subsets retrained,
     columns of outputs the test queries in split_queries order."""
-    corpus = write_corpus(tmp_path / "micro.jsonl", CORPUS)
-    old, new = micro_pair(tmp_path, corpus, finetune=MEMORISE)
-    config = write_config(tmp_path / "micro.yaml", corpus, old, new)
+    corpus = write_corpus(tmp_path / "micro.jsonl", fixtures.CORPUS)
+    old, new = fixtures.micro_pair(tmp_path, corpus, finetune=fixtures.MEMORISE)
+    config = fixtures.write_config(tmp_path / "micro.yaml", corpus, old, new)
     data = HopsData(corpus_path=str(corpus), inputs=[1, 2, 3], test_fraction=0.4).prepare()
     docs = {f: [i for i, d in enumerate(data.corpus.documents) if d.func == f] for f in ("<GN>", "<JN>")}
     wrappers = [i for i, d in enumerate(data.corpus.documents) if d.func in ("<FN>", "<IN>")]
@@ -93,7 +94,7 @@ def test_a_killed_build_resumes_without_rerunning_finished_retrains(world, tmp_p
 def test_a_pair_without_a_build_manifest_is_refused(tmp_path, write_jsonl):
     corpus = write_jsonl(micro_rows(), "micro.jsonl")
     old, new = make_micro_pair(tmp_path / "pair")
-    config = write_config(tmp_path / "micro.yaml", corpus, old, new)
+    config = fixtures.write_config(tmp_path / "micro.yaml", corpus, old, new)
     with pytest.raises(UserError, match=r"no build manifest \(.*pair/manifest\.json\)"):
         build(config, tmp_path / "gt")
 
@@ -101,13 +102,12 @@ def test_a_pair_without_a_build_manifest_is_refused(tmp_path, write_jsonl):
 def test_a_pair_built_on_another_corpus_is_refused(world, tmp_path):  # noqa: F811
     other = write_corpus(tmp_path / "other.jsonl", GeneratorConfig(n_base=2, docs_per_base=4, seed=7))
     pair = world["root"] / "pair"
-    config = write_config(tmp_path / "other.yaml", other, pair / "old", pair / "new")
+    config = fixtures.write_config(tmp_path / "other.yaml", other, pair / "old", pair / "new")
     with pytest.raises(UserError, match="fine-tuned on another corpus"):
         build(config, tmp_path / "gt")
     assert not (tmp_path / "gt").exists()
 
 
-@pytest.mark.slow
 def test_compare_reads_the_lds_of_a_built_ground_truth(world, tmp_path):  # noqa: F811
     build(world["config"], tmp_path / "gt", "--subsets", "4")
     compare = load_compare()

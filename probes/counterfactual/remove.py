@@ -207,7 +207,8 @@ def remove_documents(
     if query_ids != study.query_ids:
         raise UserError(f"{out / COMPARE}/queries.csv lists other test queries than the config's test split")
     chosen = choose_functions(study.functions, functions, seed)
-    rows = {f: r for f, r in function_rows(study.functions).items() if f in set(chosen)}
+    every = function_rows(study.functions)
+    rows = {f: every[f] for f in chosen}
     relevant = study.data.relevant[torch.tensor(study.query_ids)]
     selections = select(scores, relevant, rows, ks, seed)
     plan, row_of = retrain_plan(selections, n, study.recipe_seed)

@@ -1,0 +1,131 @@
+"""``python -m probes.counterfactual remove`` on a micro pair: which documents each row drops, one shared
+baseline, Δ = baseline - removed per function, the tables; retrains replaced by a known function of the
+subset (each query's answer log-prob = how many of its relevant documents the subset keeps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from counterfactual_fixtures import isolated_cache, no_figures, world  # noqa: F401
+
+from probes.counterfactual import jobs, study
+from probes.counterfactual.__main__ import main
+from probes.counterfactual.ground_truth import split_queries
+from probes.counterfactual.selection import RANDOM, RELEVANCE, method_drop, rank_sum
+from probes.data.hops import HopsData
+from probes.errors import UserError
+from probes.lm.train_lm import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def held_out(world):  # noqa: F811
+    data = HopsData(corpus_path=str(world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4).prepare()
+    ids, _ = split_queries(data)
+    return data.relevant[ids], [data.query_functions[i] for i in ids]
+
+
+@pytest.fixture
+def known_retrains(world, monkeypatch):  # noqa: F811
+    """Runner.run returns, per query, [relevant documents kept, 1 if all kept]; returns the subsets run."""
+    relevant, _ = held_out(world)
+    plans = []
+
+    def run(self, plan, progress=False):
+        out = []
+        for subset, _ in plan:
+            plans.append(subset)
+            kept = relevant[:, subset].sum(dim=1).double()
+            out.append(torch.stack([kept, (kept == relevant.sum(dim=1)).double()]))
+        return torch.stack(out)
+
+    monkeypatch.setattr(jobs.Runner, "run", run)
+    return plans
+
+
+def remove(world, out, *extra):  # noqa: F811
+    argv = ["remove", "--config", str(world["config"]), "--out", str(out), "--workers", "1", "--debug"]
+    return main([*argv, *extra])
+
+
+def test_each_row_drops_its_documents_against_one_shared_baseline(world, tmp_path, known_retrains, capsys):  # noqa: F811
+    remove(world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2", "8")
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "removal.json").read_text())
+    relevant, functions = held_out(world)
+    n = relevant.shape[1]
+    assert known_retrains[0] == list(range(n))  # the baseline: the full corpus, retrained once
+    dropped_sets = set()
+    for k, rows in report["k"].items():
+        assert list(rows) == ["random_a", "bm25", RANDOM, RELEVANCE]
+        for label, entry in rows.items():
+            assert sorted(entry["functions"]) == sorted(set(functions))
+            for function, result in entry["functions"].items():
+                dropped = result["dropped"]
+                queries = [j for j, f in enumerate(functions) if f == function]
+                mine = relevant[queries].any(dim=0).nonzero().flatten().tolist()
+                if label == RELEVANCE:
+                    assert dropped == mine if len(mine) <= int(k) else set(dropped) < set(mine)
+                else:
+                    assert len(set(dropped)) == len(dropped) == int(k)
+                lost = relevant[queries][:, dropped].double().sum(dim=1)  # what the removal costs each query
+                assert result["delta_logp"] == pytest.approx(lost.mean().item())
+                assert result["delta_acc"] == pytest.approx((lost > 0).double().mean().item())
+                dropped_sets.add(tuple(dropped))
+        short = rows[RELEVANCE]["fewer_than_k"]
+        assert (short == sorted(set(functions))) == (int(k) == 8)
+    assert len(known_retrains) == 1 + len(dropped_sets)  # a dropped set shared by two rows retrains once
+    assert {tuple(i for i in range(n) if i not in d) for d in dropped_sets} == set(
+        map(tuple, known_retrains[1:])
+    )
+    table = (tmp_path / "out" / "removal.md").read_text()
+    assert table in printed and "### k = 2" in table and "### k = 8" in table
+    assert "| relevance (all, fewer than k, for 4 of 4 functions) |" in table
+    assert report["k"]["8"][RELEVANCE]["logp"]["mean"] > 0  # removing what a query needs lowers it
+    assert (
+        not (tmp_path / "out" / "parts").exists()
+        and (tmp_path / "out" / "compare" / "scores.safetensors").is_file()
+    )
+
+
+def test_controls_do_not_depend_on_the_methods_or_the_other_functions(world, tmp_path, known_retrains):  # noqa: F811
+    remove(world, tmp_path / "both", "--labels", "random_a", "bm25", "--k", "3")
+    remove(world, tmp_path / "one", "--labels", "bm25", "--k", "3", "--functions", "2")
+    both, one = (json.loads((tmp_path / n / "removal.json").read_text())["k"]["3"] for n in ("both", "one"))
+    assert len(one[RANDOM]["functions"]) == 2
+    for row in (RANDOM, RELEVANCE, "bm25"):
+        for function, result in one[row]["functions"].items():
+            assert result["dropped"] == both[row]["functions"][function]["dropped"]
+
+
+def test_an_unknown_label_is_refused_naming_the_configs_methods(world, tmp_path, known_retrains):  # noqa: F811
+    with pytest.raises(UserError, match=r"--labels lsa: not among the config's methods \(random_a, bm25\)"):
+        remove(world, tmp_path / "out", "--labels", "lsa", "--k", "2")
+    assert known_retrains == []
+
+
+def test_rank_sum_gives_each_query_one_vote():
+    """Document 0 tops query 0 by a huge margin but is last for query 1; document 1 is second for both."""
+    scores = torch.tensor([[1e6, 3.0, 2.0, 1.0], [0.0, 3.0, 2.0, 4.0]])
+    assert method_drop(scores, 1, 0, "f") == [1] and scores.sum(dim=0).argmax() == 0
+    rescaled = scores * torch.tensor([[1e-9], [1e3]])
+    assert torch.equal(rank_sum(rescaled), rank_sum(scores))
+
+
+def test_chunks_hold_one_subset_size(tmp_path, monkeypatch):
+    """Stacked retrains need one size: a plan of mixed sizes is chunked within each size."""
+    seen = []
+
+    def fake_run_plan(job, chunks, workers):
+        for key, plan in chunks:
+            seen.append([len(subset) for subset, _ in plan])
+            yield key, torch.zeros(len(plan), 2, 1)
+
+    monkeypatch.setattr(study, "run_plan", fake_run_plan)
+    plan = [(list(range(size)), 0) for size in (12, 10, 10, 4, 10, 10, 4)]
+    store = study.ChunkStore(tmp_path, {"a": 1})
+    job = jobs.Job("old", (), (), (), (), TrainConfig())
+    assert study.run_chunks(store, job, plan, chunk=3, workers=1, desc="t").shape == (7, 2, 1)
+    assert sorted(seen) == [[4, 4], [10], [10, 10, 10], [12]]
