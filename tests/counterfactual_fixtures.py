@@ -45,10 +45,8 @@ def write_config(path: Path, corpus: Path, old: Path, new: Path, methods: list[d
     return path
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """The corpus, a fast micro pair and its config (module-wide: the pair is built once)."""
-    root = tmp_path_factory.mktemp("world")
+def make_world(root: Path) -> dict:
+    """The corpus, a fast micro pair and its config under ``root`` (conftest's counterfactual_world)."""
     corpus = write_corpus(root / "micro.jsonl", CORPUS)
     old, new = micro_pair(root, corpus)
     return {"root": root, "corpus": corpus, "config": write_config(root / "micro.yaml", corpus, old, new)}

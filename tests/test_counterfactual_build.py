@@ -9,7 +9,7 @@ import json
 import counterfactual_fixtures as fixtures
 import pytest
 import torch
-from counterfactual_fixtures import isolated_cache, no_figures, world  # noqa: F401
+from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 from test_compare import load_compare
@@ -76,17 +76,19 @@ def test_masks_and_outputs_line_up_with_documents_and_queries(tmp_path, monkeypa
         assert (gt.outputs[without, rows] < gt.outputs[with_, rows] - 1.0).all()
 
 
-def test_a_killed_build_resumes_without_rerunning_finished_retrains(world, tmp_path, monkeypatch):  # noqa: F811
+def test_a_killed_build_resumes_without_rerunning_finished_retrains(
+    counterfactual_world, tmp_path, monkeypatch
+):
     count_retrains(monkeypatch, fail_after=2)
     with pytest.raises(Killed):
-        build(world["config"], tmp_path / "gt", "--subsets", "4")
+        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
     assert len(list((tmp_path / "gt" / "parts").glob("row-*.safetensors"))) == 2
     with pytest.raises(UserError, match=r"\(fraction differ\)"):
-        build(world["config"], tmp_path / "gt", "--subsets", "4", "--fraction", "0.25")
+        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4", "--fraction", "0.25")
     plans = count_retrains(monkeypatch)
-    build(world["config"], tmp_path / "gt", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
     assert len(plans) == 2 and not (tmp_path / "gt" / "parts").exists()
-    build(world["config"], tmp_path / "whole", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "whole", "--subsets", "4")
     resumed, whole = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("gt", "whole"))
     assert all(torch.equal(resumed[key], whole[key]) for key in whole)
 
@@ -99,22 +101,22 @@ def test_a_pair_without_a_build_manifest_is_refused(tmp_path, write_jsonl):
         build(config, tmp_path / "gt")
 
 
-def test_a_pair_built_on_another_corpus_is_refused(world, tmp_path):  # noqa: F811
+def test_a_pair_built_on_another_corpus_is_refused(counterfactual_world, tmp_path):
     other = write_corpus(tmp_path / "other.jsonl", GeneratorConfig(n_base=2, docs_per_base=4, seed=7))
-    pair = world["root"] / "pair"
+    pair = counterfactual_world["root"] / "pair"
     config = fixtures.write_config(tmp_path / "other.yaml", other, pair / "old", pair / "new")
     with pytest.raises(UserError, match="fine-tuned on another corpus"):
         build(config, tmp_path / "gt")
     assert not (tmp_path / "gt").exists()
 
 
-def test_compare_reads_the_lds_of_a_built_ground_truth(world, tmp_path):  # noqa: F811
-    build(world["config"], tmp_path / "gt", "--subsets", "4")
+def test_compare_reads_the_lds_of_a_built_ground_truth(counterfactual_world, tmp_path):
+    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
     compare = load_compare()
     out = compare.main(
         [
             "--config",
-            str(world["config"]),
+            str(counterfactual_world["config"]),
             "--out",
             str(tmp_path / "out"),
             "--counterfactual",
@@ -124,7 +126,9 @@ def test_compare_reads_the_lds_of_a_built_ground_truth(world, tmp_path):  # noqa
     metrics = json.loads((out / "metrics.json").read_text())
     scores = load_file(str(out / "scores.safetensors"))
     gt = load_ground_truth(tmp_path / "gt")
-    data = HopsData(corpus_path=str(world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4).prepare()
+    data = HopsData(
+        corpus_path=str(counterfactual_world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4
+    ).prepare()
     functions = [data.query_functions[i] for i in gt.manifest["queries"]["ids"]]
     for label in ("random_a", "bm25", "relevance"):
         again = summarise_lds(lds_per_query(scores[label], gt.masks, gt.outputs), functions)

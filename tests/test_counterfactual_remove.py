@@ -8,11 +8,12 @@ import json
 
 import pytest
 import torch
-from counterfactual_fixtures import isolated_cache, no_figures, world  # noqa: F401
+from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 
 from probes.counterfactual import jobs, study
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
+from probes.counterfactual.remove import load_compare
 from probes.counterfactual.selection import RANDOM, RELEVANCE, method_drop, rank_sum
 from probes.data.hops import HopsData
 from probes.errors import UserError
@@ -21,16 +22,18 @@ from probes.lm.train_lm import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def held_out(world):  # noqa: F811
-    data = HopsData(corpus_path=str(world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4).prepare()
+def held_out(counterfactual_world):
+    data = HopsData(
+        corpus_path=str(counterfactual_world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4
+    ).prepare()
     ids, _ = split_queries(data)
     return data.relevant[ids], [data.query_functions[i] for i in ids]
 
 
 @pytest.fixture
-def known_retrains(world, monkeypatch):  # noqa: F811
+def known_retrains(counterfactual_world, monkeypatch):
     """Runner.run returns, per query, [relevant documents kept, 1 if all kept]; returns the subsets run."""
-    relevant, _ = held_out(world)
+    relevant, _ = held_out(counterfactual_world)
     plans = []
 
     def run(self, plan, progress=False):
@@ -45,16 +48,27 @@ def known_retrains(world, monkeypatch):  # noqa: F811
     return plans
 
 
-def remove(world, out, *extra):  # noqa: F811
-    argv = ["remove", "--config", str(world["config"]), "--out", str(out), "--workers", "1", "--debug"]
+def remove(counterfactual_world, out, *extra):
+    argv = [
+        "remove",
+        "--config",
+        str(counterfactual_world["config"]),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--debug",
+    ]
     return main([*argv, *extra])
 
 
-def test_each_row_drops_its_documents_against_one_shared_baseline(world, tmp_path, known_retrains, capsys):  # noqa: F811
-    remove(world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2", "8")
+def test_each_row_drops_its_documents_against_one_shared_baseline(
+    counterfactual_world, tmp_path, known_retrains, capsys
+):
+    remove(counterfactual_world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2", "8")
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "removal.json").read_text())
-    relevant, functions = held_out(world)
+    relevant, functions = held_out(counterfactual_world)
     n = relevant.shape[1]
     assert known_retrains[0] == list(range(n))  # the baseline: the full corpus, retrained once
     dropped_sets = set()
@@ -90,9 +104,11 @@ def test_each_row_drops_its_documents_against_one_shared_baseline(world, tmp_pat
     )
 
 
-def test_controls_do_not_depend_on_the_methods_or_the_other_functions(world, tmp_path, known_retrains):  # noqa: F811
-    remove(world, tmp_path / "both", "--labels", "random_a", "bm25", "--k", "3")
-    remove(world, tmp_path / "one", "--labels", "bm25", "--k", "3", "--functions", "2")
+def test_controls_do_not_depend_on_the_methods_or_the_other_functions(
+    counterfactual_world, tmp_path, known_retrains
+):
+    remove(counterfactual_world, tmp_path / "both", "--labels", "random_a", "bm25", "--k", "3")
+    remove(counterfactual_world, tmp_path / "one", "--labels", "bm25", "--k", "3", "--functions", "2")
     both, one = (json.loads((tmp_path / n / "removal.json").read_text())["k"]["3"] for n in ("both", "one"))
     assert len(one[RANDOM]["functions"]) == 2
     for row in (RANDOM, RELEVANCE, "bm25"):
@@ -100,9 +116,38 @@ def test_controls_do_not_depend_on_the_methods_or_the_other_functions(world, tmp
             assert result["dropped"] == both[row]["functions"][function]["dropped"]
 
 
-def test_an_unknown_label_is_refused_naming_the_configs_methods(world, tmp_path, known_retrains):  # noqa: F811
+class Killed(RuntimeError):
+    """A run stopped from outside between two retrains."""
+
+
+def test_a_killed_removal_resumes_without_rescoring_or_rerunning_retrains(
+    counterfactual_world, tmp_path, monkeypatch, known_retrains
+):
+    compare, known = load_compare(), jobs.Runner.run
+    scored = []
+    monkeypatch.setattr(compare, "run", lambda cfg, out, run=compare.run: scored.append(1) or run(cfg, out))
+
+    def dying(self, plan, progress=False):
+        if len(known_retrains) >= 3:
+            raise Killed
+        return known(self, plan, progress)
+
+    monkeypatch.setattr(jobs.Runner, "run", dying)
+    with pytest.raises(Killed):
+        remove(counterfactual_world, tmp_path / "out", "--labels", "bm25", "--k", "2")
+    with pytest.raises(UserError, match=r"\(plan, seed differ\)"):
+        remove(counterfactual_world, tmp_path / "out", "--labels", "bm25", "--k", "2", "--seed", "1")
+    monkeypatch.setattr(jobs.Runner, "run", known)
+    remove(counterfactual_world, tmp_path / "out", "--labels", "bm25", "--k", "2")
+    report = json.loads((tmp_path / "out" / "removal.json").read_text())
+    assert scored == [1] and len(known_retrains) == report["retrains"]  # each retrain ran once
+
+
+def test_an_unknown_label_is_refused_naming_the_configs_methods(
+    counterfactual_world, tmp_path, known_retrains
+):
     with pytest.raises(UserError, match=r"--labels lsa: not among the config's methods \(random_a, bm25\)"):
-        remove(world, tmp_path / "out", "--labels", "lsa", "--k", "2")
+        remove(counterfactual_world, tmp_path / "out", "--labels", "lsa", "--k", "2")
     assert known_retrains == []
 
 
