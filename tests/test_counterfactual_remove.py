@@ -22,10 +22,9 @@ from probes.lm.train_lm import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def held_out(counterfactual_world):
-    data = HopsData(
-        corpus_path=str(counterfactual_world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4
-    ).prepare()
+def held_out(world: dict) -> tuple:
+    """The test queries' relevance rows and functions, in queries.csv order."""
+    data = HopsData(corpus_path=str(world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4).prepare()
     ids, _ = split_queries(data)
     return data.relevant[ids], [data.query_functions[i] for i in ids]
 
@@ -48,24 +47,15 @@ def known_retrains(counterfactual_world, monkeypatch):
     return plans
 
 
-def remove(counterfactual_world, out, *extra):
-    argv = [
-        "remove",
-        "--config",
-        str(counterfactual_world["config"]),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--debug",
-    ]
+def remove(world: dict, out, *extra: str):
+    argv = ["remove", "--config", str(world["config"]), "--out", str(out), "--workers", "1", "--debug"]
     return main([*argv, *extra])
 
 
 def test_each_row_drops_its_documents_against_one_shared_baseline(
     counterfactual_world, tmp_path, known_retrains, capsys
 ):
-    remove(counterfactual_world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2", "8")
+    remove(counterfactual_world, tmp_path / "out", "--labels", "bm25", "random_a", "--k", "2", "8")
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "removal.json").read_text())
     relevant, functions = held_out(counterfactual_world)
@@ -73,7 +63,7 @@ def test_each_row_drops_its_documents_against_one_shared_baseline(
     assert known_retrains[0] == list(range(n))  # the baseline: the full corpus, retrained once
     dropped_sets = set()
     for k, rows in report["k"].items():
-        assert list(rows) == ["random_a", "bm25", RANDOM, RELEVANCE]
+        assert list(rows) == ["bm25", "random_a", RANDOM, RELEVANCE]
         for label, entry in rows.items():
             assert sorted(entry["functions"]) == sorted(set(functions))
             for function, result in entry["functions"].items():
@@ -149,6 +139,18 @@ def test_an_unknown_label_is_refused_naming_the_configs_methods(
     with pytest.raises(UserError, match=r"--labels lsa: not among the config's methods \(random_a, bm25\)"):
         remove(counterfactual_world, tmp_path / "out", "--labels", "lsa", "--k", "2")
     assert known_retrains == []
+
+
+def test_a_label_naming_a_control_row_is_refused(counterfactual_world, tmp_path, known_retrains):
+    config = counterfactual_world["config"]
+    with_random = tmp_path / "random.yaml"
+    with_random.write_text(config.read_text().replace("label: random_a", "label: random"))
+    with pytest.raises(UserError, match=r"--labels random: 'random' and 'relevance' name the control rows"):
+        main(
+            ["remove", "--config", str(with_random), "--out", str(tmp_path / "out"), "--labels", "random"]
+            + ["--k", "2", "--debug"]
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def test_rank_sum_gives_each_query_one_vote():

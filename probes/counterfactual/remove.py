@@ -7,6 +7,7 @@ are the controls. A method whose top documents matter lowers the answers more th
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 import time
@@ -63,15 +64,9 @@ def load_compare():
     return sys.modules["compare"]
 
 
-def method_scores(cfg: Namespace, out: Path, labels: Sequence[str]) -> tuple[dict[str, Tensor], list[int]]:
-    """Each label's test scores ``[q, n]`` and the test query ids, from compare.py's own code run on the
-    config restricted to those labels (tuned on val as compare.py tunes them) into ``out/compare``.
-
-    ``out/compare.json`` records what that run was given: a rerun with the same config reuses its scores,
-    so a resumed removal drops the same documents."""
-    from probes.report import FILES as COMPARE_FILES
-
-    compare = load_compare()
+def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
+    """The compare config with only the ``labels`` rows of its methods (and the DLP when ``dlp`` is one),
+    refusing an unknown label or one that names a control row, before anything loads."""
     known = [e.label for e in cfg.methods] + (["dlp"] if cfg.dlp_checkpoint else [])
     missing = [label for label in labels if label not in known]
     if missing:
@@ -79,12 +74,30 @@ def method_scores(cfg: Namespace, out: Path, labels: Sequence[str]) -> tuple[dic
             f"--labels {', '.join(missing)}: not among the config's methods ({', '.join(known) or 'none'}); "
             "'dlp' needs --dlp_checkpoint"
         )
+    controls = [label for label in labels if label in (RANDOM, RELEVANCE)]
+    if controls:
+        raise UserError(
+            f"--labels {', '.join(controls)}: {RANDOM!r} and {RELEVANCE!r} name the control rows, which "
+            "every table has; leave them out"
+        )
     if cfg.model.devices != 1:
         raise UserError(f"model.devices={cfg.model.devices}: remove runs on one device; give 1")
     restricted = cfg.clone()
     restricted.methods = [e for e in cfg.methods if e.label in labels]
     restricted.dlp_checkpoint = cfg.dlp_checkpoint if "dlp" in labels else None
     restricted.counterfactual = None
+    return restricted
+
+
+def method_scores(restricted: Namespace, out: Path) -> tuple[dict[str, Tensor], list[int]]:
+    """Test scores ``[q, n]`` of the restricted config's rows and the test query ids, from compare.py's own
+    code (each row tuned on val as compare.py tunes it) writing into ``out/compare``.
+
+    ``out/compare.json`` records what that run was given: a rerun with the same config reuses its scores,
+    so a resumed removal drops the same documents."""
+    from probes.report import FILES as COMPARE_FILES
+
+    compare = load_compare()
     request = json.loads(
         json.dumps(
             {key: restricted[key] for key in ("data", "model", "methods", "dlp_checkpoint")},
@@ -96,14 +109,19 @@ def method_scores(cfg: Namespace, out: Path, labels: Sequence[str]) -> tuple[dic
     if not (scores_file.is_file() and record.is_file() and json.loads(record.read_text()) == request):
         record.unlink(missing_ok=True)
         compare.check_config(restricted, folder)
-        inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, restricted.dlp_checkpoint]
+        model = restricted.model
+        inputs = [restricted.data.corpus_path, model.old, model.new, restricted.dlp_checkpoint]
         check_output_folder(folder, COMPARE_FILES, overwrite=False, inputs=inputs)
         print(compare.run(restricted, folder))
+        gc.collect()  # the pair and its features go before the retrains take the device
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         with atomic_path(record) as tmp:
             tmp.write_text(json.dumps(request, indent=2) + "\n")
     scores = load_file(str(scores_file))
     with (folder / "queries.csv").open(newline="") as handle:
         query_ids = [int(row["query_id"]) for row in csv.DictReader(handle)]
+    labels = [e.label for e in restricted.methods] + (["dlp"] if restricted.dlp_checkpoint else [])
     return {label: scores[label] for label in labels}, query_ids
 
 
@@ -198,12 +216,15 @@ def remove_documents(
     """Score, choose, retrain (resumable under ``out/parts``), then write removal.json and removal.md."""
     if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
         raise UserError(f"--k {list(ks)}: give distinct document counts of at least 1")
+    labels = list(dict.fromkeys(labels))
+    restricted = restrict(cfg, labels)
     started = time.time()
     study = load_study(cfg, stack=stack)
     n = len(study.job.texts)
     if max(ks) >= n:
         raise UserError(f"--k {max(ks)}: the corpus has {n} documents; remove fewer than that")
-    scores, query_ids = method_scores(cfg, out, labels)
+    scores, query_ids = method_scores(restricted, out)
+    scores = {label: scores[label] for label in labels}  # the table's rows in --labels order
     if query_ids != study.query_ids:
         raise UserError(f"{out / COMPARE}/queries.csv lists other test queries than the config's test split")
     chosen = choose_functions(study.functions, functions, seed)
