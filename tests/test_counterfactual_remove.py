@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import counterfactual_fixtures as fixtures
 import pytest
 import torch
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
@@ -15,6 +16,7 @@ from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
 from probes.counterfactual.remove import load_compare
 from probes.counterfactual.selection import RANDOM, RELEVANCE, method_drop, rank_sum
+from probes.data.generator import write_corpus
 from probes.data.hops import HopsData
 from probes.errors import UserError
 from probes.lm.train_lm import TrainConfig
@@ -151,6 +153,18 @@ def test_a_label_naming_a_control_row_is_refused(counterfactual_world, tmp_path,
             + ["--k", "2", "--debug"]
         )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_real_retrains_lose_more_without_the_relevant_documents_than_without_random_ones(tmp_path):
+    """On a pair whose recipe memorises, dropping a function's relevant documents (its own and its wrapper's
+    or base's) lowers its answers more than dropping as many random documents."""
+    corpus = write_corpus(tmp_path / "micro.jsonl", fixtures.CORPUS)
+    old, new = fixtures.micro_pair(tmp_path, corpus, finetune=fixtures.MEMORISE)
+    world = {"config": fixtures.write_config(tmp_path / "micro.yaml", corpus, old, new)}
+    remove(world, tmp_path / "out", "--labels", "bm25", "--k", "6", "--functions", "2")
+    rows = json.loads((tmp_path / "out" / "removal.json").read_text())["k"]["6"]
+    assert rows[RELEVANCE]["logp"]["mean"] > rows[RANDOM]["logp"]["mean"] + 1.0
 
 
 def test_rank_sum_gives_each_query_one_vote():
