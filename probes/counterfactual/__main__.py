@@ -25,7 +25,12 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         default=False,
         help="write into an output folder that holds other files too (kept; only this command's files go)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the subsets (build) or random controls")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the subsets (build); the random control, ties and --functions sample (remove)",
+    )
     parser.add_argument(
         "--stack", type=int, default=25, help="retrains run at once on a GPU (stacked under vmap)"
     )
