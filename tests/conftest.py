@@ -69,6 +69,17 @@ def chain_corpus_path(write_jsonl) -> Path:
     return write_jsonl(chain_rows(), "chain.jsonl")
 
 
+# ---- counterfactual: a micro pair built with its manifest (see counterfactual_fixtures.py) ----
+
+
+@pytest.fixture(scope="module")
+def counterfactual_world(tmp_path_factory) -> dict:
+    """The corpus, a fast micro pair and its config, built once per module."""
+    from counterfactual_fixtures import make_world
+
+    return make_world(tmp_path_factory.mktemp("counterfactual"))
+
+
 # ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see test_dlp_fixtures.py) ----
 
 from test_dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401

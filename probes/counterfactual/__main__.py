@@ -25,7 +25,12 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         default=False,
         help="write into an output folder that holds other files too (kept; only this command's files go)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the subsets (build) or random controls")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the subsets (build); the random control, ties and --functions sample (remove)",
+    )
     parser.add_argument(
         "--stack", type=int, default=25, help="retrains run at once on a GPU (stacked under vmap)"
     )
@@ -48,6 +53,16 @@ def build_parser() -> ArgumentParser:
         "--repeats", type=int, default=0, help="subsets retrained again with another seed (noise ceiling)"
     )
     commands.add_subcommand("build", build)
+    remove = ArgumentParser(description="retrain without each method's top-k documents per test function")
+    _common(remove, "the removal folder (resumes an unfinished run of the same settings)")
+    remove.add_argument(
+        "--labels", type=str, nargs="+", required=True, help="rows of the config's methods (or dlp) to test"
+    )
+    remove.add_argument("--k", type=int, nargs="+", required=True, help="documents removed per function")
+    remove.add_argument(
+        "--functions", type=int | None, default=None, help="a seeded sample of this many test functions"
+    )
+    commands.add_subcommand("remove", remove)
     return parser
 
 
@@ -57,15 +72,16 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _main(argv: list[str] | None) -> Path:
-    from probes.counterfactual.ground_truth import FILES
+    from probes.counterfactual import ground_truth, remove
 
     cfg = build_parser().parse_args(argv)
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)
     check_writable_folder(out, "out")
-    own = (*FILES, "parts/", "plan.json")
-    check_output_folder(out, own, overwrite=sub.overwrite, inputs=[sub.data.corpus_path, sub.model.old])
+    own = (*ground_truth.FILES, "parts/", "plan.json") if cfg.command == "build" else remove.FILES
+    inputs = [sub.data.corpus_path, sub.model.old, sub.model.new, sub.dlp_checkpoint]
+    check_output_folder(out, own, overwrite=sub.overwrite, inputs=inputs)
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
     if cfg.command == "build":
@@ -81,7 +97,20 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
         )
-        print(f"Wrote {', '.join(FILES)} to {out}/: {describe(gt)}")
+        print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
+    else:
+        remove.remove_documents(
+            sub,
+            out,
+            labels=sub.labels,
+            ks=sub.k,
+            functions=sub.functions,
+            seed=sub.seed,
+            stack=sub.stack,
+            workers=sub.workers,
+        )
+        print((out / remove.TABLE).read_text(), end="")
+        print(f"Wrote {remove.RESULT}, {remove.TABLE} (compare.py's output: {remove.COMPARE}/) to {out}/")
     return out
 
 

@@ -130,10 +130,14 @@ def run_chunks(
     store: ChunkStore, job: Job, plan: Plan, *, chunk: int, workers: int, desc: str
 ) -> torch.Tensor:
     """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: finished ones read back, the others run
-    (``chunk`` retrains at a time) and each saved as its chunk finishes."""
+    (up to ``chunk`` retrains at a time, each chunk's subsets of one size, as stacking needs) and each saved
+    as its chunk finishes."""
     done = store.done()
-    todo = [row for row in range(len(plan)) if row not in done]
-    runs = {todo[i]: todo[i : i + chunk] for i in range(0, len(todo), chunk)}
+    by_size: dict[int, list[int]] = {}
+    for row in range(len(plan)):
+        if row not in done:
+            by_size.setdefault(len(plan[row][0]), []).append(row)
+    runs = {rows[i]: rows[i : i + chunk] for rows in by_size.values() for i in range(0, len(rows), chunk)}
     chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
     with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
         for first, outputs in run_plan(job, chunks, workers=workers):

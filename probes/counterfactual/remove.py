@@ -1,0 +1,262 @@
+"""``remove``: for each test function, drop the k documents a method ranks highest for its test queries,
+retrain f_old on the rest with f_new's recipe, and measure how much that function's test answers lose against
+one retrain on the whole corpus (same recipe, same seed); k random and k structurally relevant documents
+are the controls. A method whose top documents matter lowers the answers more than random removal does.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from safetensors.torch import load_file
+from torch import Tensor
+
+from probes.cache import atomic_path
+from probes.counterfactual.ground_truth import identity
+from probes.counterfactual.selection import (
+    RANDOM,
+    RELEVANCE,
+    bootstrap,
+    function_rows,
+    markdown,
+    method_drop,
+    random_drop,
+    relevance_drop,
+    seeded,
+)
+from probes.counterfactual.study import (
+    PARTS,
+    PLAN,
+    ChunkStore,
+    default_workers,
+    load_study,
+    machine,
+    run_chunks,
+)
+from probes.errors import UserError
+from probes.outputs import check_output_folder
+
+RESULT, TABLE = "removal.json", "removal.md"
+COMPARE, REQUEST = "compare", "compare.json"  # compare.py's output for the chosen labels, and what it ran
+FILES = (RESULT, TABLE, f"{COMPARE}/", REQUEST, f"{PARTS}/", PLAN)
+
+Selections = dict[int, dict[str, dict[str, list[int]]]]  # k -> row label -> function -> dropped documents
+
+
+def load_compare():
+    """compare.py, a script at the repository root (not in the package), imported from its path."""
+    import importlib.util
+    import sys
+
+    if "compare" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("compare", Path(__file__).parents[2] / "compare.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["compare"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["compare"]
+
+
+def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
+    """The compare config with only the ``labels`` rows of its methods (and the DLP when ``dlp`` is one),
+    refusing an unknown label or one that names a control row, before anything loads."""
+    known = [e.label for e in cfg.methods] + (["dlp"] if cfg.dlp_checkpoint else [])
+    missing = [label for label in labels if label not in known]
+    if missing:
+        raise UserError(
+            f"--labels {', '.join(missing)}: not among the config's methods ({', '.join(known) or 'none'}); "
+            "'dlp' needs --dlp_checkpoint"
+        )
+    controls = [label for label in labels if label in (RANDOM, RELEVANCE)]
+    if controls:
+        raise UserError(
+            f"--labels {', '.join(controls)}: {RANDOM!r} and {RELEVANCE!r} name the control rows, which "
+            "every table has; leave them out"
+        )
+    if cfg.model.devices != 1:
+        raise UserError(f"model.devices={cfg.model.devices}: remove runs on one device; give 1")
+    restricted = cfg.clone()
+    restricted.methods = [e for e in cfg.methods if e.label in labels]
+    restricted.dlp_checkpoint = cfg.dlp_checkpoint if "dlp" in labels else None
+    restricted.counterfactual = None
+    return restricted
+
+
+def method_scores(restricted: Namespace, out: Path) -> tuple[dict[str, Tensor], list[int]]:
+    """Test scores ``[q, n]`` of the restricted config's rows and the test query ids, from compare.py's own
+    code (each row tuned on val as compare.py tunes it) writing into ``out/compare``.
+
+    ``out/compare.json`` records what that run was given: a rerun with the same config reuses its scores,
+    so a resumed removal drops the same documents."""
+    from probes.report import FILES as COMPARE_FILES
+
+    compare = load_compare()
+    request = json.loads(
+        json.dumps(
+            {key: restricted[key] for key in ("data", "model", "methods", "dlp_checkpoint")},
+            default=lambda v: v.as_dict() if isinstance(v, Namespace) else vars(v),
+        )
+    )
+    folder, record = out / COMPARE, out / REQUEST
+    scores_file = folder / "scores.safetensors"
+    if not (scores_file.is_file() and record.is_file() and json.loads(record.read_text()) == request):
+        record.unlink(missing_ok=True)
+        compare.check_config(restricted, folder)
+        model = restricted.model
+        inputs = [restricted.data.corpus_path, model.old, model.new, restricted.dlp_checkpoint]
+        check_output_folder(folder, COMPARE_FILES, overwrite=False, inputs=inputs)
+        print(compare.run(restricted, folder))
+        gc.collect()  # the pair and its features go before the retrains take the device
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps(request, indent=2) + "\n")
+    scores = load_file(str(scores_file))
+    with (folder / "queries.csv").open(newline="") as handle:
+        query_ids = [int(row["query_id"]) for row in csv.DictReader(handle)]
+    labels = [e.label for e in restricted.methods] + (["dlp"] if restricted.dlp_checkpoint else [])
+    return {label: scores[label] for label in labels}, query_ids
+
+
+def choose_functions(functions: Sequence[str], count: int | None, seed: int) -> list[str]:
+    """The test functions to remove documents for: all (sorted), or a seeded sample of ``count``."""
+    names = sorted(set(functions))
+    if count is None:
+        return names
+    if not 0 < count <= len(names):
+        raise UserError(f"--functions={count}: the test split has {len(names)} functions; give fewer")
+    keep = torch.randperm(len(names), generator=seeded(seed, "functions")).tolist()[:count]
+    return sorted(names[i] for i in keep)
+
+
+def select(
+    scores: dict[str, Tensor],
+    relevant: Tensor,
+    rows: dict[str, list[int]],
+    ks: Sequence[int],
+    seed: int,
+) -> Selections:
+    """Every row's dropped documents per k and function: the methods', then random's and relevance's."""
+    n = relevant.shape[1]
+    out: Selections = {}
+    for k in ks:
+        out[k] = {
+            label: {f: method_drop(s[r], k, seed, f) for f, r in rows.items()} for label, s in scores.items()
+        }
+        out[k][RANDOM] = {f: random_drop(n, k, seed, f) for f in rows}
+        out[k][RELEVANCE] = {f: relevance_drop(relevant[r], k, seed, f) for f, r in rows.items()}
+    return out
+
+
+def retrain_plan(selections: Selections, n: int, data_seed: int) -> tuple[list, dict[tuple[int, ...], int]]:
+    """Row 0 the full corpus (the shared baseline), then one row per distinct dropped set (two rows that drop
+    the same documents share one retrain); returns the plan and each dropped set's row."""
+    plan, row_of = [(list(range(n)), data_seed)], {}
+    for by_label in selections.values():
+        for by_function in by_label.values():
+            for dropped in by_function.values():
+                key = tuple(dropped)
+                if key not in row_of:
+                    row_of[key] = len(plan)
+                    gone = set(dropped)
+                    plan.append(([i for i in range(n) if i not in gone], data_seed))
+    return plan, row_of
+
+
+def summarise(
+    selections: Selections,
+    row_of: dict[tuple[int, ...], int],
+    outputs: Tensor,
+    rows: dict[str, list[int]],
+    seed: int,
+) -> dict:
+    """Per k, row and function the dropped documents and Δ = baseline - removed of the function's mean test
+    answer log-prob and accuracy; per k and row their mean and bootstrap CI over the functions."""
+    base = outputs[0].double()
+    report: dict = {}
+    for k, by_label in selections.items():
+        report[k] = {}
+        for label, by_function in by_label.items():
+            entry: dict = {"functions": {}}
+            for function, dropped in by_function.items():
+                removed, r = outputs[row_of[tuple(dropped)]].double(), rows[function]
+                delta = (base[:, r].mean(dim=1) - removed[:, r].mean(dim=1)).tolist()
+                entry["functions"][function] = {
+                    "dropped": dropped,
+                    "delta_logp": delta[0],
+                    "delta_acc": delta[1],
+                }
+            values = entry["functions"].values()
+            entry["logp"] = bootstrap(torch.tensor([v["delta_logp"] for v in values]), seed)
+            entry["accuracy"] = bootstrap(torch.tensor([v["delta_acc"] for v in values]), seed)
+            if label == RELEVANCE:
+                entry["fewer_than_k"] = [f for f, d in by_function.items() if len(d) < k]
+            report[k][label] = entry
+    return report
+
+
+def remove_documents(
+    cfg: Namespace,
+    out: Path,
+    *,
+    labels: Sequence[str],
+    ks: Sequence[int],
+    functions: int | None = None,
+    seed: int = 0,
+    stack: int = 25,
+    workers: int | None = None,
+) -> dict:
+    """Score, choose, retrain (resumable under ``out/parts``), then write removal.json and removal.md."""
+    if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+        raise UserError(f"--k {list(ks)}: give distinct document counts of at least 1")
+    labels = list(dict.fromkeys(labels))
+    restricted = restrict(cfg, labels)
+    started = time.time()
+    study = load_study(cfg, stack=stack)
+    n = len(study.job.texts)
+    if max(ks) >= n:
+        raise UserError(f"--k {max(ks)}: the corpus has {n} documents; remove fewer than that")
+    scores, query_ids = method_scores(restricted, out)
+    scores = {label: scores[label] for label in labels}  # the table's rows in --labels order
+    if query_ids != study.query_ids:
+        raise UserError(f"{out / COMPARE}/queries.csv lists other test queries than the config's test split")
+    chosen = choose_functions(study.functions, functions, seed)
+    every = function_rows(study.functions)
+    rows = {f: every[f] for f in chosen}
+    relevant = study.data.relevant[torch.tensor(study.query_ids)]
+    selections = select(scores, relevant, rows, ks, seed)
+    plan, row_of = retrain_plan(selections, n, study.recipe_seed)
+    job = study.job
+    ident = identity(job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new)
+    plan_hash = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+    settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
+    store = ChunkStore(out, {**settings, "plan": plan_hash, **ident})
+    workers = default_workers(study.job.device, workers)
+    chunk = stack if study.job.device.startswith("cuda") else 1
+    outputs = run_chunks(store, study.job, plan, chunk=chunk, workers=workers, desc="removal")
+    report = {
+        "version": 1,
+        **settings,
+        "retrains": len(plan),
+        "baseline": {"logp": outputs[0, 0].mean().item(), "accuracy": outputs[0, 1].mean().item()},
+        "seeds": {"choice": seed, "data_order": study.recipe_seed},
+        **ident,
+        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **study.job.describe()},
+        "seconds": round(time.time() - started, 1),
+        "workers": workers,
+        "machine": machine(study.job),
+        "k": summarise(selections, row_of, outputs, rows, seed),
+    }
+    with atomic_path(out / RESULT) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(out / TABLE) as tmp:
+        tmp.write_text(markdown(report))
+    store.finish()
+    return report
