@@ -89,6 +89,8 @@ BUILTIN: dict[str, str] = {
     "attr_weighted": "baselines.attr_weighted",
     "patching": "baselines.patching",
     "grad_sim": "baselines.grad_sim",
+    "ekfac": "baselines.ekfac",
+    "trackstar": "baselines.trackstar",
     "dlp": "probes.models.method",
 }
 
