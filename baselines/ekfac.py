@@ -88,7 +88,7 @@ class EKFAC(Method):
         self.groups, self.module_filter = groups, module_filter
 
     def prepare(self, ctx: AttributionContext) -> None:
-        require_library(self.name, "kronfluence")
+        require_library(self.name)
         pair, s = ctx.require("pair", self.name), self.settings
         self.modules = tracked_linears(self.name, pair.new, self.groups, self.module_filter)
         self.dtype = torch.float64 if next(pair.new.parameters()).dtype == torch.float64 else torch.float32
@@ -105,7 +105,7 @@ class EKFAC(Method):
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         s, texts = self.settings, Texts(ctx, ctx.pair.tokenizer)
-        task = model_task(texts, self.modules)
+        task = model_task(texts, self.modules, s["seed"])
         model = prepare_model(copy.deepcopy(ctx.pair.new), task)
         folder = tempfile.TemporaryDirectory(prefix="probes-ekfac-")
         analyzer = Analyzer(
@@ -127,7 +127,6 @@ class EKFAC(Method):
             per_sample_gradient_dtype=dt,
             lambda_dtype=dt,
         )
-        torch.manual_seed(s["seed"])
         rows = texts.fit_rows(ctx, s["fit_data"])
         analyzer.fit_all_factors(
             "factors", Rows(rows), per_device_batch_size=s["batch_size"], factor_args=args
@@ -173,14 +172,14 @@ class Rows(Dataset):
         return self.rows[i]
 
 
-def model_task(texts: Texts, modules: list[str]):
+def model_task(texts: Texts, modules: list[str], seed: int):
     """The kronfluence Task: each batch's summed own losses (sampled labels when kronfluence asks for the
     true Fisher), the query measurement = the summed answer losses, the tracked modules, the padding mask."""
     from kronfluence.task import Task
 
     class ProbesTask(Task):
         def compute_train_loss(self, batch, model, sample: bool = False) -> Tensor:
-            return texts.loss(model, batch, sample).sum()
+            return texts.loss(model, batch, sample, seed).sum()
 
         def compute_measurement(self, batch, model) -> Tensor:
             return texts.loss(model, batch).sum()
@@ -192,4 +191,3 @@ def model_task(texts: Texts, modules: list[str]):
             return batch["attention_mask"]
 
     return ProbesTask()
-

@@ -4,7 +4,7 @@ the true-Fisher loss with labels sampled from the model."""
 
 from __future__ import annotations
 
-import importlib.util
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -16,18 +16,18 @@ from probes.lm.example_grads import GROUPS, param_group
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
-from probes.methods import AttributionContext, check_choice
+from probes.methods import OPTIONAL, AttributionContext, check_choice, missing_extra
 
-INSTALL = "pip install -e '.[influence]'"
-# the preconditioner's data: the training documents (their own LM loss) or the validation queries (answer loss)
+# the preconditioner's data: the training documents (own LM loss) or the validation queries (answer loss)
 FIT_DATA = ("docs", "val_queries")
 FISHERS = ("sampled", "empirical")
 
 
-def require_library(method: str, module: str) -> None:
-    """Raise naming the extra to install when ``module`` (the method's library) is not importable."""
-    if importlib.util.find_spec(module) is None:
-        raise ModuleNotFoundError(f"method {method!r} needs the library {module!r}: {INSTALL}")
+def require_library(method: str) -> None:
+    """Raise saying how to install ``method``'s library (`probes.methods.OPTIONAL`) when it is missing."""
+    hint = missing_extra(method)
+    if hint is not None:
+        raise ModuleNotFoundError(f"method {method!r} needs the library {OPTIONAL[method][0]!r}: {hint}")
 
 
 def check_common(method: str, modules: Sequence[str], fit_data: str, fisher: str | None = None) -> list[str]:
@@ -92,26 +92,33 @@ class Texts:
         index = length_batches([len(self.items[r].ids) for r in rows], batch_size, max_tokens)
         return [[rows[i] for i in batch] for batch in index]
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor], sample: bool = False) -> Float[Tensor, "b"]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], sample: bool = False, seed: int = 0
+    ) -> Float[Tensor, "b"]:
         """Each row's own loss (all rows of a batch are of one kind); ``sample``: the same loss with labels
         drawn from the model's own predictive distribution (the true Fisher's), `sampled_loss`."""
         rows = batch["rows"].tolist()
         items, kind = [self.items[r] for r in rows], self.losses[rows[0]]
         if sample:
-            return sampled_loss(model, batch, items, kind)
+            return sampled_loss(model, batch, items, kind, seed)
         return text_loss(model, batch, items, kind)
 
 
 def sampled_loss(
-    model: nn.Module, batch: dict[str, Tensor], items: Sequence[Tokenized], loss: str
+    model: nn.Module, batch: dict[str, Tensor], items: Sequence[Tokenized], loss: str, seed: int = 0
 ) -> Float[Tensor, "b"]:
     """``loss`` ("lm": every predicted token, averaged; "ce": the target span) with each label drawn from
     the model's (detached) prediction at that position: its gradient's outer product estimates the Fisher
-    (= the Gauss-Newton matrix of the cross-entropy)."""
+    (= the Gauss-Newton matrix of the cross-entropy). Each text's labels are drawn from a generator seeded by
+    ``seed`` and the text's token ids, so they do not depend on its batch or its place in the corpus."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"]).logits
     logits = logits.float() if logits.dtype != torch.float64 else logits
-    labels = torch.distributions.Categorical(logits=logits.detach()).sample()
+    probs = logits.detach().softmax(-1)
+    labels = torch.empty(ids.shape, dtype=torch.long, device=ids.device)
+    for row, item in enumerate(items):
+        generator = torch.Generator(ids.device).manual_seed(zlib.crc32(repr((seed, item.ids)).encode()))
+        labels[row] = torch.multinomial(probs[row], 1, generator=generator)[:, 0]
     nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
     real = mask.bool()
     if loss == "lm":
@@ -124,4 +131,3 @@ def sampled_loss(
             used[row, start + item.target[0] - 1 : start + item.target[1] - 1] = True
     nll = torch.where(used, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
     return nll.sum(-1) / used.sum(-1).clamp(min=1)
-

@@ -79,13 +79,20 @@ class TrackStar(Method):
         self.groups, self.module_filter = groups, module_filter
 
     def prepare(self, ctx: AttributionContext) -> None:
-        require_library(self.name, "bergson")
+        require_library(self.name)
         pair, s = ctx.require("pair", self.name), self.settings
         self.model, self.device = pair.new, ctx.device
         self.modules = tracked_linears(self.name, pair.new, self.groups, self.module_filter)
         self.texts = Texts(ctx, pair.tokenizer)
         fit = self.texts.fit_rows(ctx, s["fit_data"])
-        key = ("trackstar", tuple(self.modules), s["normalizer"], s["projection_dim"], s["seed"], s["fit_data"])
+        key = (
+            "trackstar",
+            tuple(self.modules),
+            s["normalizer"],
+            s["projection_dim"],
+            s["seed"],
+            s["fit_data"],
+        )
         if key not in ctx.memo:
             normalizers = self._second_moments(fit) if s["normalizer"] == "adam" else {}
             fitted = self._gradients(fit, normalizers, "trackstar fit")
@@ -168,8 +175,8 @@ def inverse_sqrt(matrix: Float[Tensor, "d d"], damping: float) -> Float[Tensor, 
 
 
 class input_gradient:
-    """Context: ``model``'s input embeddings' output becomes a leaf that requires grad (the frozen weights need
-    none), so a backward pass reaches every module's hooks; ``as`` gives the list that holds the leaves."""
+    """Context: the output of ``model``'s input embeddings becomes a leaf that requires grad (the frozen
+    weights need none), so a backward pass reaches every module's hooks; ``as`` gives the list of leaves."""
 
     def __init__(self, model: nn.Module):
         self.model, self.roots = model, []
@@ -225,4 +232,3 @@ def collector_class():
             return next(iter(self.target_info))
 
     return RowCollector
-
