@@ -158,9 +158,14 @@ class TrackStar(Method):
         return self._features(queries) @ self.docs.T
 
 
+def autocorrelation_dtype(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (float64 kept)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def autocorrelation(grads: Float[Tensor, "r d"]) -> Float[Tensor, "d d"]:
     """Mean outer product of the rows, at least float32 (float64 kept)."""
-    grads = grads if grads.dtype == torch.float64 else grads.float()
+    grads = autocorrelation_dtype(grads)
     return grads.T @ grads / len(grads)
 
 
@@ -217,7 +222,7 @@ def collector_class():
             name = module._name
             grads = self._compute_gradient(module, g)
             if self.squares:
-                summed = grads.double().pow(2).sum(0).view(module.weight.shape)
+                summed = autocorrelation_dtype(grads).pow(2).sum(0).double().view(module.weight.shape)
                 self.total[name] = self.total.get(name, 0) + summed.to(module.weight.device)
                 return
             self.rows_of.setdefault(name, []).append(grads.cpu())
