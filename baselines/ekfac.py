@@ -91,7 +91,12 @@ class EKFAC(Method):
         require_library(self.name)
         pair, s = ctx.require("pair", self.name), self.settings
         self.modules = tracked_linears(self.name, pair.new, self.groups, self.module_filter)
-        self.dtype = torch.float64 if next(pair.new.parameters()).dtype == torch.float64 else torch.float32
+        model_dtype = next(pair.new.parameters()).dtype
+        self.dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
+        # per-example gradients (the lambda pass, preconditioning, scoring) in a half-precision model's own
+        # dtype, as kronfluence's smart_low_precision arguments keep them: in float32 the 1B lambda pass alone
+        # is ~5e16 FLOPs off the tensor cores; covariances, eigenvalues and scores stay float32
+        self.low = model_dtype if model_dtype in (torch.bfloat16, torch.float16) else self.dtype
         key = ("ekfac", tuple(self.modules), *(s[k] for k in ("strategy", "fit_data", "fisher", "seed")))
         if key not in ctx.memo:
             ctx.memo[key] = self._fit(ctx)
@@ -124,7 +129,7 @@ class EKFAC(Method):
             use_empirical_fisher=s["fisher"] == "empirical",
             activation_covariance_dtype=dt,
             gradient_covariance_dtype=dt,
-            per_sample_gradient_dtype=dt,
+            per_sample_gradient_dtype=self.low,
             lambda_dtype=dt,
         )
         rows = texts.fit_rows(ctx, s["fit_data"])
@@ -140,8 +145,8 @@ class EKFAC(Method):
         args = ScoreArguments(
             damping_factor=s["damping"],
             query_gradient_low_rank=s["query_low_rank"],
-            per_sample_gradient_dtype=dt,
-            precondition_dtype=dt,
+            per_sample_gradient_dtype=self.low,
+            precondition_dtype=self.low,
             score_dtype=dt,
         )
         self.n_scores += 1
