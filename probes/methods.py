@@ -97,10 +97,8 @@ BUILTIN: dict[str, str] = {
 
 
 # Methods whose library is an optional extra: the module that must import, and how to install it.
-OPTIONAL: dict[str, tuple[str, str]] = {
-    "ekfac": ("kronfluence", "pip install -e '.[influence]'"),
-    "trackstar": ("bergson", "pip install -e '.[influence]'"),
-}
+INFLUENCE = "pip install -e '.[influence]' && pip install --no-deps kronfluence==1.0.1 bergson==2.5.1"
+OPTIONAL: dict[str, tuple[str, str]] = {"ekfac": ("kronfluence", INFLUENCE), "trackstar": ("bergson", INFLUENCE)}
 
 
 def missing_extra(name: str) -> str | None:
