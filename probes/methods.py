@@ -98,7 +98,10 @@ BUILTIN: dict[str, str] = {
 
 # Methods whose library is an optional extra: the module that must import, and how to install it.
 INFLUENCE = "pip install -e '.[influence]' && pip install --no-deps kronfluence==1.0.1 bergson==2.5.1"
-OPTIONAL: dict[str, tuple[str, str]] = {"ekfac": ("kronfluence", INFLUENCE), "trackstar": ("bergson", INFLUENCE)}
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "ekfac": ("kronfluence", INFLUENCE),
+    "trackstar": ("bergson", INFLUENCE),
+}
 
 
 def missing_extra(name: str) -> str | None:
