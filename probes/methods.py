@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,8 +90,25 @@ BUILTIN: dict[str, str] = {
     "attr_weighted": "baselines.attr_weighted",
     "patching": "baselines.patching",
     "grad_sim": "baselines.grad_sim",
+    "ekfac": "baselines.ekfac",
+    "trackstar": "baselines.trackstar",
     "dlp": "probes.models.method",
 }
+
+
+# Methods whose library is an optional extra: the module that must import, and how to install it.
+INFLUENCE = "pip install -e '.[influence]' && pip install --no-deps kronfluence==1.0.1 bergson==2.5.1"
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "ekfac": ("kronfluence", INFLUENCE),
+    "trackstar": ("bergson", INFLUENCE),
+}
+
+
+def missing_extra(name: str) -> str | None:
+    """How to install the library that method ``name`` needs, when it is not importable; else None."""
+    if name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name][0]) is not None:
+        return None
+    return OPTIONAL[name][1]
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:

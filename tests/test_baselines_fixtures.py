@@ -16,7 +16,7 @@ from probes.data.queries import Query, make_queries, relevance
 from probes.methods import BUILTIN, AttributionContext, Method, build_method, method_class, method_names
 
 # baselines/ modules that hold shared parts, not a method
-HELPER_MODULES = {"__init__", "feature_method", "layers", "queries"}
+HELPER_MODULES = {"__init__", "feature_method", "influence_data", "layers", "queries"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
