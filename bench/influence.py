@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         method = build_method(method_name, **options)
         _, fit_s, fit_gib = phase(device, lambda m=method, c=ctx: m.prepare(c))
+        print(f"{method_name}: fit {fit_s:.1f} s, peak {fit_gib:.2f} GiB", flush=True)  # a cut run keeps this
         chunks = test_ids.split(args.score_batch)
         scores, score_s, score_gib = phase(
             device, lambda m=method, q=chunks: torch.cat([m.score(c) for c in q])
