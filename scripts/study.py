@@ -11,7 +11,10 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
    functions), from configs/dlp.yaml and configs/dlp-heldout-functions.yaml;
 3. ``compare.py`` with configs/compare.yaml on both splits, every configs/ablations/*.yaml on by_input, and
    the seed-0 DLP of each split through compare.py (``--dlp_checkpoint``), all sharing one feature cache;
-4. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
+4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M, ``--repeats`` R) into
+   OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's LDS, the seed-0 multi-hot DLP too)
+   into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, k = 300, 6 functions) into OUT/counterfactual/;
+5. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
 A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
 runs only the steps whose names match (fnmatch: ``'dlp/*' 'compare/by_input'``), with the pair's build and
@@ -42,6 +45,8 @@ DLP_RUNS = (  # (name, base config, split)
     ("pairwise-by_input", "configs/dlp-heldout-functions.yaml", "by_input"),
     ("pairwise-by_function", "configs/dlp-heldout-functions.yaml", "by_function"),
 )
+# the tuned rows whose top documents the removal test drops (with its random and relevance controls)
+REMOVAL_LABELS = ("bm25", "repsim", "delta_h", "attr_weighted", "act_grad", "grad_sim", "patching")
 DLP_FOR_COMPARE = {"by_input": "multihot-by_input", "by_function": "pairwise-by_function"}
 
 
@@ -113,6 +118,19 @@ def jobs(args) -> list[Job]:
                 str(checkpoint),
             )
         )
+    # the counterfactual check: the LDS of every row (DLP too) and the removal test (probes.counterfactual)
+    gt = out / "counterfactual" / "gt"
+    cf = [py, "-m", "probes.counterfactual"]
+    build_gt = [*cf, "build", "--config", "configs/compare.yaml", *common, "--out", str(gt)]
+    build_gt += ["--subsets", str(args.subsets), "--repeats", str(args.repeats)]
+    found.append(Job("counterfactual/gt", [build_gt], ["build"]))
+    checkpoint = out / "dlp" / f"multihot-by_input-s{args.seeds[0]}" / "best.ckpt"
+    needs = ["counterfactual/gt", f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input"]
+    lds_args = ["--counterfactual", str(gt), "--dlp_checkpoint", str(checkpoint)]
+    found.append(compare("lds", "configs/compare.yaml", needs, *lds_args))
+    removal = [*cf, "remove", "--config", "configs/compare.yaml", *common, "--labels", *REMOVAL_LABELS]
+    removal += ["--k", "300", "--functions", "6", "--out", str(out / "counterfactual" / "removal")]
+    found.append(Job("counterfactual/removal", [removal], ["compare/by_input"]))
     for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
         found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
     return found
@@ -209,6 +227,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="DLP seeds")
     parser.add_argument("--device", default="cuda", help="cuda or cpu (the DLP uses the Trainer's 'auto')")
     parser.add_argument("--jobs", type=int, default=4, help="steps run at once (one GPU is shared)")
+    parser.add_argument("--subsets", type=int, default=100, help="counterfactual ground truth: subsets")
+    parser.add_argument("--repeats", type=int, default=10, help="counterfactual ground truth: seed repeats")
     parser.add_argument(
         "--feature-batch-size", type=int, default=128, help="compare.py model.feature_batch_size"
     )
@@ -327,6 +347,9 @@ def summarise(args, outcome: dict, seconds: float) -> str:
     for folder in sorted((args.out / "compare").rglob("metrics.json")):
         name = folder.parent.relative_to(args.out / "compare")
         parts.append(f"## compare.py: {name}\n\n" + compare_table(folder.parent) + "\n")
+    removal = args.out / "counterfactual" / "removal" / "removal.md"
+    if removal.exists():
+        parts.append("## Removal test (python -m probes.counterfactual remove)\n\n" + removal.read_text())
     parts.append("## Steps\n\n" + "\n".join(f"- {k}: {v}" for k, v in outcome.items()) + "\n")
     return "\n".join(parts)
 
