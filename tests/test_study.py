@@ -39,7 +39,8 @@ def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(t
     assert not any(name.startswith("dlp/") for name in chosen) and "compare/by_input" not in chosen
     assert chosen["compare/by_function"] == ["build"]  # compare/by_input was only shared cache
     counterfactual = names(study.select(jobs, ["counterfactual/*", "compare/lds"]))
-    assert counterfactual["compare/lds"] == ["counterfactual/gt", "build", "build"]  # the DLP and by_input left out
+    # the DLP and compare/by_input are left out: their own need (the pair) takes their place
+    assert counterfactual["compare/lds"] == ["counterfactual/gt", "build", "build"]
     assert counterfactual["counterfactual/gt"] == ["build"] and "counterfactual/removal" in counterfactual
     dlp = names(study.select(jobs, ["dlp/*"]))
     assert set(dlp) == {"build", "evaluate"} | {n for n in names(jobs) if n.startswith("dlp/")}
