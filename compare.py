@@ -118,14 +118,10 @@ def load_everything(cfg: Namespace):
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
     model = PairConfig(**cfg.model.as_dict())
-    old, new = model.old, model.new
-    if old is None:
-        from probes.lm.default import ensure_default_pair  # builds the tiny pair on first use
-
-        old, new = ensure_default_pair(cfg.data.corpus_path)
+    old, new = model.paths(cfg.data.corpus_path)  # the default tiny pair is built on first use
     pair = load_pair(
-        str(old),
-        str(new),
+        old,
+        new,
         dtype=model.dtype,
         device=rank_device(model.device, model.devices),
         attn_implementation=model.attn_implementation,

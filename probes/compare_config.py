@@ -77,6 +77,16 @@ class PairConfig:
         for key in ("feature_max_tokens", "threads"):
             check_at_least(f"model.{key}", getattr(self, key), optional=True)
 
+    def paths(self, corpus_path: str | None) -> tuple[str, str]:
+        """(f_old, f_new): the configured ones, or the embedded default pair for the corpus (built on first
+        use, cached)."""
+        if self.old is not None:
+            return str(self.old), str(self.new)
+        from probes.lm.default import ensure_default_pair
+
+        old, new = ensure_default_pair(corpus_path)
+        return str(old), str(new)
+
 
 @dataclass
 class MethodEntry:

@@ -52,21 +52,17 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
     pair = PairConfig(**cfg.model.as_dict())
-    old, new = pair.old, pair.new
-    if old is None:
-        from probes.lm.default import ensure_default_pair
-
-        old, new = ensure_default_pair(cfg.data.corpus_path)
+    old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
     recipe, seed, manifest = pair_recipe(old, file_sha256(corpus_file))
-    tokenizer = AutoTokenizer.from_pretrained(str(old))
-    old_model = AutoModelForCausalLM.from_pretrained(str(old), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(old)
+    old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, "test")
     queries = [data.queries[i] for i in query_ids]
     candidates = answer_token_ids(tokenizer, data.candidates)
     answers = answer_token_ids(tokenizer, [q.constant for q in queries])
     job = Job(
-        old=str(old),
+        old=old,
         texts=tuple(data.corpus.texts),
         prompts=tuple(q.prompt for q in queries),
         answers=tuple(answers.tolist()),
@@ -76,7 +72,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
-    return Study(data, str(old), str(new), old_model, query_ids, query_texts, functions, seed, manifest, job)
+    return Study(data, old, new, old_model, query_ids, query_texts, functions, seed, manifest, job)
 
 
 def machine(job: Job) -> dict:
