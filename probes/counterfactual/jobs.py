@@ -26,8 +26,8 @@ from probes.lm.train_lm import TrainConfig, encode_texts, train
 Plan = list[tuple[list[int], int]]  # (document indices of one retrain, its data-order seed)
 
 
-def pair_recipe(old: str | Path, corpus_sha256: str) -> tuple[TrainConfig, int, dict]:
-    """(fine-tuning config, data-order seed, manifest) of the build that made the pair whose f_old is ``old``.
+def pair_recipe(old: str | Path, corpus_sha256: str) -> tuple[TrainConfig, int]:
+    """(fine-tuning config, data-order seed) of the build that made the pair whose f_old is ``old``.
 
     Only pairs this project built record how f_new was made (``<pair>/manifest.json`` beside ``old/``);
     anything else is refused, as is a pair fine-tuned on another corpus than ``corpus_sha256``'s."""
@@ -52,7 +52,7 @@ def pair_recipe(old: str | Path, corpus_sha256: str) -> tuple[TrainConfig, int, 
             "than the config's data.corpus_path; retraining on this corpus would not reproduce f_new"
         )
     # build.py fine-tunes with seed + 1 (the pretraining of a scratch pair uses seed)
-    return TrainConfig(**cfg), int(manifest["seed"]) + 1, manifest
+    return TrainConfig(**cfg), int(manifest["seed"]) + 1
 
 
 @dataclass(frozen=True)

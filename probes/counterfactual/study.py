@@ -1,5 +1,5 @@
 """What build and remove share: the compare config's data, pair and test split, a retrain `Job`, and the
-resumable chunk store (each finished chunk of retrains is a file: a killed run resumes where it stopped)."""
+resumable store (each finished retrain is a file: a killed run resumes where it stopped)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from probes.cache import atomic_path
 from probes.counterfactual.jobs import Job, Plan, pair_recipe, run_plan
 from probes.errors import UserError
 
-PARTS = "parts"  # a run's finished chunks, removed once its results are written
+PARTS = "parts"  # a run's finished retrains, removed once its results are written
 PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume
 
 
@@ -35,7 +35,6 @@ class Study:
     query_texts: list[str]
     functions: list[str]
     recipe_seed: int
-    pair_manifest: dict
     job: Job
 
 
@@ -54,7 +53,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     pair = PairConfig(**cfg.model.as_dict())
     old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
-    recipe, seed, manifest = pair_recipe(old, file_sha256(corpus_file))
+    recipe, seed = pair_recipe(old, file_sha256(corpus_file))
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, "test")
@@ -72,7 +71,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
-    return Study(data, old, new, old_model, query_ids, query_texts, functions, seed, manifest, job)
+    return Study(data, old, new, old_model, query_ids, query_texts, functions, seed, job)
 
 
 def machine(job: Job) -> dict:
