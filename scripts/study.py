@@ -27,7 +27,6 @@ import argparse
 import fnmatch
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +38,11 @@ import yaml
 from probes.errors import check_device, cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project, also when it is not installed (the summary reads its tables)
+# the project, also when it is not installed (the summary reads its tables); and study_summary.py
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from study_summary import summarise  # noqa: E402
+
 DLP_RUNS = (  # (name, base config, split)
     ("multihot-by_input", "configs/dlp.yaml", "by_input"),
     ("pairwise-by_input", "configs/dlp-heldout-functions.yaml", "by_input"),
@@ -244,114 +247,10 @@ def _main(argv: list[str] | None) -> int:
     start = time.perf_counter()
     outcome = run_all(select(jobs(args), args.steps), args.jobs, args.out, env)
     (args.out / "outcome.json").write_text(json.dumps(outcome, indent=1) + "\n")
-    summary = summarise(args, outcome, time.perf_counter() - start)
+    summary = summarise(args, outcome, time.perf_counter() - start, DLP_RUNS)
     (args.out / "summary.md").write_text(summary)
     print(summary)
     return 1 if any(v.startswith("failed") for v in outcome.values()) else 0
-
-
-# ---- the summary: every number comes from a file the steps above wrote ----
-
-COLUMNS = (  # (header, path in a report: subset or "", average, metric)
-    ("macro mAP", "", "macro", "map"),
-    ("micro mAP", "", "micro", "map"),
-    ("base mAP", "base", "macro", "map"),
-    ("wrapper mAP", "wrapper", "macro", "map"),
-    ("correct-only mAP", "correct", "macro", "map"),
-    ("wrapper→base mAP", "wrapper_to_base", "macro", "map"),
-    ("wrapper→base R@10", "wrapper_to_base", "macro", "recall@10"),
-    ("macro R@10", "", "macro", "recall@10"),
-)
-
-
-def _value(report: dict, subset: str, average: str, metric: str) -> float | None:
-    part = report["subsets"].get(subset, {}) if subset else report
-    return part.get(average, {}).get(metric)
-
-
-def _table(rows: list[tuple[str, list[str]]], extra: str = "") -> str:
-    header = ["method", *(c[0] for c in COLUMNS)] + ([extra] if extra else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in rows]
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
-
-
-def compare_table(folder: Path) -> str:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    rows = []
-    for label, report in metrics.items():
-        cells = [_fmt(_value(report, *column[1:])) for column in COLUMNS]
-        seconds = report.get("seconds")
-        rows.append(
-            (
-                label if label != "random_expectation" else "random (expected)",
-                cells + ["–" if seconds is None else f"{seconds:.1f}"],
-            )
-        )
-    return _table(rows, "time (s)")
-
-
-def dlp_table(args) -> str:
-    rows = []
-    for name, _, split in DLP_RUNS:
-        runs = []
-        for seed in args.seeds:
-            found = sorted((args.out / "dlp" / f"{name}-s{seed}").glob("version_*/test_metrics.json"))
-            if found:
-                runs.append(json.loads(found[-1].read_text()))
-        if not runs:
-            continue
-        cells = []
-        for _, subset, average, metric in COLUMNS:
-            key = "/".join(p for p in ("test", "subsets/" + subset if subset else "", average, metric) if p)
-            values = [r[key] for r in runs if key in r]
-            cells.append(
-                "–"
-                if not values
-                else f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-                if len(values) > 1
-                else _fmt(values[0])
-            )
-        rows.append((f"dlp {name} ({len(runs)} seeds)", cells))
-        chance = [
-            runs[0].get("/".join(p for p in ("random/test", "subsets/" + s if s else "", a, m) if p))
-            for _, s, a, m in COLUMNS
-        ]
-        rows.append((f"random (expected), {split}", [_fmt(v) for v in chance]))
-    return _table(rows)
-
-
-def summarise(args, outcome: dict, seconds: float) -> str:
-    parts = [
-        f"# Study on {args.corpus.name}: preset {args.preset}, pair seed {args.seed}, "
-        f"DLP seeds {args.seeds}\n",
-        f"Wall time {seconds:.0f} s.\n",
-    ]
-    manifest = args.out / "pair" / "manifest.json"
-    if manifest.exists():
-        built = json.loads(manifest.read_text())
-        parts.append(f"## The pair\n\nBuilt in {built.get('seconds', float('nan')):.0f} s.\n")
-    evaluation = args.out / "pair_eval.json"
-    if evaluation.exists():
-        from probes.lm.evaluate import format_table  # the table `python -m probes.lm evaluate` prints
-
-        table = format_table(json.loads(evaluation.read_text()))
-        parts.append(
-            f"Accuracy on every function's queries (python -m probes.lm evaluate):\n\n```\n{table}\n```\n"
-        )
-    parts.append("## DLP (test split; mean ± sd over seeds)\n\n" + dlp_table(args) + "\n")
-    for folder in sorted((args.out / "compare").rglob("metrics.json")):
-        name = folder.parent.relative_to(args.out / "compare")
-        parts.append(f"## compare.py: {name}\n\n" + compare_table(folder.parent) + "\n")
-    removal = args.out / "counterfactual" / "removal" / "removal.md"
-    if removal.exists():
-        parts.append("## Removal test (python -m probes.counterfactual remove)\n\n" + removal.read_text())
-    parts.append("## Steps\n\n" + "\n".join(f"- {k}: {v}" for k, v in outcome.items()) + "\n")
-    return "\n".join(parts)
 
 
 if __name__ == "__main__":
