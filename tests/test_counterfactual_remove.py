@@ -187,6 +187,6 @@ def test_chunks_hold_one_subset_size(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "run_plan", fake_run_plan)
     plan = [(list(range(size)), 0) for size in (12, 10, 10, 4, 10, 10, 4)]
     store = study.ChunkStore(tmp_path, {"a": 1})
-    job = jobs.Job("old", (), (), (), (), TrainConfig())
-    assert study.run_chunks(store, job, plan, chunk=3, workers=1, desc="t").shape == (7, 2, 1)
+    job = jobs.Job("old", (), (), (), (), TrainConfig(), device="cuda", stack=3)  # chunks of 3 (never run)
+    assert study.run_chunks(store, job, plan, workers=1, desc="t").shape == (7, 2, 1)
     assert sorted(seen) == [[4, 4], [10], [10, 10, 10], [12]]

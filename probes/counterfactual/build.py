@@ -53,8 +53,7 @@ def build_ground_truth(
     settings = {"subsets": subsets, "fraction": fraction, "repeats": repeats, "seed": seed, **ident}
     store = ChunkStore(out, settings)
     workers = default_workers(study.job.device, workers)
-    chunk = stack if study.job.device.startswith("cuda") else 1
-    outputs = run_chunks(store, study.job, plan, chunk=chunk, workers=workers, desc="ground truth")
+    outputs = run_chunks(store, study.job, plan, workers=workers, desc="ground truth")
     logp = outputs[:, 0]
     corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
     manifest = {

@@ -79,6 +79,11 @@ class Job:
     device: str = "cpu"
     stack: int = 1
 
+    @property
+    def chunk(self) -> int:
+        """Retrains run together: ``stack`` on a GPU, one per worker call on a CPU."""
+        return self.stack if self.device.startswith("cuda") else 1
+
     def describe(self) -> dict:
         return {"recipe": asdict(self.recipe), "device": self.device, "stack": self.stack}
 
@@ -113,15 +118,14 @@ class Runner:
 
     def run(self, plan: Plan, progress: bool = False) -> Float[Tensor, "k 2 q"]:
         """Retrain once per (subset, seed) of ``plan`` from f_old and read each retrained model's outputs."""
-        from probes.counterfactual.retrain import load_into, train_stacked, unstack
+        from probes.counterfactual.retrain import stacked_outputs, train_stacked
 
         subsets, seeds = [s for s, _ in plan], [seed for _, seed in plan]
         if self.job.device.startswith("cuda") and len(plan) > 1:
             params = train_stacked(
                 self.model, self.seqs, subsets, seeds, self.job.recipe, pad_id=self.pad, progress=progress
             )
-            work = copy.deepcopy(self.model)
-            return torch.stack([self.outputs(load_into(work, unstack(params, k))) for k in range(len(plan))])
+            return torch.stack(stacked_outputs(self.model, params, self.outputs))
         out = []
         for subset, seed in plan:
             model = copy.deepcopy(self.model)

@@ -239,8 +239,7 @@ def remove_documents(
     settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
     store = ChunkStore(out, {**settings, "plan": plan_hash, **ident})
     workers = default_workers(study.job.device, workers)
-    chunk = stack if study.job.device.startswith("cuda") else 1
-    outputs = run_chunks(store, study.job, plan, chunk=chunk, workers=workers, desc="removal")
+    outputs = run_chunks(store, study.job, plan, workers=workers, desc="removal")
     report = {
         "version": 1,
         **settings,

@@ -121,17 +121,16 @@ class ChunkStore:
         (self.out / PLAN).unlink(missing_ok=True)
 
 
-def run_chunks(
-    store: ChunkStore, job: Job, plan: Plan, *, chunk: int, workers: int, desc: str
-) -> torch.Tensor:
+def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str) -> torch.Tensor:
     """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: finished ones read back, the others run
-    (up to ``chunk`` retrains at a time, each chunk's subsets of one size, as stacking needs) and each saved
-    as its chunk finishes."""
+    (up to ``job.chunk`` retrains at a time, each chunk's subsets of one size, as stacking needs) and each
+    saved as its chunk finishes."""
     done = store.done()
     by_size: dict[int, list[int]] = {}
     for row in range(len(plan)):
         if row not in done:
             by_size.setdefault(len(plan[row][0]), []).append(row)
+    chunk = job.chunk
     runs = {rows[i]: rows[i : i + chunk] for rows in by_size.values() for i in range(0, len(rows), chunk)}
     chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
     with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
