@@ -13,7 +13,8 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
    the seed-0 DLP of each split through compare.py (``--dlp_checkpoint``), all sharing one feature cache;
 4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M, ``--repeats`` R) into
    OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's LDS, the seed-0 multi-hot DLP too)
-   into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, k = 300, 6 functions) into OUT/counterfactual/;
+   into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, ekfac and trackstar where installed, the seed-0
+   multi-hot DLP; k = 300, 6 functions) into OUT/counterfactual/removal;
 5. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
 A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
@@ -36,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from probes.errors import check_device, cli_main
+from probes.methods import missing_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 # the project, also when it is not installed (the summary reads its tables); and study_summary.py
@@ -48,8 +50,11 @@ DLP_RUNS = (  # (name, base config, split)
     ("pairwise-by_input", "configs/dlp-heldout-functions.yaml", "by_input"),
     ("pairwise-by_function", "configs/dlp-heldout-functions.yaml", "by_function"),
 )
-# the tuned rows whose top documents the removal test drops (with its random and relevance controls)
+# the tuned rows whose top documents the removal test drops (with its random and relevance controls), and
+# the multi-hot DLP of seed 0; ekfac and trackstar where their library is installed (compare.py skips them
+# otherwise)
 REMOVAL_LABELS = ("bm25", "repsim", "delta_h", "attr_weighted", "act_grad", "grad_sim", "patching")
+REMOVAL_OPTIONAL = ("ekfac", "trackstar")
 DLP_FOR_COMPARE = {"by_input": "multihot-by_input", "by_function": "pairwise-by_function"}
 
 
@@ -95,6 +100,7 @@ def jobs(args) -> list[Job]:
     common = ["--data.corpus_path", str(args.corpus), "--model.old", str(pair / "old")]
     common += ["--model.new", str(pair / "new"), "--model.device", args.device]
     common += ["--model.feature_batch_size", str(args.feature_batch_size)]
+    common += ["--model.score_batch_size", str(args.score_batch_size)]
 
     def compare(name: str, config: str, needs: list[str], *extra: str) -> Job:
         folder = out / "compare" / name
@@ -125,15 +131,26 @@ def jobs(args) -> list[Job]:
     gt = out / "counterfactual" / "gt"
     cf = [py, "-m", "probes.counterfactual"]
     build_gt = [*cf, "build", "--config", "configs/compare.yaml", *common, "--out", str(gt)]
-    build_gt += ["--subsets", str(args.subsets), "--repeats", str(args.repeats)]
+    build_gt += ["--subsets", str(args.subsets), "--repeats", str(args.repeats), "--stack", str(args.stack)]
     found.append(Job("counterfactual/gt", [build_gt], ["build"]))
     checkpoint = out / "dlp" / f"multihot-by_input-s{args.seeds[0]}" / "best.ckpt"
     needs = ["counterfactual/gt", f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input"]
     lds_args = ["--counterfactual", str(gt), "--dlp_checkpoint", str(checkpoint)]
     found.append(compare("lds", "configs/compare.yaml", needs, *lds_args))
-    removal = [*cf, "remove", "--config", "configs/compare.yaml", *common, "--labels", *REMOVAL_LABELS]
-    removal += ["--k", "300", "--functions", "6", "--out", str(out / "counterfactual" / "removal")]
-    found.append(Job("counterfactual/removal", [removal], ["compare/by_input"]))
+    labels = [*REMOVAL_LABELS, *(name for name in REMOVAL_OPTIONAL if not missing_extra(name)), "dlp"]
+    removal = [
+        *cf,
+        "remove",
+        "--config",
+        "configs/compare.yaml",
+        *common,
+        "--dlp_checkpoint",
+        str(checkpoint),
+    ]
+    removal += ["--labels", *labels, "--k", "300", "--functions", "6", "--stack", str(args.stack)]
+    removal += ["--out", str(out / "counterfactual" / "removal")]
+    needs = [f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input"]
+    found.append(Job("counterfactual/removal", [removal], needs))
     for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
         found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
     return found
@@ -235,6 +252,10 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument(
         "--feature-batch-size", type=int, default=128, help="compare.py model.feature_batch_size"
     )
+    parser.add_argument(
+        "--stack", type=int, default=25, help="counterfactual retrains run at once on a GPU (build, remove)"
+    )
+    parser.add_argument("--score-batch-size", type=int, default=64, help="compare.py model.score_batch_size")
     parser.add_argument(
         "--steps", nargs="+", default=None, help="run only the steps matching these fnmatch patterns"
     )

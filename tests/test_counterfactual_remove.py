@@ -12,6 +12,7 @@ import torch
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 
 from probes.counterfactual import jobs, study
+from probes.counterfactual import remove as remove_module
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
 from probes.counterfactual.remove import load_compare
@@ -141,6 +142,18 @@ def test_an_unknown_label_is_refused_naming_the_configs_methods(
     with pytest.raises(UserError, match=r"--labels lsa: not among the config's methods \(random_a, bm25\)"):
         remove(counterfactual_world, tmp_path / "out", "--labels", "lsa", "--k", "2")
     assert known_retrains == []
+
+
+def test_a_label_whose_library_is_missing_is_refused_with_the_install_hint(
+    counterfactual_world, tmp_path, known_retrains, monkeypatch
+):
+    """compare.py would skip the row and leave no scores to drop: refused before anything is scored."""
+    monkeypatch.setattr(
+        remove_module, "missing_extra", lambda name: "pip install x" if name == "bm25" else None
+    )
+    with pytest.raises(UserError, match=r"--labels bm25: their library is not installed \(pip install x\)"):
+        remove(counterfactual_world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2")
+    assert known_retrains == [] and not (tmp_path / "out").exists()
 
 
 def test_a_label_naming_a_control_row_is_refused(counterfactual_world, tmp_path, known_retrains):

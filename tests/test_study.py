@@ -29,6 +29,8 @@ def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(t
         seeds=[0, 1],
         device="cpu",
         feature_batch_size=8,
+        score_batch_size=16,
+        stack=5,
         subsets=4,
         repeats=3,
     )
@@ -41,7 +43,10 @@ def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(t
     counterfactual = names(study.select(jobs, ["counterfactual/*", "compare/lds"]))
     # the DLP and compare/by_input are left out: their own need (the pair) takes their place
     assert counterfactual["compare/lds"] == ["counterfactual/gt", "build", "build"]
-    assert counterfactual["counterfactual/gt"] == ["build"] and "counterfactual/removal" in counterfactual
+    assert counterfactual["counterfactual/gt"] == ["build"] and counterfactual["counterfactual/removal"] == [
+        "build",
+        "build",
+    ]
     dlp = names(study.select(jobs, ["dlp/*"]))
     assert set(dlp) == {"build", "evaluate"} | {n for n in names(jobs) if n.startswith("dlp/")}
 
@@ -56,3 +61,32 @@ def test_cuda_without_a_gpu_is_refused_before_any_step(tmp_path, write_jsonl, ca
     assert capsys.readouterr().err.strip().splitlines() == [
         "probes: error: --device='cuda' but no CUDA GPU is available on this machine; use cpu"
     ]
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_removal_drops_the_dlp_and_the_influence_rows_only_where_installed(tmp_path, monkeypatch, installed):
+    """The removal step names the seed-0 multi-hot DLP (and waits for it), and ekfac/trackstar only where
+    compare.py would score them: a label it skips would be refused."""
+    monkeypatch.setattr(study, "missing_extra", lambda name: None if installed else "pip install x")
+    args = argparse.Namespace(
+        corpus=tmp_path / "c.jsonl",
+        out=tmp_path,
+        preset="small",
+        seed=0,
+        seeds=[3],
+        device="cpu",
+        feature_batch_size=8,
+        score_batch_size=256,
+        stack=7,
+        subsets=4,
+        repeats=3,
+    )
+    job = {j.name: j for j in study.jobs(args)}["counterfactual/removal"]
+    command = job.commands[0]
+    labels = command[command.index("--labels") + 1 : command.index("--k")]
+    assert labels == [*study.REMOVAL_LABELS, *(["ekfac", "trackstar"] if installed else []), "dlp"]
+    checkpoint = command[command.index("--dlp_checkpoint") + 1]
+    assert checkpoint == str(tmp_path / "dlp" / "multihot-by_input-s3" / "best.ckpt")
+    assert "dlp/multihot-by_input-s3" in job.needs
+    assert command[command.index("--model.score_batch_size") + 1] == "256"
+    assert command[command.index("--stack") + 1] == "7"

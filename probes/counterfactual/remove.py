@@ -42,6 +42,7 @@ from probes.counterfactual.study import (
     run_chunks,
 )
 from probes.errors import UserError
+from probes.methods import missing_extra
 from probes.outputs import check_output_folder
 
 RESULT, TABLE = "removal.json", "removal.md"
@@ -79,6 +80,14 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
         raise UserError(
             f"--labels {', '.join(controls)}: {RANDOM!r} and {RELEVANCE!r} name the control rows, which "
             "every table has; leave them out"
+        )
+    methods = {e.label: e.method for e in cfg.methods}
+    unavailable = {label: missing_extra(methods[label]) for label in labels if label in methods}
+    unavailable = {label: hint for label, hint in unavailable.items() if hint}
+    if unavailable:
+        raise UserError(
+            f"--labels {', '.join(unavailable)}: their library is not installed "
+            f"({' / '.join(sorted(set(unavailable.values())))}); install it or leave them out"
         )
     if cfg.model.devices != 1:
         raise UserError(f"model.devices={cfg.model.devices}: remove runs on one device; give 1")
