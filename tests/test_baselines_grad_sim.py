@@ -165,6 +165,20 @@ def test_random_projection_blocks_and_scaling():
         assert ((norms - 1).abs() < 0.1).all()
 
 
+def test_the_accelerator_sketch_gives_the_block_loops_sums():
+    """On a GPU the sparse sketch is one index_add_ per piece from device-resident columns and signs; the
+    same matrix as the CPU's 4096-coordinate blocks (checked here on the CPU, where both run in order)."""
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(3, 10_000, generator=g)
+    project = RandomProjection(10_000, 512, "sparse", seed=1)
+    pieces = [grads[:, :5000], grads[:, 5000:9000], grads[:, 9000:]]
+    blocks = project(pieces)
+    sketched = project._add_sketched(pieces, torch.zeros(3, 512))
+    assert torch.equal(sketched, blocks) and set(project.sketch) == {torch.device("cpu")}
+    columns, signs = project.sketch[torch.device("cpu")]
+    assert torch.equal(columns[4096:8192], project.block(1)[0]) and len(signs) == 10_000
+
+
 def test_unknown_parameter_filter_is_named(setup):
     with pytest.raises(ValueError, match="no_such_param"):
         scores_of(setup, param_filter="no_such_param")

@@ -69,6 +69,7 @@ class RandomProjection:
         self.n_params, self.dim, self.kind, self.seed = n_params, dim, kind, seed
         size = {"sparse": 9, "rademacher": dim, "gaussian": 4 * dim}[kind] * n_params
         self.cache: dict[int, tuple[Tensor, ...]] | None = {} if size <= cache_mb * 2**20 else None
+        self.sketch: dict[torch.device, tuple[Tensor, Tensor]] = {}  # "sparse" and cached: see `_sketch`
 
     def block(self, index: int) -> tuple[Tensor, ...]:
         """Block ``index``: (matrix rows,) for dense kinds, (column index, sign) per row for "sparse"."""
@@ -87,12 +88,36 @@ class RandomProjection:
             self.cache[index] = out
         return out
 
+    def _sketch(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """ "sparse": every coordinate's column and sign, the blocks concatenated, kept on ``device`` (9 bytes
+        a coordinate, as the cached blocks): one ``index_add_`` per piece then replaces a copy to the device
+        and three kernels per 4096 coordinates, ~7000 blocks a batch for the small pair's 29M parameters,
+        whose gradient pass on an H200 ran at 1.5-2.8 s per 32 documents."""
+        if device not in self.sketch:
+            blocks = [self.block(i) for i in range(math.ceil(self.n_params / BLOCK_ROWS))]
+            self.sketch[device] = tuple(torch.cat(parts).to(device) for parts in zip(*blocks, strict=True))
+        return self.sketch[device]
+
+    def _add_sketched(self, pieces: Sequence[Tensor], out: Tensor) -> Tensor:
+        """ "sparse" on an accelerator: one ``index_add_`` per piece from the device-resident `_sketch` (on a
+        CPU the 4096-coordinate blocks are faster: 78 vs 165 ms for 32 x 2M coordinates on one thread, their
+        output row stays in cache); the same sums as the block loop."""
+        columns, signs = self._sketch(out.device)
+        start = 0
+        for piece in pieces:
+            end = start + piece.shape[1]
+            out.index_add_(1, columns[start:end], piece * signs[start:end].to(out.dtype))
+            start = end
+        return out
+
     def __call__(self, pieces: Sequence[Float[Tensor, "b _"]]) -> Float[Tensor, "b proj"]:
         """Project the concatenation of ``pieces`` (consecutive coordinate ranges, e.g. one per parameter)
         without ever concatenating them."""
         first = pieces[0]
         out = torch.zeros(first.shape[0], self.dim, dtype=first.dtype, device=first.device)
         start = 0
+        if self.kind == "sparse" and self.cache is not None and first.device.type != "cpu":
+            return self._add_sketched(pieces, out)
         for piece in pieces:
             end = start + piece.shape[1]
             for index in range(start // BLOCK_ROWS, math.ceil(end / BLOCK_ROWS)):
