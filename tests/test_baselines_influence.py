@@ -188,3 +188,25 @@ def test_batch_size_and_document_order_do_not_change_scores(setup, name, options
     shuffled, perm = shuffled_corpus(corpus, seed=3)
     moved = scores_of(name, shuffled, queries, pair, batch_size=3, **options)
     torch.testing.assert_close(moved, scores[:, perm])
+
+
+def test_evenly_spaced_keeps_every_part_of_the_rows():
+    from baselines.ekfac import evenly_spaced
+
+    rows = list(range(10, 40))
+    assert evenly_spaced(rows, None) == rows and evenly_spaced(rows, 30) == evenly_spaced(rows, 99) == rows
+    assert evenly_spaced(rows, 3) == [10, 20, 30] and evenly_spaced(rows, 1) == [10]
+    with pytest.raises(ValueError, match=r"lambda_examples \(0\) must be >= 1 or None"):
+        build_method("ekfac", lambda_examples=0)
+
+
+@needs_kronfluence
+def test_ekfac_lambda_on_all_documents_is_the_default_and_on_fewer_changes_the_scores(setup):
+    """lambda_examples only thins the Lambda pass: at least the corpus's size it is the default fit."""
+    corpus, queries, pair = setup
+    options = dict(module_filter="o_proj", damping=1e-3)
+    every = scores_of("ekfac", corpus, queries, pair, **options)
+    n = len(corpus.texts)
+    assert torch.equal(scores_of("ekfac", corpus, queries, pair, lambda_examples=n, **options), every)
+    fewer = scores_of("ekfac", corpus, queries, pair, lambda_examples=2, **options)
+    assert torch.isfinite(fewer).all() and not torch.allclose(fewer, every)
