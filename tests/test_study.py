@@ -20,21 +20,15 @@ def names(jobs):
     return {job.name: job.needs for job in jobs}
 
 
+def study_args(tmp_path, **changes) -> argparse.Namespace:
+    """scripts/study.py's parsed arguments, with ``changes``."""
+    args = dict(corpus=tmp_path / "c.jsonl", out=tmp_path, preset="small", seed=0, seeds=[0, 1], device="cpu")
+    args.update(feature_batch_size=8, score_batch_size=16, stack=5, subsets=4, repeats=3)
+    return argparse.Namespace(**{**args, **changes})
+
+
 def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(tmp_path):
-    args = argparse.Namespace(
-        corpus=tmp_path / "c.jsonl",
-        out=tmp_path,
-        preset="small",
-        seed=0,
-        seeds=[0, 1],
-        device="cpu",
-        feature_batch_size=8,
-        score_batch_size=16,
-        stack=5,
-        subsets=4,
-        repeats=3,
-    )
-    jobs = study.jobs(args)
+    jobs = study.jobs(study_args(tmp_path))
     assert study.select(jobs, None) == jobs
     chosen = names(study.select(jobs, ["compare/by_function", "compare/ablations/*"]))
     assert {"build", "evaluate", "compare/by_function", "compare/ablations/pooling"} <= set(chosen)
@@ -68,19 +62,7 @@ def test_removal_drops_the_dlp_and_the_influence_rows_only_where_installed(tmp_p
     """The removal step names the seed-0 multi-hot DLP (and waits for it), and ekfac/trackstar only where
     compare.py would score them: a label it skips would be refused."""
     monkeypatch.setattr(study, "missing_extra", lambda name: None if installed else "pip install x")
-    args = argparse.Namespace(
-        corpus=tmp_path / "c.jsonl",
-        out=tmp_path,
-        preset="small",
-        seed=0,
-        seeds=[3],
-        device="cpu",
-        feature_batch_size=8,
-        score_batch_size=256,
-        stack=7,
-        subsets=4,
-        repeats=3,
-    )
+    args = study_args(tmp_path, seeds=[3], score_batch_size=256, stack=7)
     job = {j.name: j for j in study.jobs(args)}["counterfactual/removal"]
     command = job.commands[0]
     labels = command[command.index("--labels") + 1 : command.index("--k")]
