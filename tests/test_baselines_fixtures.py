@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, micro_rows
 
 import baselines
@@ -98,3 +100,30 @@ def test_bad_layer_is_named_at_prepare():
     method.features = lambda ctx: (torch.zeros(len(corpus), 3, 4), torch.zeros(len(queries), 3, 4))
     with pytest.raises(ValueError, match="index 7"):
         method.prepare(make_ctx(corpus, queries))
+
+
+def reference_gradients(
+    pair, corpus, queries, param_filter: str = "", per_module: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example parameter gradients by plain autograd on a trainable copy of f_new (no probes code) of
+    the parameters whose name contains ``param_filter``: [examples, numel] concatenated, or with
+    ``per_module`` (parameters of one shape) [examples, parameters, numel]."""
+    model = copy.deepcopy(pair.new).requires_grad_(True)
+    params = [p for n, p in model.named_parameters() if param_filter in n]
+    tok = pair.tokenizer
+
+    def flat(loss):
+        flat_grads = [g.flatten() for g in torch.autograd.grad(loss, params)]
+        return torch.stack(flat_grads) if per_module else torch.cat(flat_grads)
+
+    docs = []
+    for text in corpus.texts:
+        ids = torch.tensor([tok.encode(text)])
+        logits = model(input_ids=ids).logits[0]
+        docs.append(flat(F.cross_entropy(logits[:-1], ids[0, 1:])))
+    qs = []
+    for q in queries:
+        ids = torch.tensor([tok.encode(q.prompt)])
+        (answer,) = tok.encode(q.answer, add_special_tokens=False)
+        qs.append(flat(-model(input_ids=ids).logits[0, -1].log_softmax(-1)[answer]))
+    return torch.stack(docs), torch.stack(qs)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
+from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, reference_gradients, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm import losses
@@ -41,28 +41,6 @@ def setup(tmp_path_factory):
     )
     queries = make_queries(corpus, inputs=[1, 2])
     return corpus, queries, pair
-
-
-def reference_gradients(pair, corpus, queries, param_filter: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example parameter gradients by plain autograd on a trainable copy of f_new (no probes code)."""
-    model = copy.deepcopy(pair.new).requires_grad_(True)
-    params = [p for n, p in model.named_parameters() if param_filter in n]
-    tok = pair.tokenizer
-
-    def flat(loss):
-        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
-
-    docs = []
-    for text in corpus.texts:
-        ids = torch.tensor([tok.encode(text)])
-        logits = model(input_ids=ids).logits[0]
-        docs.append(flat(F.cross_entropy(logits[:-1], ids[0, 1:])))
-    qs = []
-    for q in queries:
-        ids = torch.tensor([tok.encode(q.prompt)])
-        (answer,) = tok.encode(q.answer, add_special_tokens=False)
-        qs.append(flat(-model(input_ids=ids).logits[0, -1].log_softmax(-1)[answer]))
-    return torch.stack(docs), torch.stack(qs)
 
 
 def scores_of(setup, **options):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, build_tokenizer, make_micro_pair, micro_rows
-from test_baselines_fixtures import make_ctx, micro_corpus, shuffled_corpus
+from test_baselines_fixtures import make_ctx, micro_corpus, reference_gradients, shuffled_corpus
 from torch import nn
 
 from probes.data.corpus import corpus_from_rows
@@ -121,34 +121,12 @@ def test_ekfac_undamped_equals_exact_inverse_fisher_influence():
     assert torch.equal(got.argsort(1, descending=True), exact.argsort(1, descending=True))
 
 
-def module_gradients(pair, corpus, queries, pattern: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example gradients of the weights whose name contains ``pattern``, by plain autograd, as
-    [examples, modules, numel]."""
-    model = copy.deepcopy(pair.new).requires_grad_(True)
-    params = [p for n, p in model.named_parameters() if pattern in n]
-    tok = pair.tokenizer
-
-    def flat(loss):
-        return torch.stack([g.flatten() for g in torch.autograd.grad(loss, params)])
-
-    docs = []
-    for text in corpus.texts:
-        ids = torch.tensor([tok.encode(text)])
-        docs.append(flat(F.cross_entropy(model(input_ids=ids).logits[0, :-1], ids[0, 1:])))
-    qs = []
-    for q in queries:
-        ids = torch.tensor([tok.encode(q.prompt)])
-        (answer,) = tok.encode(q.answer, add_special_tokens=False)
-        qs.append(flat(-model(input_ids=ids).logits[0, -1].log_softmax(-1)[answer]))
-    return torch.stack(docs), torch.stack(qs)
-
-
 @needs_bergson
 def test_trackstar_full_dimension_equals_closed_form(setup):
     """No projection: cos_M(u_q, u_d) with u = g / (sqrt(v) + eps), v the documents' mean squared gradient,
     M = blockdiag((R_m + damping x mean eig R_m x I)^-1), R_m the documents' mean u_m u_m^T."""
     corpus, queries, pair = setup
-    docs, qs = module_gradients(pair, corpus, queries, "o_proj")
+    docs, qs = reference_gradients(pair, corpus, queries, "o_proj", per_module=True)
     denominator = docs.pow(2).mean(0).sqrt() + 1e-8
     u_docs, u_qs = docs / denominator, qs / denominator
     damping = 0.5
