@@ -73,11 +73,11 @@ def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], 
     """(label, [(tuned options, Method) for every grid point]) for every entry, plus the DLP; fails before
     any model loads on a bad name, option or grid point."""
     from probes.lm.ranks import rank_device
-    from probes.methods import build_method, missing_extra
+    from probes.methods import build_method, unavailable
     from probes.tune import grid_points
 
     entries = [(e.label, e.method, dict(e.options or {}), getattr(e, "tune", None)) for e in cfg.methods]
-    skipped = {label: missing_extra(name) for label, name, *_ in entries if missing_extra(name)}
+    skipped = unavailable((label, name) for label, name, *_ in entries)
     if skipped:
         hints = " / ".join(sorted(set(skipped.values())))
         print(f"compare.py: skipping {', '.join(skipped)} (their library is not installed: {hints})")

@@ -6,7 +6,7 @@ import abc
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +109,11 @@ def missing_extra(name: str) -> str | None:
     if name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name][0]) is not None:
         return None
     return OPTIONAL[name][1]
+
+
+def unavailable(rows: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Row label -> how to install its library, for each (label, method name) whose library is missing."""
+    return {label: hint for label, name in rows if (hint := missing_extra(name))}
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 
+from probes import methods
 from probes.counterfactual import jobs, study
-from probes.counterfactual import remove as remove_module
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
 from probes.counterfactual.remove import load_compare
@@ -148,9 +148,7 @@ def test_a_label_whose_library_is_missing_is_refused_with_the_install_hint(
     counterfactual_world, tmp_path, known_retrains, monkeypatch
 ):
     """compare.py would skip the row and leave no scores to drop: refused before anything is scored."""
-    monkeypatch.setattr(
-        remove_module, "missing_extra", lambda name: "pip install x" if name == "bm25" else None
-    )
+    monkeypatch.setattr(methods, "missing_extra", lambda name: "pip install x" if name == "bm25" else None)
     with pytest.raises(UserError, match=r"--labels bm25: their library is not installed \(pip install x\)"):
         remove(counterfactual_world, tmp_path / "out", "--labels", "random_a", "bm25", "--k", "2")
     assert known_retrains == [] and not (tmp_path / "out").exists()

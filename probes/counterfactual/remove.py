@@ -42,7 +42,7 @@ from probes.counterfactual.study import (
     run_chunks,
 )
 from probes.errors import UserError
-from probes.methods import missing_extra
+from probes.methods import unavailable
 from probes.outputs import check_output_folder
 
 RESULT, TABLE = "removal.json", "removal.md"
@@ -81,13 +81,11 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
             f"--labels {', '.join(controls)}: {RANDOM!r} and {RELEVANCE!r} name the control rows, which "
             "every table has; leave them out"
         )
-    methods = {e.label: e.method for e in cfg.methods}
-    unavailable = {label: missing_extra(methods[label]) for label in labels if label in methods}
-    unavailable = {label: hint for label, hint in unavailable.items() if hint}
-    if unavailable:
+    missing = unavailable((e.label, e.method) for e in cfg.methods if e.label in labels)
+    if missing:
         raise UserError(
-            f"--labels {', '.join(unavailable)}: their library is not installed "
-            f"({' / '.join(sorted(set(unavailable.values())))}); install it or leave them out"
+            f"--labels {', '.join(missing)}: their library is not installed "
+            f"({' / '.join(sorted(set(missing.values())))}); install it or leave them out"
         )
     if cfg.model.devices != 1:
         raise UserError(f"model.devices={cfg.model.devices}: remove runs on one device; give 1")
