@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, micro_rows
+from lm_fixtures import CANDIDATES, make_micro_pair, micro_rows
 
 import baselines
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import Query, make_queries, relevance
+from probes.lm.load import load_pair
 from probes.methods import BUILTIN, AttributionContext, Method, build_method, method_class, method_names
 
 # baselines/ modules that hold shared parts, not a method
@@ -26,6 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def micro_corpus():
     return corpus_from_rows(micro_rows())
+
+
+def float64_setup(folder: Path):
+    """(micro corpus, the queries of inputs 1 and 2, a float64 micro pair saved under ``folder``): the
+    exactness tests' setting."""
+    corpus = micro_corpus()
+    pair = load_pair(*make_micro_pair(folder), dtype="float64", corpus=corpus, candidates=CANDIDATES)
+    return corpus, make_queries(corpus, inputs=[1, 2]), pair
 
 
 def shuffled_corpus(corpus, seed: int):

@@ -8,8 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, make_micro_model, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, reference_gradients, shuffled_corpus
+from lm_fixtures import CANDIDATES, make_micro_model
+from test_baselines_fixtures import (
+    doc_queries,
+    float64_setup,
+    make_ctx,
+    reference_gradients,
+    shuffled_corpus,
+)
 
 from probes.data.queries import make_queries
 from probes.lm import losses
@@ -22,7 +28,6 @@ from probes.lm.example_grads import (
 )
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
-from probes.lm.load import load_pair
 from probes.lm.projections import RandomProjection, allocate_dims
 from probes.lm.scoring import collate, pad_id, tokenize
 from probes.methods import build_method
@@ -32,15 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    corpus = micro_corpus()
-    pair = load_pair(
-        *make_micro_pair(tmp_path_factory.mktemp("pair")),
-        dtype="float64",
-        corpus=corpus,
-        candidates=CANDIDATES,
-    )
-    queries = make_queries(corpus, inputs=[1, 2])
-    return corpus, queries, pair
+    return float64_setup(tmp_path_factory.mktemp("pair"))
 
 
 def scores_of(setup, **options):

@@ -9,13 +9,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, build_tokenizer, make_micro_pair, micro_rows
-from test_baselines_fixtures import make_ctx, micro_corpus, reference_gradients, shuffled_corpus
+from lm_fixtures import build_tokenizer, micro_rows
+from test_baselines_fixtures import (
+    float64_setup,
+    make_ctx,
+    reference_gradients,
+    shuffled_corpus,
+)
 from torch import nn
 
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries
-from probes.lm.load import ModelPair, load_pair
+from probes.lm.load import ModelPair
 from probes.methods import build_method, missing_extra
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,14 +30,7 @@ needs_bergson = pytest.mark.skipif(missing_extra("trackstar") is not None, reaso
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    corpus = micro_corpus()
-    pair = load_pair(
-        *make_micro_pair(tmp_path_factory.mktemp("pair")),
-        dtype="float64",
-        corpus=corpus,
-        candidates=CANDIDATES,
-    )
-    return corpus, make_queries(corpus, inputs=[1, 2]), pair
+    return float64_setup(tmp_path_factory.mktemp("pair"))
 
 
 def scores_of(name, corpus, queries, pair, **options):
