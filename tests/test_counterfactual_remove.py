@@ -5,6 +5,7 @@ subset (each query's answer log-prob = how many of its relevant documents the su
 from __future__ import annotations
 
 import json
+import shutil
 
 import counterfactual_fixtures as fixtures
 import pytest
@@ -134,6 +135,31 @@ def test_a_killed_removal_resumes_without_rescoring_or_rerunning_retrains(
     remove(counterfactual_world, tmp_path / "out", "--labels", "bm25", "--k", "2")
     report = json.loads((tmp_path / "out" / "removal.json").read_text())
     assert scored == [1] and len(known_retrains) == report["retrains"]  # each retrain ran once
+
+
+def test_scores_are_reused_only_for_the_same_inputs_by_content(
+    counterfactual_world, tmp_path, monkeypatch, known_retrains
+):
+    """A rerun reuses compare.py's scores; after f_new is rewritten at the same path it scores again."""
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path / "world"
+    shutil.copytree(counterfactual_world["root"] / "pair", root / "pair")
+    corpus = shutil.copy(counterfactual_world["corpus"], tmp_path / "micro.jsonl")
+    new = root / "pair" / "new"
+    world = {"config": fixtures.write_config(tmp_path / "micro.yaml", corpus, root / "pair" / "old", new)}
+    compare = load_compare()
+    scored = []
+    monkeypatch.setattr(compare, "run", lambda cfg, out, run=compare.run: scored.append(1) or run(cfg, out))
+    for _ in range(2):
+        remove(world, tmp_path / "out", "--labels", "bm25", "--k", "2")
+    assert scored == [1]
+    model = AutoModelForCausalLM.from_pretrained(new)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    model.save_pretrained(new)
+    remove(world, tmp_path / "out", "--labels", "bm25", "--k", "2")
+    assert scored == [1, 1]
 
 
 def test_an_unknown_label_is_refused_naming_the_configs_methods(

@@ -36,12 +36,14 @@ from probes.counterfactual.study import (
     PARTS,
     PLAN,
     ChunkStore,
+    Study,
     default_workers,
     load_study,
     machine,
     run_chunks,
 )
 from probes.errors import UserError
+from probes.lm.integrity import file_checksums, file_sha256
 from probes.methods import unavailable
 from probes.outputs import check_output_folder
 
@@ -96,12 +98,26 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
     return restricted
 
 
-def method_scores(restricted: Namespace, out: Path) -> tuple[dict[str, Tensor], list[int]]:
+def score_inputs(study: Study, old_weights: str, dlp_checkpoint: str | None) -> dict:
+    """What the scores depend on, by content: the corpus file, f_old's weights (``old_weights``, its
+    `weights_hash`), f_new's files (its name when it is not a local folder, e.g. a hub id) and the DLP
+    checkpoint's bytes."""
+    new = Path(study.new)
+    return {
+        "corpus": study.corpus_sha256,
+        "old_weights": old_weights,
+        "new_files": file_checksums(new.parent, (new.name,)) if new.is_dir() else study.new,
+        "dlp": file_sha256(dlp_checkpoint) if dlp_checkpoint else None,
+    }
+
+
+def method_scores(restricted: Namespace, out: Path, inputs: dict) -> tuple[dict[str, Tensor], list[int]]:
     """Test scores ``[q, n]`` of the restricted config's rows and the test query ids, from compare.py's own
     code (each row tuned on val as compare.py tunes it) writing into ``out/compare``.
 
-    ``out/compare.json`` records what that run was given: a rerun with the same config reuses its scores,
-    so a resumed removal drops the same documents."""
+    ``out/compare.json`` records what that run was given, the config and its ``inputs`` by content
+    (`score_inputs`): a rerun reuses the scores only when both are the same, so a resumed removal drops the
+    same documents, and a pair rebuilt or a corpus rewritten at the same path is scored again."""
     from probes.report import FILES as COMPARE_FILES
 
     compare = load_compare()
@@ -111,6 +127,7 @@ def method_scores(restricted: Namespace, out: Path) -> tuple[dict[str, Tensor], 
             default=lambda v: v.as_dict() if isinstance(v, Namespace) else vars(v),
         )
     )
+    request["inputs"] = inputs
     folder, record = out / COMPARE, out / REQUEST
     scores_file = folder / "scores.safetensors"
     if not (scores_file.is_file() and record.is_file() and json.loads(record.read_text()) == request):
@@ -230,7 +247,10 @@ def remove_documents(
     n = len(study.job.texts)
     if max(ks) >= n:
         raise UserError(f"--k {max(ks)}: the corpus has {n} documents; remove fewer than that")
-    scores, query_ids = method_scores(restricted, out)
+    job = study.job
+    ident = identity(job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new)
+    inputs = score_inputs(study, ident["pair"]["old_weights"], restricted.dlp_checkpoint)
+    scores, query_ids = method_scores(restricted, out, inputs)
     scores = {label: scores[label] for label in labels}  # the table's rows in --labels order
     if query_ids != study.query_ids:
         raise UserError(f"{out / COMPARE}/queries.csv lists other test queries than the config's test split")
@@ -240,8 +260,6 @@ def remove_documents(
     relevant = study.data.relevant[torch.tensor(study.query_ids)]
     selections = select(scores, relevant, rows, ks, seed)
     plan, row_of = retrain_plan(selections, n, study.recipe_seed)
-    job = study.job
-    ident = identity(job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new)
     plan_hash = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
     store = ChunkStore(out, {**settings, "plan": plan_hash, **ident})

@@ -25,9 +25,11 @@ PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused
 
 @dataclass
 class Study:
-    """The compare config's data (prepared), pair paths, f_old (CPU, float32), test split and recipe."""
+    """The compare config's data (prepared) and corpus file's SHA-256, pair paths, f_old (CPU, float32), test
+    split and recipe."""
 
     data: object
+    corpus_sha256: str
     old: str
     new: str
     old_model: torch.nn.Module
@@ -53,7 +55,8 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     pair = PairConfig(**cfg.model.as_dict())
     old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
-    recipe, seed = pair_recipe(old, file_sha256(corpus_file))
+    corpus_sha256 = file_sha256(corpus_file)
+    recipe, seed = pair_recipe(old, corpus_sha256)
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, "test")
@@ -71,7 +74,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
-    return Study(data, old, new, old_model, query_ids, query_texts, functions, seed, job)
+    return Study(data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job)
 
 
 def machine(job: Job) -> dict:
