@@ -13,7 +13,6 @@ from probes.counterfactual.ground_truth import GroundTruth, identity, save_groun
 from probes.counterfactual.jobs import as_mask, subsets_of
 from probes.counterfactual.study import ChunkStore, default_workers, load_study, machine, run_chunks
 from probes.errors import UserError
-from probes.lm.integrity import file_sha256
 from probes.metrics.lds import noise_ceiling
 
 # the repeats' data order: the recipe's seed + this (the main retrains use the recipe's own seed)
@@ -64,7 +63,7 @@ def build_ground_truth(
         "repeats": repeats,
         "seeds": {"subsets": seed, "data_order": study.recipe_seed, "repeats": repeat_seed},
         **ident,
-        "corpus": {"path": str(corpus_file), "sha256": file_sha256(corpus_file)},
+        "corpus": {"path": str(corpus_file), "sha256": study.corpus_sha256},
         "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
         "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **study.job.describe()},
         "accuracy": outputs[:subsets, 1].mean().item(),  # the retrained models' mean test accuracy

@@ -115,9 +115,9 @@ class RandomProjection:
         without ever concatenating them."""
         first = pieces[0]
         out = torch.zeros(first.shape[0], self.dim, dtype=first.dtype, device=first.device)
-        start = 0
         if self.kind == "sparse" and self.cache is not None and first.device.type != "cpu":
             return self._add_sketched(pieces, out)
+        start = 0
         for piece in pieces:
             end = start + piece.shape[1]
             for index in range(start // BLOCK_ROWS, math.ceil(end / BLOCK_ROWS)):
