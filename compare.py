@@ -19,8 +19,10 @@ from probes.errors import (
     check_writable_folder,
     cli_main,
 )
+from probes.lm.integrity import file_sha256
 from probes.outputs import check_output_folder
 from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
+from probes.reuse import record
 
 
 def build_parser() -> ArgumentParser:
@@ -229,7 +231,9 @@ def run(cfg: Namespace, out: Path) -> str | None:
         }
         for i, row in enumerate(data.query_table(test_ids))
     ]
-    return write_results(out, results, relevant, rows, random, counterfactual)
+    corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
+    inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
+    return write_results(out, results, relevant, rows, random, inputs, counterfactual)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from probes.cache import atomic_path
 from probes.metrics import HOP_SUBSET, KS, flatten, metric_names
+from probes.reuse import INPUTS
 
 if TYPE_CHECKING:
     from probes.tune import Tuned
@@ -42,6 +43,7 @@ FILES = (
     "table.md",
     "recall_at_k.png",
     "tensorboard/",
+    INPUTS,
 )
 
 
@@ -65,9 +67,13 @@ def write_results(
     relevant: Bool[Tensor, "q n"],
     queries: Sequence[Mapping[str, object]],
     random: dict,
+    inputs: dict,
     counterfactual: dict | None = None,
 ) -> str:
     """Write every file into ``out`` (each atomically, metrics.json last); return the markdown table.
+
+    ``inputs`` (`probes.reuse.record`: the config and the inputs by content) becomes inputs.json, which
+    tells another command which score rows it may reuse.
 
     ``counterfactual`` (``{"path", "subsets", "fraction", "noise_ceiling"}``, given with the LDS of every
     result, summarised and per query as ``per_query["lds"]``) becomes metrics.json's entry of that name, the
@@ -102,6 +108,8 @@ def write_results(
         }
         for r in results
     }
+    with atomic_path(out / INPUTS) as tmp:
+        tmp.write_text(json.dumps(inputs, indent=2) + "\n", encoding="utf-8")
     metrics["random_expectation"] = _report(random)
     if counterfactual is not None:
         metrics["counterfactual"] = counterfactual

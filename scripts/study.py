@@ -14,7 +14,8 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
 4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M, ``--repeats`` R) into
    OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's LDS, the seed-0 multi-hot DLP too)
    into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, ekfac and trackstar where installed, the seed-0
-   multi-hot DLP; k = 300, 6 functions) into OUT/counterfactual/removal;
+   multi-hot DLP; k = 300, 6 functions; their scores taken from step 3's by_input runs) into
+   OUT/counterfactual/removal;
 5. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
 A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
@@ -148,8 +149,9 @@ def jobs(args) -> list[Job]:
         str(checkpoint),
     ]
     removal += ["--labels", *labels, "--k", "300", "--functions", "6", "--stack", str(args.stack)]
+    removal += ["--scores", str(out / "compare" / "by_input"), str(out / "compare" / "dlp-by_input")]
     removal += ["--out", str(out / "counterfactual" / "removal")]
-    needs = [f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input"]
+    needs = [f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input", "compare/dlp-by_input"]
     found.append(Job("counterfactual/removal", [removal], needs))
     for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
         found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
@@ -170,7 +172,11 @@ def select(all_jobs: list[Job], patterns: list[str] | None) -> list[Job]:
     def kept(names: list[str]) -> list[str]:
         return [m for n in names for m in ([n] if n in keep else kept(needs[n]))]
 
-    return [Job(j.name, j.commands, kept(j.needs), j.stdout) for j in all_jobs if j.name in keep]
+    return [
+        Job(j.name, j.commands, list(dict.fromkeys(kept(j.needs))), j.stdout)
+        for j in all_jobs
+        if j.name in keep
+    ]
 
 
 def run_all(all_jobs: list[Job], slots: int, out: Path, env: dict) -> dict[str, str]:

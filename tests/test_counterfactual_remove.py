@@ -21,6 +21,7 @@ from probes.counterfactual.selection import RANDOM, RELEVANCE, method_drop, rank
 from probes.data.generator import write_corpus
 from probes.data.hops import HopsData
 from probes.errors import UserError
+from probes.lm.integrity import file_checksums, file_sha256
 from probes.lm.train_lm import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,6 +161,41 @@ def test_scores_are_reused_only_for_the_same_inputs_by_content(
     model.save_pretrained(new)
     remove(world, tmp_path / "out", "--labels", "bm25", "--k", "2")
     assert scored == [1, 1]
+
+
+def test_rows_a_finished_comparison_scored_from_the_same_inputs_are_taken_the_others_scored(
+    counterfactual_world, tmp_path, monkeypatch, known_retrains
+):
+    """--scores: compare.py's run of the config gives bm25's row (the same documents dropped as when remove
+    scores it itself); random_a, whose method entry there has another seed, is scored again."""
+    world = counterfactual_world
+    other = [{**fixtures.METHODS[0], "options": {"seed": 1}}, fixtures.METHODS[1]]
+    pair = world["root"] / "pair"
+    config = fixtures.write_config(
+        tmp_path / "other.yaml", world["corpus"], pair / "old", pair / "new", other
+    )
+    compare = load_compare()
+    compare.main(["--config", str(config), "--out", str(tmp_path / "cmp")])
+    content = json.loads((tmp_path / "cmp" / "inputs.json").read_text())["content"]
+    assert content["corpus"] == file_sha256(world["corpus"])
+    assert content["new"] == file_checksums(pair, ("new",))
+    scored = []
+    monkeypatch.setattr(
+        compare,
+        "run",
+        lambda cfg, out, run=compare.run: scored.append([e.label for e in cfg.methods]) or run(cfg, out),
+    )
+    labels = ["--labels", "bm25", "random_a", "--k", "2"]
+    remove(world, tmp_path / "reused", *labels, "--scores", str(tmp_path / "cmp"))
+    assert scored == [["random_a"]]
+    remove(world, tmp_path / "scored", *labels)
+    assert scored == [["random_a"], ["random_a", "bm25"]]
+    reused, own = (json.loads((tmp_path / d / "removal.json").read_text()) for d in ("reused", "scored"))
+    assert reused["scores"] == {
+        "bm25": str(tmp_path / "cmp"),
+        "random_a": str(tmp_path / "reused" / "compare"),
+    }
+    assert reused["k"] == own["k"]
 
 
 def test_an_unknown_label_is_refused_naming_the_configs_methods(

@@ -36,11 +36,8 @@ def test_select_keeps_the_matching_steps_and_the_pair_and_drops_needs_left_out(t
     assert chosen["compare/by_function"] == ["build"]  # compare/by_input was only shared cache
     counterfactual = names(study.select(jobs, ["counterfactual/*", "compare/lds"]))
     # the DLP and compare/by_input are left out: their own need (the pair) takes their place
-    assert counterfactual["compare/lds"] == ["counterfactual/gt", "build", "build"]
-    assert counterfactual["counterfactual/gt"] == ["build"] and counterfactual["counterfactual/removal"] == [
-        "build",
-        "build",
-    ]
+    assert counterfactual["compare/lds"] == ["counterfactual/gt", "build"]
+    assert counterfactual["counterfactual/gt"] == counterfactual["counterfactual/removal"] == ["build"]
     dlp = names(study.select(jobs, ["dlp/*"]))
     assert set(dlp) == {"build", "evaluate"} | {n for n in names(jobs) if n.startswith("dlp/")}
 
@@ -63,8 +60,14 @@ def test_removal_drops_the_dlp_and_the_influence_rows_only_where_installed(tmp_p
     compare.py would score them: a label it skips would be refused."""
     monkeypatch.setattr(study, "missing_extra", lambda name: None if installed else "pip install x")
     args = study_args(tmp_path, seeds=[3], score_batch_size=256, stack=7)
-    job = {j.name: j for j in study.jobs(args)}["counterfactual/removal"]
+    jobs = {j.name: j for j in study.jobs(args)}
+    job = jobs["counterfactual/removal"]
     command = job.commands[0]
+    # the rows' scores come from the by_input comparisons it waits for (remove checks their inputs)
+    reused = command[command.index("--scores") + 1 : command.index("--out")]
+    runs = [jobs[f"compare/{name}"] for name in ("by_input", "dlp-by_input")]
+    assert reused == [run.commands[0][run.commands[0].index("--out") + 1] for run in runs]
+    assert {run.name for run in runs} <= set(job.needs)
     labels = command[command.index("--labels") + 1 : command.index("--k")]
     assert labels == [*study.REMOVAL_LABELS, *(["ekfac", "trackstar"] if installed else []), "dlp"]
     checkpoint = command[command.index("--dlp_checkpoint") + 1]

@@ -62,6 +62,14 @@ def build_parser() -> ArgumentParser:
     remove.add_argument(
         "--functions", type=int | None, default=None, help="a seeded sample of this many test functions"
     )
+    remove.add_argument(
+        "--scores",
+        type=str,
+        nargs="+",
+        default=[],
+        help="finished compare.py output folders: their rows computed from the same config and inputs (by "
+        "content) are reused, the others scored into OUT/compare",
+    )
     commands.add_subcommand("remove", remove)
     return parser
 
@@ -99,7 +107,7 @@ def _main(argv: list[str] | None) -> Path:
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
-        remove.remove_documents(
+        report = remove.remove_documents(
             sub,
             out,
             labels=sub.labels,
@@ -108,9 +116,11 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
+            reuse=sub.scores,
         )
         print((out / remove.TABLE).read_text(), end="")
-        print(f"Wrote {remove.RESULT}, {remove.TABLE} (compare.py's output: {remove.COMPARE}/) to {out}/")
+        sources = ", ".join(sorted(set(report["scores"].values())))
+        print(f"Wrote {remove.RESULT}, {remove.TABLE} to {out}/ (the rows' scores from {sources})")
     return out
 
 

@@ -6,7 +6,6 @@ are the controls. A method whose top documents matter lowers the answers more th
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
 import json
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
-from safetensors.torch import load_file
 from torch import Tensor
 
 from probes.cache import atomic_path
@@ -43,13 +41,13 @@ from probes.counterfactual.study import (
     run_chunks,
 )
 from probes.errors import UserError
-from probes.lm.integrity import file_checksums, file_sha256
 from probes.methods import unavailable
 from probes.outputs import check_output_folder
+from probes.reuse import DLP, record, reusable_scores
 
 RESULT, TABLE = "removal.json", "removal.md"
-COMPARE, REQUEST = "compare", "compare.json"  # compare.py's output for the chosen labels, and what it ran
-FILES = (RESULT, TABLE, f"{COMPARE}/", REQUEST, f"{PARTS}/", PLAN)
+COMPARE = "compare"  # compare.py's output for the rows no --scores folder had
+FILES = (RESULT, TABLE, f"{COMPARE}/", f"{PARTS}/", PLAN)
 
 Selections = dict[int, dict[str, dict[str, list[int]]]]  # k -> row label -> function -> dropped documents
 
@@ -98,55 +96,49 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
     return restricted
 
 
-def score_inputs(study: Study, old_weights: str, dlp_checkpoint: str | None) -> dict:
-    """What the scores depend on, by content: the corpus file, f_old's weights (``old_weights``, its
-    `weights_hash`), f_new's files (its name when it is not a local folder, e.g. a hub id) and the DLP
-    checkpoint's bytes."""
-    new = Path(study.new)
-    return {
-        "corpus": study.corpus_sha256,
-        "old_weights": old_weights,
-        "new_files": file_checksums(new.parent, (new.name,)) if new.is_dir() else study.new,
-        "dlp": file_sha256(dlp_checkpoint) if dlp_checkpoint else None,
-    }
+def method_scores(
+    restricted: Namespace, out: Path, study: Study, reuse: Sequence[str | Path] = ()
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Test scores ``[q, n]`` of the restricted config's rows, and the folder each came from.
 
-
-def method_scores(restricted: Namespace, out: Path, inputs: dict) -> tuple[dict[str, Tensor], list[int]]:
-    """Test scores ``[q, n]`` of the restricted config's rows and the test query ids, from compare.py's own
-    code (each row tuned on val as compare.py tunes it) writing into ``out/compare``.
-
-    ``out/compare.json`` records what that run was given, the config and its ``inputs`` by content
-    (`score_inputs`): a rerun reuses the scores only when both are the same, so a resumed removal drops the
-    same documents, and a pair rebuilt or a corpus rewritten at the same path is scored again."""
+    A row is taken from the first finished comparison, among ``reuse`` (compare.py output folders) and then
+    ``out/compare`` (this command's earlier run), that computed it from the same config and the same inputs
+    by content (`probes.reuse`), so a resumed removal drops the same documents, and a pair rebuilt or a corpus
+    rewritten at the same path is scored again. The other rows are scored with compare.py's own code (each
+    tuned on val as compare.py tunes it) into ``out/compare``."""
     from probes.report import FILES as COMPARE_FILES
 
-    compare = load_compare()
-    request = json.loads(
-        json.dumps(
-            {key: restricted[key] for key in ("data", "model", "methods", "dlp_checkpoint")},
-            default=lambda v: v.as_dict() if isinstance(v, Namespace) else vars(v),
-        )
-    )
-    request["inputs"] = inputs
-    folder, record = out / COMPARE, out / REQUEST
-    scores_file = folder / "scores.safetensors"
-    if not (scores_file.is_file() and record.is_file() and json.loads(record.read_text()) == request):
-        record.unlink(missing_ok=True)
-        compare.check_config(restricted, folder)
-        model = restricted.model
-        inputs = [restricted.data.corpus_path, model.old, model.new, restricted.dlp_checkpoint]
+    labels = [e.label for e in restricted.methods] + ([DLP] if restricted.dlp_checkpoint else [])
+    wanted = record(restricted, study.corpus_sha256, study.old, study.new)
+    folder = out / COMPARE
+    found: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
+
+    def take(where: Path) -> None:
+        scores, query_ids = reusable_scores(where, wanted, [label for label in labels if label not in found])
+        if scores and query_ids != study.query_ids:
+            raise UserError(f"{where}/queries.csv lists other test queries than the config's test split")
+        found.update(scores)
+        source.update(dict.fromkeys(scores, str(where)))
+
+    for where in [*map(Path, reuse), folder]:
+        take(where)
+    missing = [label for label in labels if label not in found]
+    if missing:
+        rest = restrict(restricted, missing)
+        compare = load_compare()
+        compare.check_config(rest, folder)
+        model = rest.model
+        inputs = [rest.data.corpus_path, model.old, model.new, rest.dlp_checkpoint]
         check_output_folder(folder, COMPARE_FILES, overwrite=False, inputs=inputs)
-        print(compare.run(restricted, folder))
+        print(compare.run(rest, folder))
         gc.collect()  # the pair and its features go before the retrains take the device
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps(request, indent=2) + "\n")
-    scores = load_file(str(scores_file))
-    with (folder / "queries.csv").open(newline="") as handle:
-        query_ids = [int(row["query_id"]) for row in csv.DictReader(handle)]
-    labels = [e.label for e in restricted.methods] + (["dlp"] if restricted.dlp_checkpoint else [])
-    return {label: scores[label] for label in labels}, query_ids
+        take(folder)
+        if set(found) != set(labels):
+            raise RuntimeError(f"compare.py did not record the rows {sorted(set(labels) - set(found))}")
+    return {label: found[label] for label in labels}, source
 
 
 def choose_functions(functions: Sequence[str], count: int | None, seed: int) -> list[str]:
@@ -236,8 +228,11 @@ def remove_documents(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    reuse: Sequence[str | Path] = (),
 ) -> dict:
-    """Score, choose, retrain (resumable under ``out/parts``), then write removal.json and removal.md."""
+    """Score (or take the rows of the finished comparisons in ``reuse`` computed from the same config and
+    inputs, `method_scores`), choose, retrain (resumable under ``out/parts``), then write removal.json and
+    removal.md."""
     if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
         raise UserError(f"--k {list(ks)}: give distinct document counts of at least 1")
     labels = list(dict.fromkeys(labels))
@@ -249,11 +244,8 @@ def remove_documents(
         raise UserError(f"--k {max(ks)}: the corpus has {n} documents; remove fewer than that")
     job = study.job
     ident = identity(job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new)
-    inputs = score_inputs(study, ident["pair"]["old_weights"], restricted.dlp_checkpoint)
-    scores, query_ids = method_scores(restricted, out, inputs)
+    scores, sources = method_scores(restricted, out, study, reuse)
     scores = {label: scores[label] for label in labels}  # the table's rows in --labels order
-    if query_ids != study.query_ids:
-        raise UserError(f"{out / COMPARE}/queries.csv lists other test queries than the config's test split")
     chosen = choose_functions(study.functions, functions, seed)
     every = function_rows(study.functions)
     rows = {f: every[f] for f in chosen}
@@ -269,6 +261,7 @@ def remove_documents(
         "version": 1,
         **settings,
         "retrains": len(plan),
+        "scores": sources,
         "baseline": {"logp": outputs[0, 0].mean().item(), "accuracy": outputs[0, 1].mean().item()},
         "seeds": {"choice": seed, "data_order": study.recipe_seed},
         **ident,

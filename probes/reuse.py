@@ -1,0 +1,90 @@
+"""What a comparison's scores were computed from (its inputs.json), and which of its rows another command may
+take instead of scoring them again: only rows computed from the same config and the same inputs by content.
+
+compare.py writes the record beside its scores; ``python -m probes.counterfactual remove`` reads it to reuse
+the rows of a finished comparison (its own or one given with ``--scores``). Paths alone are not enough: a pair
+rebuilt or a corpus rewritten at the same path must be scored again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from jsonargparse import Namespace
+from safetensors.torch import load_file
+from torch import Tensor
+
+from probes.lm.integrity import file_checksums, file_sha256
+
+INPUTS = "inputs.json"
+DLP = "dlp"  # the DLP checkpoint's row label in compare.py's outputs
+
+
+def _plain(value):
+    """A config value as JSON data (jsonargparse Namespaces and the method entries' dataclasses)."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.as_dict() if isinstance(v, Namespace) else vars(v))
+    )
+
+
+def model_files(path: str) -> dict[str, str] | str:
+    """A model by content: its files' checksums when ``path`` is a local folder, else the name (a hub id)."""
+    folder = Path(path)
+    return file_checksums(folder.parent, (folder.name,)) if folder.is_dir() else str(path)
+
+
+def record(cfg: Namespace, corpus_sha256: str, old: str, new: str) -> dict:
+    """The inputs.json of a run of ``cfg`` (compare.py's config) on the corpus file of that SHA-256 and the
+    resolved pair ``old``/``new``: the ``data``, ``model``, ``methods`` and ``dlp_checkpoint`` keys as given,
+    and by content the corpus file, f_old's and f_new's files and the DLP checkpoint's bytes."""
+    config = {key: _plain(cfg[key]) for key in ("data", "model", "methods", "dlp_checkpoint")}
+    checkpoint = cfg.dlp_checkpoint
+    return {
+        "config": config,
+        "content": {
+            "corpus": corpus_sha256,
+            "old": model_files(old),
+            "new": model_files(new),
+            "dlp": file_sha256(checkpoint) if checkpoint else None,
+        },
+    }
+
+
+def same_rows(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
+    """The ``labels`` that a run recorded as ``recorded`` scored exactly as a run recorded as ``wanted``
+    would: the same data and model config, the same inputs by content, the same method entry (for the DLP
+    row, the same checkpoint)."""
+    if any(recorded["config"][key] != wanted["config"][key] for key in ("data", "model")):
+        return []
+    if any(recorded["content"][key] != wanted["content"][key] for key in ("corpus", "old", "new")):
+        return []
+    had, want = ({e["label"]: e for e in r["config"]["methods"]} for r in (recorded, wanted))
+    dlp = wanted["content"]["dlp"]
+
+    def same(label: str) -> bool:
+        if label == DLP:
+            return dlp is not None and recorded["content"]["dlp"] == dlp
+        return had.get(label) == want[label]
+
+    return [label for label in labels if same(label)]
+
+
+def reusable_scores(
+    folder: str | Path, wanted: dict, labels: Sequence[str]
+) -> tuple[dict[str, Tensor], list[int]]:
+    """The test scores ``[q, n]`` among ``labels`` that the finished comparison in ``folder`` computed as a
+    run recorded as ``wanted`` would, and its test query ids (``{}, []`` for a folder without a finished
+    comparison: metrics.json is written last, so a folder that has it holds every file)."""
+    folder = Path(folder)
+    if not ((folder / "metrics.json").is_file() and (folder / INPUTS).is_file()):
+        return {}, []
+    labels = same_rows(json.loads((folder / INPUTS).read_text()), wanted, labels)
+    if not labels:
+        return {}, []
+    scores = load_file(str(folder / "scores.safetensors"))
+    with (folder / "queries.csv").open(newline="") as handle:
+        query_ids = [int(row["query_id"]) for row in csv.DictReader(handle)]
+    return {label: scores[label] for label in labels}, query_ids
