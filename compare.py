@@ -163,7 +163,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     """
     from probes.counterfactual.ground_truth import check_matches, load_ground_truth, split_queries
     from probes.lm.ranks import global_rank
-    from probes.methods import AttributionContext
+    from probes.methods import AttributionContext, query_batches
     from probes.metrics import query_metrics, random_expectation, summarise
     from probes.metrics.lds import lds_per_query, noise_ceiling, summarise_lds
     from probes.tune import tune
@@ -207,7 +207,8 @@ def run(cfg: Namespace, out: Path) -> str | None:
         label, candidates = methods.pop(0)
         start = time.perf_counter()
         method, tuned = tune(candidates, lambda m: m.prepare(ctx), **val)
-        batches = tqdm(test_ids.split(cfg.model.score_batch_size), desc=label, unit="batch", disable=quiet)
+        batches = query_batches(method, test_ids, cfg.model.score_batch_size)
+        batches = tqdm(batches, desc=label, unit="batch", disable=quiet)
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         results.append(result(label, method.hparams(), scores, time.perf_counter() - start, tuned))
     counterfactual = None

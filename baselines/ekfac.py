@@ -55,6 +55,8 @@ class EKFAC(Method):
         seed: seed of the sampled labels.
     """
 
+    batches_queries = True  # one document pass per query_batch_size queries, whatever the call's size
+
     def __init__(
         self,
         strategy: str = "ekfac",

@@ -9,8 +9,9 @@ The architectures are built as `bench/throughput.py` builds them (bf16 on a GPU,
 checkpoints cannot be downloaded on the GPU machines), the texts are the corpus's documents and the test split
 of compare.py's default split (`probes.data.hops.HopsData`). Each method is built through the registry with
 the options given as JSON over `DEFAULTS` (the 1B settings) and scored as compare.py scores it,
-``--score-batch`` test queries per ``score`` call. Prints a table: method, model, phase, seconds, peak memory
-(the device's peak allocated memory during the phase; the process's peak RSS on the CPU).
+``--score-batch`` test queries per ``score`` call (all at once for ekfac, which batches them itself). Prints
+a table: method, model, phase, seconds, peak memory (the device's peak allocated memory during the phase;
+the process's peak RSS on the CPU).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from probes.data.queries import candidate_answers  # noqa: E402
 from probes.lm.load import ModelPair  # noqa: E402
 from probes.lm.scoring import answer_token_ids  # noqa: E402
 from probes.lm.tokenizer import train_tokenizer  # noqa: E402
-from probes.methods import AttributionContext, build_method  # noqa: E402
+from probes.methods import AttributionContext, build_method, query_batches  # noqa: E402
 
 # 1B settings: kronfluence keeps each query's gradient at rank 32 per module (exact ones would be ~5 GB a
 # query), one document pass per 256 queries (~25 GB of them), and fits the eigenvalue correction on 256
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         method = build_method(method_name, **options)
         _, fit_s, fit_gib = phase(device, lambda m=method, c=ctx: m.prepare(c))
         print(f"{method_name}: fit {fit_s:.1f} s, peak {fit_gib:.2f} GiB", flush=True)  # a cut run keeps this
-        chunks = test_ids.split(args.score_batch)
+        chunks = query_batches(method, test_ids, args.score_batch)
         scores, score_s, score_gib = phase(
             device, lambda m=method, q=chunks: torch.cat([m.score(c) for c in q])
         )

@@ -58,6 +58,9 @@ class Method(abc.ABC):
     """
 
     name: str = ""
+    # True when score() splits the queries itself, into batches that each cost a pass over the documents
+    # (ekfac): compare.py and tune give it all their queries in one call (`query_batches`)
+    batches_queries: bool = False
 
     def __init__(self, **settings: object) -> None:
         self.settings = settings
@@ -102,6 +105,13 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "ekfac": ("kronfluence", INFLUENCE),
     "trackstar": ("bergson", INFLUENCE),
 }
+
+
+def query_batches(method: Method, query_ids: Int[Tensor, " q"], batch_size: int) -> tuple[Tensor, ...]:
+    """The ``score`` calls' query ids: ``batch_size`` at a time, or all at once for a method that batches
+    its queries itself (each of its own batches costs a pass over the documents, so smaller calls would only
+    add passes)."""
+    return (query_ids,) if method.batches_queries else query_ids.split(batch_size)
 
 
 def missing_extra(name: str) -> str | None:

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from probes.methods import query_batches
 from probes.metrics import aggregate, per_query_metrics
 
 # the validation metric the choice maximises: the reference evaluation's headline, macro mAP over functions
@@ -79,7 +80,8 @@ def tune(
     while candidates:
         point, method = candidates.pop(0)
         prepare(method)
-        scores = torch.cat([method.score(ids).float().cpu() for ids in val_ids.split(batch_size)])
+        batches = query_batches(method, val_ids, batch_size)
+        scores = torch.cat([method.score(ids).float().cpu() for ids in batches])
         value = validation_score(scores, relevant, functions, is_wrapper)
         trials.append({"options": point, f"val_{TUNE_METRIC}": value})
         if best is None or value > best_value or (best_value != best_value and value == value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from probes.methods import Method
 from probes.tune import grid_points, tune, validation_score
 
 
@@ -25,17 +26,18 @@ def test_grid_points_refuses_a_value_that_is_not_a_list(bad):
         grid_points(bad)
 
 
-class Fixed:
-    """A stand-in method whose scores are a fixed [q, n] matrix."""
+class Fixed(Method):
+    """A stand-in method whose scores are a fixed [q, n] matrix; ``calls`` lists each score call's size."""
 
-    def __init__(self, scores):
-        self.scores, self.prepared = scores, False
+    def __init__(self, scores, batches_queries=False):
+        self.scores, self.prepared, self.batches_queries, self.calls = scores, False, batches_queries, []
 
-    def prepare(self) -> None:
+    def prepare(self, ctx=None) -> None:
         self.prepared = True
 
     def score(self, ids):
         assert self.prepared
+        self.calls.append(len(ids))
         return self.scores[ids]
 
 
@@ -87,3 +89,19 @@ def test_one_point_is_prepared_but_never_scored():
         [({}, method)], lambda m: m.prepare(), torch.arange(6), relevant, functions, is_wrapper
     )
     assert chosen is method and method.prepared and tuned.trials == []
+
+
+def test_a_method_that_batches_its_queries_itself_is_scored_in_one_call():
+    """Each of ekfac's score calls costs a pass over the documents: the val queries go in one call, the
+    others in batch_size pieces, with the same scores."""
+    relevant, functions, is_wrapper = setup()
+    scores = torch.rand(relevant.shape, dtype=torch.float64)
+    chosen = []
+    for batches_queries in (False, True):
+        candidates = [({"k": 1}, Fixed(scores, batches_queries)), ({"k": 2}, Fixed(-scores, batches_queries))]
+        method, tuned = tune(
+            candidates, lambda m: m.prepare(), torch.arange(6), relevant, functions, is_wrapper, batch_size=4
+        )
+        assert method.calls == ([6] if batches_queries else [4, 2])
+        chosen.append(tuned.trials)
+    assert chosen[0] == chosen[1]
