@@ -38,11 +38,13 @@ from probes.lm.tokenizer import train_tokenizer  # noqa: E402
 from probes.methods import AttributionContext, build_method, query_batches  # noqa: E402
 
 # 1B settings: kronfluence keeps each query's gradient at rank 32 per module (exact ones would be ~5 GB a
-# query), one document pass per 256 queries (~25 GB of them), and fits the eigenvalue correction on 256
-# evenly spaced documents (on all 3000 that pass alone ran at 11.8 s per 32 on an H200: ~18 min for
-# OLMo2-1B); bergson projects each module's gradient to 16 x 16.
+# query; a 10-token query's gradient has rank <= 10, so nothing is lost), one document pass per 256 queries
+# (one pass for all 400 ran 3x slower a batch with the GPU nearly full), and fits the eigenvalue correction on
+# 128 evenly spaced documents (11.7 s per 32 on an H200 for OLMo2-1B: ~18 min for all 3000; on the tiny pair
+# 128 rank documents as all 3000 do, per-query Spearman 0.985: docs/RESULTS.md); bergson projects each
+# module's gradient to 16 x 16.
 DEFAULTS = {
-    "ekfac": dict(query_low_rank=32, query_batch_size=256, batch_size=32, lambda_examples=256),
+    "ekfac": dict(query_low_rank=32, query_batch_size=256, batch_size=32, lambda_examples=128),
     "trackstar": dict(projection_dim=16, batch_size=32),
 }
 
