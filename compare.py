@@ -22,7 +22,7 @@ from probes.errors import (
 from probes.lm.integrity import file_sha256
 from probes.outputs import check_output_folder
 from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
-from probes.reuse import record
+from probes.reuse import record, take_rows
 
 
 def build_parser() -> ArgumentParser:
@@ -34,6 +34,14 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="a counterfactual ground-truth folder (python -m probes.counterfactual build): adds every "
         "method's LDS and a 'relevance' row",
+    )
+    parser.add_argument(
+        "--scores",
+        type=str,
+        nargs="+",
+        default=[],
+        help="finished compare.py output folders: a row one of them computed from the same config and inputs "
+        "(by content: probes/reuse.py) is taken from there, with its tuning, instead of scored again",
     )
     parser.add_argument(
         "--out", type=str | None, default=None, help="output folder (default results/<config>)"
@@ -166,7 +174,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
     from probes.methods import AttributionContext, query_batches
     from probes.metrics import query_metrics, random_expectation, summarise
     from probes.metrics.lds import lds_per_query, noise_ceiling, summarise_lds
-    from probes.tune import tune
+    from probes.tune import Tuned, tune
 
     methods = build_methods(cfg)
     gt = load_ground_truth(cfg.counterfactual) if cfg.counterfactual else None  # a bad folder fails now
@@ -192,8 +200,13 @@ def run(cfg: Namespace, out: Path) -> str | None:
         batch_size=cfg.model.score_batch_size,
     )
     results, quiet = [], global_rank(cfg.model.devices) != 0
+    corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
+    inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
+    taken = take_rows(cfg.scores, inputs, [label for label, _ in methods], test_ids.tolist())
 
-    def result(label: str, hparams: dict, scores: torch.Tensor, seconds: float, tuned=None) -> MethodResult:
+    def result(
+        label: str, hparams: dict, scores: torch.Tensor, seconds: float, tuned=None, source=None
+    ) -> MethodResult:
         per_query = query_metrics(scores, relevant, hop)
         report = summarise(per_query, functions, is_wrapper, correct)
         ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
@@ -201,10 +214,17 @@ def run(cfg: Namespace, out: Path) -> str | None:
         if gt is not None:  # per_query.csv's lds column and metrics.json's summary
             ranking["lds"] = lds_per_query(scores, gt.masks, gt.outputs)
             lds = summarise_lds(ranking["lds"], functions)
-        return MethodResult(label, hparams, scores, ranking, report, seconds, tuned, lds)
+        return MethodResult(label, hparams, scores, ranking, report, seconds, tuned, lds, source)
 
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
         label, candidates = methods.pop(0)
+        if label in taken:  # scored by a finished comparison of the same config and inputs
+            row = taken[label]
+            tuned = Tuned(**row.metrics["tuned"]) if "tuned" in row.metrics else None
+            results.append(
+                result(label, row.metrics["hparams"], row.scores, row.metrics["seconds"], tuned, row.folder)
+            )
+            continue
         start = time.perf_counter()
         method, tuned = tune(candidates, lambda m: m.prepare(ctx), **val)
         batches = query_batches(method, test_ids, cfg.model.score_batch_size)
@@ -232,8 +252,6 @@ def run(cfg: Namespace, out: Path) -> str | None:
         }
         for i, row in enumerate(data.query_table(test_ids))
     ]
-    corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
-    inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
     return write_results(out, results, relevant, rows, random, inputs, counterfactual)
 
 

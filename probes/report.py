@@ -59,6 +59,7 @@ class MethodResult:
     seconds: float
     tuned: Tuned | None = None  # the options chosen on the validation queries, when a grid was given
     lds: dict | None = None  # probes.metrics.lds.summarise_lds of its scores, given a counterfactual truth
+    source: str | None = None  # the finished comparison its scores were taken from (compare.py --scores)
 
 
 def write_results(
@@ -105,6 +106,7 @@ def write_results(
             **({"tuned": {"chosen": r.tuned.chosen, "trials": r.tuned.trials}} if _was_tuned(r) else {}),
             **_report(r.report),
             **({"lds": r.lds} if r.lds is not None else {}),
+            **({"scores_from": r.source} if r.source is not None else {}),
         }
         for r in results
     }

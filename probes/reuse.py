@@ -1,9 +1,9 @@
 """What a comparison's scores were computed from (its inputs.json), and which of its rows another command may
 take instead of scoring them again: only rows computed from the same config and the same inputs by content.
 
-compare.py writes the record beside its scores; ``python -m probes.counterfactual remove`` reads it to reuse
-the rows of a finished comparison (its own or one given with ``--scores``). Paths alone are not enough: a pair
-rebuilt or a corpus rewritten at the same path must be scored again.
+compare.py writes the record beside its scores; compare.py ``--scores`` (e.g. to add the LDS to a finished
+comparison) and ``python -m probes.counterfactual remove`` read it to take a finished comparison's rows. Paths
+alone are not enough: a pair rebuilt or a corpus rewritten at the same path must be scored again.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import Namespace
 from safetensors.torch import load_file
 from torch import Tensor
 
+from probes.errors import UserError
 from probes.lm.integrity import file_checksums, file_sha256
 
 INPUTS = "inputs.json"
@@ -72,19 +74,36 @@ def same_rows(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
     return [label for label in labels if same(label)]
 
 
-def reusable_scores(
-    folder: str | Path, wanted: dict, labels: Sequence[str]
-) -> tuple[dict[str, Tensor], list[int]]:
-    """The test scores ``[q, n]`` among ``labels`` that the finished comparison in ``folder`` computed as a
-    run recorded as ``wanted`` would, and its test query ids (``{}, []`` for a folder without a finished
-    comparison: metrics.json is written last, so a folder that has it holds every file)."""
-    folder = Path(folder)
-    if not ((folder / "metrics.json").is_file() and (folder / INPUTS).is_file()):
-        return {}, []
-    labels = same_rows(json.loads((folder / INPUTS).read_text()), wanted, labels)
-    if not labels:
-        return {}, []
-    scores = load_file(str(folder / "scores.safetensors"))
-    with (folder / "queries.csv").open(newline="") as handle:
-        query_ids = [int(row["query_id"]) for row in csv.DictReader(handle)]
-    return {label: scores[label] for label in labels}, query_ids
+@dataclass
+class Row:
+    """A score row taken from a finished comparison: its test scores ``[q, n]``, its metrics.json entry
+    (hparams, tuning, seconds) and the folder it came from."""
+
+    scores: Tensor
+    metrics: dict
+    folder: str
+
+
+def take_rows(
+    folders: Sequence[str | Path], wanted: dict, labels: Sequence[str], query_ids: list[int]
+) -> dict:
+    """``{label: Row}`` for each of ``labels`` that a finished comparison among ``folders`` (the first that
+    has it) computed as a run recorded as ``wanted`` would. A folder without a finished comparison is passed
+    over (metrics.json is written last, so a folder that has it holds every file); one whose test queries are
+    not ``query_ids`` is refused."""
+    rows: dict[str, Row] = {}
+    for folder in map(Path, folders):
+        if not ((folder / "metrics.json").is_file() and (folder / INPUTS).is_file()):
+            continue
+        same = same_rows(
+            json.loads((folder / INPUTS).read_text()), wanted, [x for x in labels if x not in rows]
+        )
+        if not same:
+            continue
+        with (folder / "queries.csv").open(newline="") as handle:
+            if [int(row["query_id"]) for row in csv.DictReader(handle)] != list(query_ids):
+                raise UserError(f"{folder}/queries.csv lists other test queries than the config's test split")
+        scores = load_file(str(folder / "scores.safetensors"))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows.update({label: Row(scores[label], metrics[label], str(folder)) for label in same})
+    return rows

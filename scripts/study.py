@@ -14,8 +14,8 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
 4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M, ``--repeats`` R) into
    OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's LDS, the seed-0 multi-hot DLP too)
    into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, ekfac and trackstar where installed, the seed-0
-   multi-hot DLP; k = 300, 6 functions; their scores taken from step 3's by_input runs) into
-   OUT/counterfactual/removal;
+   multi-hot DLP; k = 300, 6 functions) into OUT/counterfactual/removal; both take the rows' scores from
+   step 3's by_input runs (``--scores``) instead of scoring them again;
 5. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
 A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
@@ -135,8 +135,11 @@ def jobs(args) -> list[Job]:
     build_gt += ["--subsets", str(args.subsets), "--repeats", str(args.repeats), "--stack", str(args.stack)]
     found.append(Job("counterfactual/gt", [build_gt], ["build"]))
     checkpoint = out / "dlp" / f"multihot-by_input-s{args.seeds[0]}" / "best.ckpt"
+    # the rows' scores are those of the by_input runs (the same config and inputs): only the LDS is new
+    scored = [str(out / "compare" / "by_input"), str(out / "compare" / "dlp-by_input")]
     needs = ["counterfactual/gt", f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input"]
-    lds_args = ["--counterfactual", str(gt), "--dlp_checkpoint", str(checkpoint)]
+    needs.append("compare/dlp-by_input")
+    lds_args = ["--counterfactual", str(gt), "--dlp_checkpoint", str(checkpoint), "--scores", *scored]
     found.append(compare("lds", "configs/compare.yaml", needs, *lds_args))
     labels = [*REMOVAL_LABELS, *(name for name in REMOVAL_OPTIONAL if not missing_extra(name)), "dlp"]
     removal = [
@@ -149,7 +152,7 @@ def jobs(args) -> list[Job]:
         str(checkpoint),
     ]
     removal += ["--labels", *labels, "--k", "300", "--functions", "6", "--stack", str(args.stack)]
-    removal += ["--scores", str(out / "compare" / "by_input"), str(out / "compare" / "dlp-by_input")]
+    removal += ["--scores", *scored]
     removal += ["--out", str(out / "counterfactual" / "removal")]
     needs = [f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input", "compare/dlp-by_input"]
     found.append(Job("counterfactual/removal", [removal], needs))

@@ -117,3 +117,38 @@ def test_ground_truth_of_another_query_order_is_refused_before_any_method_scores
 def test_the_relevance_row_and_the_counterfactual_entry_are_reserved_labels(label):
     with pytest.raises(ValueError, match=f"'{label}' is reserved"):
         check_labels(["random", label])
+
+
+def test_rows_taken_from_a_finished_comparison_give_what_scoring_them_gives(config, tmp_path):  # noqa: F811
+    """--scores: the LDS run takes bm25 and the tuned row (with its tuning record) from the plain run of the
+    same config instead of scoring them; random_a, whose entry there has another seed, is scored. Every
+    number equals that of a run that scores all three."""
+    tuned = {"label": "tuned", "method": "random", "options": {}, "tune": {"seed": [0, 1, 2]}}
+    plain = [{**METHODS[0], "options": {"seed": 1}}, tuned, METHODS[1]]
+    compare.main(["--config", str(config(methods=plain)), "--out", str(tmp_path / "plain")])
+    cfg = config(methods=[METHODS[0], tuned, METHODS[1]])
+    write_gt(cfg, tmp_path / "gt")
+    argv = ["--config", str(cfg), "--counterfactual", str(tmp_path / "gt")]
+    compare.main([*argv, "--out", str(tmp_path / "scored")])
+    compare.main([*argv, "--scores", str(tmp_path / "plain"), "--out", str(tmp_path / "taken")])
+    scored, taken = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("scored", "taken"))
+    assert {
+        label: entry.get("scores_from")
+        for label, entry in taken.items()
+        if label in ("random_a", "tuned", "bm25")
+    } == {
+        "random_a": None,
+        "tuned": str(tmp_path / "plain"),
+        "bm25": str(tmp_path / "plain"),
+    }
+    assert (
+        taken["tuned"]["tuned"] == scored["tuned"]["tuned"] and len(scored["tuned"]["tuned"]["trials"]) == 3
+    )
+    for label in ("random_a", "tuned", "bm25", "relevance"):
+        for key in ("macro", "subsets", "lds", "hparams"):
+            assert taken[label][key] == scored[label][key], (label, key)
+
+    def without_time(folder: str) -> list[str]:
+        return [line.rsplit("|", 2)[0] for line in (tmp_path / folder / "table.md").read_text().splitlines()]
+
+    assert without_time("taken") == without_time("scored")

@@ -68,6 +68,9 @@ def test_removal_drops_the_dlp_and_the_influence_rows_only_where_installed(tmp_p
     runs = [jobs[f"compare/{name}"] for name in ("by_input", "dlp-by_input")]
     assert reused == [run.commands[0][run.commands[0].index("--out") + 1] for run in runs]
     assert {run.name for run in runs} <= set(job.needs)
+    lds = jobs["compare/lds"]  # so does the LDS run
+    assert lds.commands[0][lds.commands[0].index("--scores") + 1 : lds.commands[0].index("--out")] == reused
+    assert {run.name for run in runs} <= set(lds.needs)
     labels = command[command.index("--labels") + 1 : command.index("--k")]
     assert labels == [*study.REMOVAL_LABELS, *(["ekfac", "trackstar"] if installed else []), "dlp"]
     checkpoint = command[command.index("--dlp_checkpoint") + 1]

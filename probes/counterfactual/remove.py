@@ -43,7 +43,7 @@ from probes.counterfactual.study import (
 from probes.errors import UserError
 from probes.methods import unavailable
 from probes.outputs import check_output_folder
-from probes.reuse import DLP, record, reusable_scores
+from probes.reuse import DLP, record, take_rows
 
 RESULT, TABLE = "removal.json", "removal.md"
 COMPARE = "compare"  # compare.py's output for the rows no --scores folder had
@@ -111,19 +111,8 @@ def method_scores(
     labels = [e.label for e in restricted.methods] + ([DLP] if restricted.dlp_checkpoint else [])
     wanted = record(restricted, study.corpus_sha256, study.old, study.new)
     folder = out / COMPARE
-    found: dict[str, Tensor] = {}
-    source: dict[str, str] = {}
-
-    def take(where: Path) -> None:
-        scores, query_ids = reusable_scores(where, wanted, [label for label in labels if label not in found])
-        if scores and query_ids != study.query_ids:
-            raise UserError(f"{where}/queries.csv lists other test queries than the config's test split")
-        found.update(scores)
-        source.update(dict.fromkeys(scores, str(where)))
-
-    for where in [*map(Path, reuse), folder]:
-        take(where)
-    missing = [label for label in labels if label not in found]
+    rows = take_rows([*reuse, folder], wanted, labels, study.query_ids)
+    missing = [label for label in labels if label not in rows]
     if missing:
         rest = restrict(restricted, missing)
         compare = load_compare()
@@ -135,10 +124,10 @@ def method_scores(
         gc.collect()  # the pair and its features go before the retrains take the device
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        take(folder)
-        if set(found) != set(labels):
-            raise RuntimeError(f"compare.py did not record the rows {sorted(set(labels) - set(found))}")
-    return {label: found[label] for label in labels}, source
+        rows.update(take_rows([folder], wanted, missing, study.query_ids))
+        if set(rows) != set(labels):
+            raise RuntimeError(f"compare.py did not record the rows {sorted(set(labels) - set(rows))}")
+    return {label: rows[label].scores for label in labels}, {label: rows[label].folder for label in labels}
 
 
 def choose_functions(functions: Sequence[str], count: int | None, seed: int) -> list[str]:
