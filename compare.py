@@ -200,9 +200,17 @@ def run(cfg: Namespace, out: Path) -> str | None:
         batch_size=cfg.model.score_batch_size,
     )
     results, quiet = [], global_rank(cfg.model.devices) != 0
-    corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
-    inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
-    taken = take_rows(cfg.scores, inputs, [label for label, _ in methods], test_ids.tolist())
+    # inputs.json (the pair's files hashed): rank 0 writes it; another DDP rank needs it only to take the
+    # same --scores rows as rank 0
+    inputs = None
+    if cfg.scores or not quiet:
+        corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
+        inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
+    taken = (
+        take_rows(cfg.scores, inputs, [label for label, _ in methods], test_ids.tolist())
+        if cfg.scores
+        else {}
+    )
 
     def result(
         label: str, hparams: dict, scores: torch.Tensor, seconds: float, tuned=None, source=None
