@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.counterfactual.jobs import Job, Runner, pair_recipe, run_plan, subsets_of  # noqa: E402
+from probes.counterfactual.jobs import Job, Runner, run_plan, subsets_of  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
 from probes.lm.integrity import file_sha256  # noqa: E402
+from probes.lm.recipe import pair_recipe  # noqa: E402
 from probes.lm.train_lm import schedule  # noqa: E402
 
 

@@ -10,49 +10,17 @@ small matrices lose to plain ones on a CPU), while on a GPU one process trains `
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from probes.errors import UserError
 from probes.lm.train_lm import TrainConfig, encode_texts, train
 
 Plan = list[tuple[list[int], int]]  # (document indices of one retrain, its data-order seed)
-
-
-def pair_recipe(old: str | Path, corpus_sha256: str) -> tuple[TrainConfig, int]:
-    """(fine-tuning config, data-order seed) of the build that made the pair whose f_old is ``old``.
-
-    Only pairs this project built record how f_new was made (``<pair>/manifest.json`` beside ``old/``);
-    anything else is refused, as is a pair fine-tuned on another corpus than ``corpus_sha256``'s."""
-    manifest_path = Path(old).parent / "manifest.json"
-    if not Path(old).is_dir() or not manifest_path.is_file():
-        raise UserError(
-            f"f_old {str(old)!r} has no build manifest ({manifest_path}): the counterfactual ground truth "
-            "retrains f_old with the recipe that built f_new, which only pairs built by this project record "
-            "(the embedded default, or `python -m probes.lm build --corpus C --out PAIR [--base B]`)"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("kind") == "scratch":
-        cfg = manifest["preset_config"]["finetune"]
-    elif manifest.get("kind") == "base":
-        cfg = manifest["finetune_config"]
-    else:
-        raise UserError(f"{manifest_path}: unknown pair kind {manifest.get('kind')!r} (scratch or base)")
-    recorded = manifest.get("corpus", {}).get("sha256")
-    if recorded != corpus_sha256:
-        raise UserError(
-            f"{manifest_path}: f_new was fine-tuned on another corpus ({manifest['corpus'].get('path')}) "
-            "than the config's data.corpus_path; retraining on this corpus would not reproduce f_new"
-        )
-    # build.py fine-tunes with seed + 1 (the pretraining of a scratch pair uses seed)
-    return TrainConfig(**cfg), int(manifest["seed"]) + 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +36,9 @@ class Job:
             logit among them, as everywhere in probes).
         recipe: the fine-tuning config that built f_new.
         device: where retrains run; stack: models trained at once on a GPU.
+        in_place: the fixed-order regime: every retrain runs on the whole corpus with the recipe's batches,
+            the documents outside its subset weighted 0 in place (`probes.lm.train_lm.token_loss`); False:
+            the stochastic regime, a retrain on the subset's documents alone.
     """
 
     old: str
@@ -78,6 +49,7 @@ class Job:
     recipe: TrainConfig
     device: str = "cpu"
     stack: int = 1
+    in_place: bool = False
 
     @property
     def chunk(self) -> int:
@@ -85,7 +57,12 @@ class Job:
         return self.stack if self.device.startswith("cuda") else 1
 
     def describe(self) -> dict:
-        return {"recipe": asdict(self.recipe), "device": self.device, "stack": self.stack}
+        return {
+            "recipe": asdict(self.recipe),
+            "device": self.device,
+            "stack": self.stack,
+            "in_place": self.in_place,
+        }
 
 
 class Runner:
@@ -121,16 +98,36 @@ class Runner:
         from probes.counterfactual.retrain import stacked_outputs, train_stacked
 
         subsets, seeds = [s for s, _ in plan], [seed for _, seed in plan]
+        weights: list = [None] * len(plan)
+        if self.job.in_place:  # every retrain on the whole corpus, its subset's complement weighted 0
+            weights = [as_mask([s], len(self.seqs))[0].double().tolist() for s in subsets]
+            subsets = [list(range(len(self.seqs)))] * len(plan)
         if self.job.device.startswith("cuda") and len(plan) > 1:
             params = train_stacked(
-                self.model, self.seqs, subsets, seeds, self.job.recipe, pad_id=self.pad, progress=progress
+                self.model,
+                self.seqs,
+                subsets,
+                seeds,
+                self.job.recipe,
+                pad_id=self.pad,
+                progress=progress,
+                weights=weights if self.job.in_place else None,
             )
             return torch.stack(stacked_outputs(self.model, params, self.outputs))
         out = []
-        for subset, seed in plan:
+        for subset, seed, w in zip(subsets, seeds, weights, strict=True):
             model = copy.deepcopy(self.model)
             seqs = [self.seqs[i] for i in subset]
-            train(model, seqs, self.job.recipe, pad_id=self.pad, seed=seed, desc="retrain", progress=progress)
+            train(
+                model,
+                seqs,
+                self.job.recipe,
+                pad_id=self.pad,
+                seed=seed,
+                desc="retrain",
+                progress=progress,
+                weights=w,
+            )
             out.append(self.outputs(model))
         return torch.stack(out)
 

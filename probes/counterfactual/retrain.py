@@ -19,36 +19,11 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
+from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.patch import attention_implementation
-from probes.lm.train_lm import ADAMW, TrainConfig, collate, epoch_batches, param_groups, schedule
+from probes.lm.train_lm import ADAMW, TrainConfig, batch_stream, collate, param_groups, schedule, token_loss
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
-
-
-STACKED_ATTENTION = "probes_stacked_causal"
-
-
-def causal_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
-    """Causal attention for models stacked under vmap (transformers passes no mask to an implementation it
-    does not know, and none is needed: batches are right-padded, see `_step_batch`).
-
-    On a GPU, scaled_dot_product_attention, whose CUDA kernels fold vmap's dimension into the batch; on a CPU
-    its fused kernel has no batching rule (vmap would loop over the models), so the scores are explicit, with
-    the softmax in float32 from half precision and in the input's precision otherwise (transformers' eager
-    attention takes it in float32 even for a float64 model)."""
-    groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    if query.is_cuda:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scaling
-        )
-        return out.transpose(1, 2).contiguous(), None
-    scores = (query @ key.transpose(2, 3)) * scaling
-    rows, cols = scores.shape[-2:]
-    future = torch.ones(rows, cols, dtype=torch.bool, device=scores.device).triu(cols - rows + 1)
-    half = query.dtype in (torch.bfloat16, torch.float16)
-    weights = scores.masked_fill(future, float("-inf")).softmax(-1, dtype=torch.float32 if half else None)
-    return (weights.to(query.dtype) @ value).transpose(1, 2).contiguous(), None
 
 
 def stack(model: torch.nn.Module, k: int) -> Stacked:
@@ -76,22 +51,16 @@ def load_into(model: torch.nn.Module, params: dict[str, Tensor]) -> torch.nn.Mod
     return model
 
 
-def _mean_token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"]):
-    """One model's mean next-token cross-entropy over its labelled positions (HF's loss for ``labels``)."""
+def _token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"], weights):
+    """One model's `token_loss` (the recipe's mean next-token loss; ``weights`` None or per row)."""
     logits = functional_call(model, (params, buffers), (input_ids,), {"use_cache": False}).logits
-    # float32 from half precision, as transformers' ForCausalLMLoss; a float64 model keeps float64
-    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
-    targets = labels[:, 1:]
-    total = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-    )
-    return total / (targets != -100).sum()
+    return token_loss(logits, labels, weights)
 
 
 def _step_batch(
     seqs: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], pad_id: int, device
 ) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"]]:
-    """Every model's batch padded to one [K, b, s] block; missing rows carry no labels.
+    """Every model's batch (document indices) padded to one [K, b, s] block; missing rows carry no labels.
 
     Right padding with no attention mask is exact: causal attention never lets a real token see the pad
     after it, and padded positions carry no loss."""
@@ -116,12 +85,15 @@ def train_stacked(
     pad_id: int,
     desc: str = "retrain",
     progress: bool = True,
+    weights: Sequence[Sequence[float]] | None = None,
 ) -> Stacked:
     """Fine-tune K copies of ``model`` at once, copy k on ``seqs[subsets[k]]`` with data-order seed
     ``seeds[k]``; returns the K trained parameter sets stacked (``model`` itself is left unchanged).
 
-    Copy k equals ``train(copy of model, [seqs[i] for i in subsets[k]], cfg, seed=seeds[k])``. Subsets must
-    have one size (they share one learning-rate schedule and so one step count).
+    Copy k equals ``train(copy of model, [seqs[i] for i in subsets[k]], cfg, seed=seeds[k],
+    weights=weights[k])``: ``weights[k][j]`` is the loss weight of document ``subsets[k][j]`` (None: the
+    recipe's own loss). Subsets must have one size (they share one learning-rate schedule and so one step
+    count).
     """
     sizes = {len(s) for s in subsets}
     if len(sizes) != 1 or 0 in sizes:
@@ -141,22 +113,25 @@ def train_stacked(
     total_run, lr_at = schedule(cfg, size)
     opt = torch.optim.AdamW(param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, **ADAMW)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    grad_fn = vmap(grad_and_value(lambda p, i, y: _mean_token_loss(fmodel, buffers, p, i, y)))
+    weighted = weights is not None
+    row_weights = [dict(zip(views[m], weights[m], strict=True)) for m in range(k)] if weighted else None
+    grad_fn = vmap(
+        grad_and_value(lambda p, i, y, w: _token_loss(fmodel, buffers, p, i, y, w if weighted else None))
+    )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    queues: list[list[list[int]]] = [[] for _ in range(k)]
+    streams = [batch_stream(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
     with (
         attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
         tqdm(total=total_run, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar,
     ):
         for _ in range(total_run):
-            if not queues[0]:
-                queues = [epoch_batches(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
-                if len({len(q) for q in queues}) != 1:  # epoch_batches' count depends on the size only
-                    raise AssertionError("subset models got different numbers of batches per epoch")
-            batches = [[views[m][i] for i in queues[m].pop()] for m in range(k)]
+            batches = [[views[m][i] for i in next(streams[m])] for m in range(k)]
             input_ids, labels = _step_batch(seqs, batches, pad_id, device)
+            w = torch.zeros(labels.shape[:2], dtype=torch.float64 if weighted else torch.float32)
+            for m, batch in enumerate(batches):
+                w[m, : len(batch)] = torch.tensor([row_weights[m][i] for i in batch]) if weighted else 1.0
             with autocast:
-                grads, loss = grad_fn(params, input_ids, labels)
+                grads, loss = grad_fn(params, input_ids, labels, w.to(device))
             _clip_per_model(grads, max_norm=1.0)
             for name, p in params.items():
                 p.grad = grads[name]

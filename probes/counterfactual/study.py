@@ -16,8 +16,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.cache import atomic_path
-from probes.counterfactual.jobs import Job, Plan, pair_recipe, run_plan
+from probes.counterfactual.jobs import Job, Plan, run_plan
 from probes.errors import UserError
+from probes.lm.recipe import pair_recipe
 
 PARTS = "parts"  # a run's finished retrains, removed once its results are written
 PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume

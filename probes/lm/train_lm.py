@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,6 +56,15 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, generator: torch.Gene
     return [batches[i] for i in perm]
 
 
+def batch_stream(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """The recipe's batches in training order, epoch after epoch (`epoch_batches`, taken from the end); an
+    epoch's batches are drawn from ``generator`` only once its first batch is asked for."""
+    while True:
+        batches = epoch_batches(lengths, batch_size, generator)
+        while batches:
+            yield batches.pop()
+
+
 def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b s"], Int[Tensor, "b s"]]:
     """Right-padded ``(input_ids, labels)``; padded label positions are -100 (ignored by the loss)."""
     width = max(len(s) for s in seqs)
@@ -65,6 +74,29 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b 
         input_ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, : len(seq)] = torch.tensor(seq)
     return input_ids, labels
+
+
+def token_loss(
+    logits: Float[Tensor, "b s v"], labels: Int[Tensor, "b s"], weights: Float[Tensor, " b"] | None = None
+) -> Float[Tensor, ""]:
+    """The batch's next-token cross-entropy, each row's tokens weighted by ``weights`` (its document's loss
+    weight), divided by the batch's labelled tokens counted unweighted: ``sum_d w_d sum_t ce_dt / N``.
+
+    At w = 1 this is the recipe's loss (transformers' mean over the labelled positions), and a document of
+    weight 0 is dropped in place: its batch, the other documents' terms and the denominator stay as they
+    were (bergson's ``weighted_causal_lm_ce``, MAGIC's convention). Dividing by the weighted count instead
+    would make every other document's weight depend on w_d, so a metagradient would mix the document's own
+    effect with a rescaling of its batch. Logits are taken in float32 from half precision, as transformers
+    does; a float64 model stays float64."""
+    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+    targets = labels[:, 1:]
+    flat = (logits[:, :-1].flatten(0, 1), targets.flatten())
+    if weights is None:
+        total = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="sum")
+    else:
+        per = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="none")
+        total = (per.view(targets.shape) * weights[:, None].to(per.dtype)).sum()
+    return total / (targets != -100).sum()
 
 
 ADAMW = dict(betas=(0.9, 0.98), eps=1e-8)  # the AdamW settings besides lr and weight decay
@@ -112,11 +144,14 @@ def train(
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    weights: Sequence[float] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``seqs`` (full-sequence next-token loss); returns the mean loss per epoch.
 
     Deterministic for a seed on CPU: the data order comes from a seeded generator, dropout is off.
-    ``on_epoch(epoch, mean_loss)`` runs after each epoch (the model in eval mode meanwhile).
+    ``on_epoch(epoch, mean_loss)`` runs after each epoch (the model in eval mode meanwhile). ``weights``: a
+    loss weight per sequence (`token_loss`; 0 drops a sequence in place, keeping the batches of the run on
+    every sequence); None = transformers' own loss, the recipe as it built f_new.
     """
     if not seqs:
         raise ValueError(f"train({desc}): no training sequences")
@@ -131,14 +166,19 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     curve: list[float] = []
-    step, batches, epoch_loss, epoch_n = 0, [], 0.0, 0
+    step, epoch_loss, epoch_n = 0, 0.0, 0
+    stream = batch_stream(lengths, cfg.batch_size, generator)
     with tqdm(total=total_run, desc=desc, unit="step", dynamic_ncols=True, disable=not progress) as bar:
         while step < total_run:
-            if not batches:
-                batches = epoch_batches(lengths, cfg.batch_size, generator)
-            input_ids, labels = (t.to(device) for t in collate([seqs[i] for i in batches.pop()], pad_id))
+            batch = next(stream)
+            input_ids, labels = (t.to(device) for t in collate([seqs[i] for i in batch], pad_id))
             with autocast:
-                loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+                mask = (labels != -100).long()
+                if weights is None:
+                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                else:
+                    w = torch.tensor([float(weights[i]) for i in batch], device=device)
+                    loss = token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels, w)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -148,7 +188,7 @@ def train(
             epoch_loss, epoch_n = epoch_loss + loss.item(), epoch_n + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=f"{step / steps_per_epoch:.1f}")
-            if not batches or step == total_run:
+            if step % steps_per_epoch == 0 or step == total_run:
                 curve.append(epoch_loss / epoch_n)
                 epoch_loss, epoch_n = 0.0, 0
                 if on_epoch is not None:
