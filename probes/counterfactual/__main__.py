@@ -48,7 +48,20 @@ def build_parser() -> ArgumentParser:
     build = ArgumentParser(description="retrain on random subsets: the LDS ground truth")
     _common(build, "the ground-truth folder (resumes an unfinished build of the same settings)")
     build.add_argument("--subsets", type=int, default=32, help="M: random subsets, one retrain each")
-    build.add_argument("--fraction", type=float, default=0.5, help="share of the documents each subset keeps")
+    build.add_argument(
+        "--regime",
+        type=str,
+        default="stochastic",
+        help="stochastic: each subset's documents alone, reshuffled; fixed-order: f_new's run on every "
+        "document, same batches and steps, the dropped ones weighted 0 in place (MAGIC's)",
+    )
+    build.add_argument(
+        "--fraction",
+        type=float | None,
+        default=None,
+        help="stochastic: share of the documents each subset keeps (default 0.5)",
+    )
+    build.add_argument("--drop", type=float | None, default=None, help="fixed-order: share each subset drops")
     build.add_argument(
         "--repeats", type=int, default=0, help="subsets retrained again with another seed (noise ceiling)"
     )
@@ -100,6 +113,8 @@ def _main(argv: list[str] | None) -> Path:
             out,
             subsets=sub.subsets,
             fraction=sub.fraction,
+            drop=sub.drop,
+            regime=sub.regime,
             repeats=sub.repeats,
             seed=sub.seed,
             stack=sub.stack,

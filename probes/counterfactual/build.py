@@ -3,12 +3,14 @@ log-probability after each retrain, and the noise ceiling from subsets retrained
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
 
+from probes.counterfactual.fixed_order import regime_settings
 from probes.counterfactual.ground_truth import GroundTruth, identity, save_ground_truth
 from probes.counterfactual.jobs import as_mask, subsets_of
 from probes.counterfactual.study import ChunkStore, default_workers, load_study, machine, run_chunks
@@ -24,13 +26,18 @@ def build_ground_truth(
     out: Path,
     *,
     subsets: int,
-    fraction: float,
+    fraction: float | None = None,
     repeats: int = 0,
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    regime: str = "stochastic",
+    drop: float | None = None,
 ) -> GroundTruth:
-    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable."""
+    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. The masks
+    mark each subset's kept documents, in either regime (`regime_settings`)."""
+    regime_entries = regime_settings(regime, fraction, drop, repeats)
+    fraction = regime_entries["fraction"]
     if subsets < 3:
         raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
     if not 0 < fraction < 1:
@@ -49,23 +56,24 @@ def build_ground_truth(
     ident = identity(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
     )
-    settings = {"subsets": subsets, "fraction": fraction, "repeats": repeats, "seed": seed, **ident}
+    settings = {"subsets": subsets, "repeats": repeats, "seed": seed, **regime_entries, **ident}
     store = ChunkStore(out, settings)
     workers = default_workers(study.job.device, workers)
-    outputs = run_chunks(store, study.job, plan, workers=workers, desc="ground truth")
+    job = dataclasses.replace(study.job, in_place=regime == "fixed-order")
+    outputs = run_chunks(store, job, plan, workers=workers, desc="ground truth")
     logp = outputs[:, 0]
     corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
     manifest = {
         "version": 1,
         "subsets": subsets,
-        "fraction": fraction,
+        **regime_entries,
         "subset_size": size,
         "repeats": repeats,
         "seeds": {"subsets": seed, "data_order": study.recipe_seed, "repeats": repeat_seed},
         **ident,
         "corpus": {"path": str(corpus_file), "sha256": study.corpus_sha256},
         "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
-        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **study.job.describe()},
+        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **job.describe()},
         "accuracy": outputs[:subsets, 1].mean().item(),  # the retrained models' mean test accuracy
         "seconds": round(time.time() - started, 1),
         "workers": workers,
@@ -89,8 +97,10 @@ def build_ground_truth(
 def describe(gt: GroundTruth) -> str:
     m = gt.manifest
     ceiling = m["noise_ceiling"]
+    kept = f"dropping {m['drop']:g} in place" if m.get("regime") == "fixed-order" else "reshuffled"
     line = (
-        f"{m['subsets']} subsets of {m['subset_size']} documents, {len(m['queries']['ids'])} test queries, "
+        f"{m['subsets']} subsets of {m['subset_size']} documents ({kept}), "
+        f"{len(m['queries']['ids'])} test queries, "
         f"{m['seconds']:.0f} s; mean answer log-prob {gt.outputs.mean():.3f}"
     )
     if ceiling:
