@@ -67,21 +67,21 @@ def metagradients(
     dtype = next(iter(replay.initial()[0].values())).dtype
     weights = torch.ones(n, dtype=dtype, device=replay.device) if weights is None else weights
     every = every or max(1, round(replay.steps**0.5))
+    saved, final = checkpoints(replay, weights, every)
     with replay.attention():
-        saved, final = checkpoints(replay, weights, every)
         cotangent = output_cotangents(outputs, final[0], q)
-        scores = torch.zeros(q, n, dtype=torch.float64, device=replay.device)
-        bar = tqdm(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
-        for start in sorted(saved, reverse=True):
-            stop = min(start + every, replay.steps)
-            first = saved.pop(start)
-            states = [first, *replay.run(first, start, stop - 1, weights)]  # the states before each step
-            for t in range(stop - 1, start - 1, -1):
-                cotangent, weight_cotangent = _step_back(replay, states.pop(), t, weights, cotangent)
-                index = torch.tensor(replay.batches[t], device=scores.device)
-                scores.index_add_(1, index, weight_cotangent.to(scores.dtype))
-                bar.update(1)
-        bar.close()
+    scores = torch.zeros(q, n, dtype=torch.float64, device=replay.device)
+    bar = tqdm(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
+    for start in sorted(saved, reverse=True):
+        stop = min(start + every, replay.steps)
+        first = saved.pop(start)
+        states = [first, *replay.run(first, start, stop - 1, weights)]  # the states before each step
+        for t in range(stop - 1, start - 1, -1):
+            cotangent, weight_cotangent = _step_back(replay, states.pop(), t, weights, cotangent)
+            index = torch.tensor(replay.batches[t], device=scores.device)
+            scores.index_add_(1, index, weight_cotangent.to(scores.dtype))
+            bar.update(1)
+    bar.close()
     return scores
 
 
@@ -92,8 +92,9 @@ def _step_back(
     step ``t``'s documents ([q, b])."""
     ids, labels = replay.inputs(t)
     w = replay.batch_weights(weights, t)
-    _, pull = vjp(lambda s, w_: replay.step(s, t, ids, labels, w_), state, w)
-    return vmap(pull)(cotangent)
+    with replay.attention():
+        _, pull = vjp(lambda s, w_: replay.step(s, t, ids, labels, w_, traced=True), state, w)
+        return vmap(pull)(cotangent)
 
 
 def answer_logprobs(replay: Replay, prompts: list[list[int]], answers: list[int]) -> Outputs:

@@ -6,8 +6,9 @@ model, so that a step can be replayed forward and differentiated (MAGIC's metagr
 Every operation of a step is the out-of-place form of what ``train`` runs (torch's single-tensor AdamW:
 ``lerp`` for the first moment, ``addcmul`` for the second, ``addcdiv`` for the update; ``clip_grad_norm_``'s
 norm of per-parameter norms), so at w = 1 the replay ends at f_new's weights (tests/test_magic.py: 1e-6 in
-float32 on a CPU). Attention is `probes.lm.causal.explicit_attention`, the only implementation that
-differentiates twice; batches are right-padded and need no mask.
+float32 on a CPU). Forward, the model runs its own attention with train's mask; differentiated (inside
+`Replay.attention`), `probes.lm.causal.explicit_attention`, the only implementation that differentiates
+twice (batches are right-padded, so it needs no mask).
 """
 
 from __future__ import annotations
@@ -88,14 +89,27 @@ class Replay:
     def loss(self, params: dict[str, Tensor], ids, labels, weights: Float[Tensor, " b"]) -> Tensor:
         """The batch's weighted loss (`token_loss`) at ``params``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.autocast)):
-            logits = functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False}).logits
+            mask = (labels != -100).long()  # train's attention mask (explicit attention needs none)
+            kwargs = {"attention_mask": mask, "use_cache": False}
+            logits = functional_call(self.model, (params, self.buffers), (ids,), kwargs).logits
         return token_loss(logits, labels, weights)
 
-    def step(self, state: State, t: int, ids, labels, weights: Float[Tensor, " b"]) -> State:
-        """One step of the recipe (pure; differentiable through the loss gradient): clipped gradient, then
-        torch's AdamW update with step count ``t + 1``."""
-        params, exp_avg, exp_avg_sq = state
-        grads = torch.func.grad(self.loss)(params, ids, labels, weights)
+    def step(
+        self, state: State, t: int, ids, labels, weights: Float[Tensor, " b"], traced: bool = False
+    ) -> State:
+        """One step of the recipe: clipped gradient, then torch's AdamW update with step count ``t + 1``.
+
+        ``traced``: the loss gradient by ``torch.func.grad``, so that torch.func can differentiate the step;
+        otherwise by ``torch.autograd.grad``, which gives ``loss.backward()``'s floats in ``train`` (the
+        functorch gradient differs from it by ~1e-8, which Adam's first steps amplify to ~1e-6)."""
+        params = state[0]
+        if traced:
+            grads = torch.func.grad(self.loss)(params, ids, labels, weights)
+        else:
+            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            with torch.enable_grad():
+                loss = self.loss(leaves, ids, labels, weights)
+                grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
         coef = (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0)
         return adamw(state, {n: g * coef for n, g in grads.items()}, self.lrs[t], t + 1, self.decay)

@@ -177,7 +177,7 @@ def train(
                 if weights is None:
                     loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
                 else:
-                    w = torch.tensor([float(weights[i]) for i in batch], device=device)
+                    w = torch.tensor([weights[i] for i in batch], dtype=torch.float64, device=device)
                     loss = token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels, w)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
