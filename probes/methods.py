@@ -95,6 +95,7 @@ BUILTIN: dict[str, str] = {
     "grad_sim": "baselines.grad_sim",
     "ekfac": "baselines.ekfac",
     "trackstar": "baselines.trackstar",
+    "magic": "baselines.magic",
     "dlp": "probes.models.method",
 }
 

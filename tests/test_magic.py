@@ -7,14 +7,33 @@ import copy
 
 import pytest
 import torch
-from lm_fixtures import QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model
+import yaml
+from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
+from lm_fixtures import (
+    QUERIES,
+    TEXTS,
+    build_tokenizer,
+    exact_float64,
+    make_micro_model,
+    make_micro_pair,
+    micro_rows,
+)
+from safetensors.torch import load_file
+from test_compare import load_compare
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from probes.lm.metagrad import answer_logprobs, metagradients
+from baselines.magic import Oracle
+from probes.counterfactual.ground_truth import split_queries
+from probes.data.hops import HopsData
+from probes.lm.integrity import file_sha256
+from probes.lm.metagrad import Metagradients, answer_logprobs
+from probes.lm.recipe import pair_recipe
 from probes.lm.replay import Replay
 from probes.lm.scoring import tokenize
 from probes.lm.train_lm import TrainConfig, encode_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+compare = load_compare()
 
 # 8 documents in batches of 3 (the last short) for 2 epochs: 6 steps, each document seen twice; the
 # learning rate is high enough that clipping acts on some steps
@@ -31,7 +50,7 @@ def run():
     prompts = [item.ids for item in tokenize(tokenizer, [q.prompt for q in QUERIES], as_prompt=True)]
     answers = tokenizer.convert_tokens_to_ids([q.answer for q in QUERIES])
     outputs = answer_logprobs(replay, prompts, answers)
-    scores = metagradients(replay, outputs, len(QUERIES), every=2, progress=False)
+    scores = Metagradients(replay, every=2)(outputs, len(QUERIES), progress=False)
     return {"model": model, "seqs": seqs, "replay": replay, "outputs": outputs, "scores": scores}
 
 
@@ -66,9 +85,12 @@ def test_metagradient_equals_central_difference_of_retraining(run, documents):
 
 def test_checkpoint_spacing_and_query_subsets_do_not_change_scores(run):
     replay = run["replay"]
-    every_step = metagradients(replay, run["outputs"], len(QUERIES), every=1, progress=False)
+    every_step = Metagradients(replay, every=1)(run["outputs"], len(QUERIES), progress=False)
     torch.testing.assert_close(every_step, run["scores"], rtol=1e-10, atol=1e-12)
-    one = metagradients(replay, lambda p: run["outputs"](p)[2:3], 1, every=4, progress=False)
+    again = Metagradients(replay, every=4)
+    one = again(lambda p: run["outputs"](p)[2:3], 1, progress=False)
+    twice = again(lambda p: run["outputs"](p)[2:3], 1, progress=False)  # the checkpoints are reused
+    assert torch.equal(one, twice)
     torch.testing.assert_close(one[0], run["scores"][2], rtol=1e-10, atol=1e-12)
 
 
@@ -87,3 +109,42 @@ def test_replay_at_weight_one_is_the_trained_model():
     for name, p in trained.named_parameters():
         assert (p - model.get_parameter(name)).abs().max() > 1e-3  # trained, so agreement is not trivial
         torch.testing.assert_close(state[0][name], p.detach(), rtol=0, atol=1e-6, msg=name)
+
+
+def test_magic_row_in_compare_is_the_oracle_of_the_pair(counterfactual_world, tmp_path):
+    """compare.py's ``magic`` row (2 queries per reverse pass) holds, per test query, the metagradients of
+    the pair's own recipe computed directly, and is refused for a pair without a recipe."""
+    world = counterfactual_world
+    methods = [{"label": "magic", "method": "magic", "options": {"query_batch": 2}}]
+    cfg = yaml.safe_load(world["config"].read_text())
+    cfg["methods"] = methods
+    config = tmp_path / "magic.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = compare.main(["--config", str(config), "--out", str(tmp_path / "out")])
+    scores = load_file(str(out / "scores.safetensors"))["magic"]
+    data = HopsData(corpus_path=cfg["data"]["corpus_path"], inputs=[1, 2, 3], test_fraction=0.4).prepare()
+    ids, _ = split_queries(data, "test")
+    old = cfg["model"]["old"]
+    tokenizer = AutoTokenizer.from_pretrained(old)
+    model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32)
+    recipe, seed = pair_recipe(old, file_sha256(world["corpus"]))
+    seqs = encode_texts(tokenizer, data.corpus.texts)
+    oracle = Oracle(model, tokenizer, seqs, recipe, seed, every=None, autocast=None)
+    expected = oracle.scores([data.queries[i] for i in ids], query_batch=len(ids)).float()
+    assert scores.shape == (len(ids), len(seqs)) and scores.abs().max() > 0
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_magic_refuses_a_pair_without_a_recipe(tmp_path, write_jsonl, capsys):
+    corpus = write_jsonl(micro_rows(), "micro.jsonl")
+    old, new = make_micro_pair(tmp_path / "pair")  # saved models, no build manifest
+    cfg = {
+        "data": {"corpus_path": str(corpus), "inputs": [1, 2, 3], "test_fraction": 0.4},
+        "model": {"old": str(old), "new": str(new), "dtype": "float32"},
+        "methods": [{"label": "magic", "method": "magic", "options": {}}],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "has no build manifest" in capsys.readouterr().err

@@ -44,45 +44,43 @@ def output_cotangents(outputs: Outputs, params: dict[str, Tensor], q: int) -> St
     return grads, zeros, {n: z.clone() for n, z in zeros.items()}
 
 
-def metagradients(
-    replay: Replay,
-    outputs: Outputs,
-    q: int,
-    *,
-    weights: Float[Tensor, " n"] | None = None,
-    every: int | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "q n"]:
-    """d outputs(final params) / d w at ``weights`` (default: every document at 1), ``[q, n]``.
+class Metagradients:
+    """d outputs(final params) / d w at ``weights`` (default: every document at 1), ``[q, n]``, for any
+    outputs: the forward pass (checkpoints) runs once, each call one reverse pass.
 
     Args:
         replay: the fine-tune.
-        outputs: the q outputs at the final parameters (e.g. each test query's answer log-probability).
-        q: how many outputs ``outputs`` returns.
         weights: the documents' loss weights the derivative is taken at.
         every: steps between checkpoints (default: about the square root of the step count, which balances
             the checkpoints against one segment's states).
     """
-    n = len(replay.seqs)
-    dtype = next(iter(replay.initial()[0].values())).dtype
-    weights = torch.ones(n, dtype=dtype, device=replay.device) if weights is None else weights
-    every = every or max(1, round(replay.steps**0.5))
-    saved, final = checkpoints(replay, weights, every)
-    with replay.attention():
-        cotangent = output_cotangents(outputs, final[0], q)
-    scores = torch.zeros(q, n, dtype=torch.float64, device=replay.device)
-    bar = tqdm(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
-    for start in sorted(saved, reverse=True):
-        stop = min(start + every, replay.steps)
-        first = saved.pop(start)
-        states = [first, *replay.run(first, start, stop - 1, weights)]  # the states before each step
-        for t in range(stop - 1, start - 1, -1):
-            cotangent, weight_cotangent = _step_back(replay, states.pop(), t, weights, cotangent)
-            index = torch.tensor(replay.batches[t], device=scores.device)
-            scores.index_add_(1, index, weight_cotangent.to(scores.dtype))
-            bar.update(1)
-    bar.close()
-    return scores
+
+    def __init__(self, replay: Replay, weights: Float[Tensor, " n"] | None = None, every: int | None = None):
+        dtype = next(iter(replay.initial()[0].values())).dtype
+        n = len(replay.seqs)
+        self.replay, self.every = replay, every or max(1, round(replay.steps**0.5))
+        self.weights = torch.ones(n, dtype=dtype, device=replay.device) if weights is None else weights
+        self.saved, self.final = checkpoints(replay, self.weights, self.every)
+
+    def __call__(self, outputs: Outputs, q: int, progress: bool = True) -> Float[Tensor, "q n"]:
+        """The metagradients of the q outputs ``outputs`` returns (e.g. each test query's answer
+        log-probability), summed over every step that holds a document."""
+        replay, every = self.replay, self.every
+        with replay.attention():
+            cotangent = output_cotangents(outputs, self.final[0], q)
+        scores = torch.zeros(q, len(replay.seqs), dtype=torch.float64, device=replay.device)
+        bar = tqdm(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
+        for start in sorted(self.saved, reverse=True):
+            stop = min(start + every, replay.steps)
+            first = self.saved[start]
+            states = [first, *replay.run(first, start, stop - 1, self.weights)]  # the states before each step
+            for t in range(stop - 1, start - 1, -1):
+                cotangent, weight_cotangent = _step_back(replay, states.pop(), t, self.weights, cotangent)
+                index = torch.tensor(replay.batches[t], device=scores.device)
+                scores.index_add_(1, index, weight_cotangent.to(scores.dtype))
+                bar.update(1)
+        bar.close()
+        return scores
 
 
 def _step_back(

@@ -51,7 +51,8 @@ class Replay:
     autocast: bool | None = None
 
     def __post_init__(self) -> None:
-        self.model = copy.deepcopy(self.model).train()
+        # every parameter trains, as in the recipe (a frozen f_old, e.g. a compared pair's, is copied)
+        self.model = copy.deepcopy(self.model).train().requires_grad_(True)
         self.device = next(self.model.parameters()).device
         self.buffers = dict(self.model.named_buffers())
         total, lr_at = schedule(self.cfg, len(self.seqs))

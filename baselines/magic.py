@@ -1,0 +1,97 @@
+"""MAGIC (Ilyas & Engstrom 2025): the exact first-order effect of each document on each test answer, by
+metagradients through the whole fine-tune that made f_new (an oracle for pairs whose recipe is recorded)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probes.lm.integrity import file_sha256
+from probes.lm.metagrad import Metagradients, answer_logprobs
+from probes.lm.recipe import pair_recipe
+from probes.lm.replay import Replay
+from probes.lm.scoring import answer_token_ids, tokenize
+from probes.lm.train_lm import encode_texts
+from probes.methods import AttributionContext, Method, register
+
+
+@register("magic")
+class Magic(Method):
+    """``score[q, d] = d log p_fnew(answer_q | prompt_q) / d w_d`` at w = 1, where w_d weights document d's
+    loss in every batch that holds it (`probes.lm.train_lm.token_loss`: ``sum_d w_d sum_t ce_dt / N``, N the
+    batch's labelled tokens counted unweighted, so w_d = 0 drops d in place, as the fixed-order regime of
+    ``python -m probes.counterfactual build`` does). Higher = the document helps the answer: dropping it
+    changes the answer's log-probability by about ``-score`` (to first order; Adam's first steps make the
+    run far from linear in w, so a whole drop is only approximated).
+
+    The fine-tune is replayed from f_old with the recipe in the pair's build manifest (its batches for the
+    seed, schedule, clipping, AdamW groups; `probes.lm.replay`) and differentiated in reverse through every
+    step, checkpointing every ``every`` steps and recomputing in between (`probes.lm.metagrad`), several
+    queries per reverse pass. Not ``bergson.magic``: its trainer draws fixed-size batches of consecutive
+    rows (the recipe's length-bucketed batches vary in size), uses torchopt's AdamW with one weight decay for
+    every parameter (the recipe exempts embeddings and norms) and no autocast, and takes one output per
+    reverse pass, so it cannot replay this recipe to f_new's weights nor give a score per query.
+
+    A pair without a recipe (a hub pair, or one fine-tuned on another corpus) is refused.
+
+    Args:
+        query_batch: queries per reverse pass (each keeps three parameter-sized cotangents).
+        every: steps between checkpoints; None = about the square root of the step count.
+        autocast: bf16 autocast in the replayed loss; None = as the recipe ran (on a GPU).
+    """
+
+    batches_queries = True
+
+    def __init__(self, query_batch: int = 64, every: int | None = None, autocast: bool | None = None):
+        if query_batch < 1 or (every is not None and every < 1):
+            raise ValueError(f"method 'magic': query_batch ({query_batch}) and every ({every}) must be >= 1")
+        super().__init__(query_batch=query_batch, every=every, autocast=autocast)
+
+    def prepare(self, ctx: AttributionContext) -> None:
+        pair = ctx.require("pair", self.name)
+        if ctx.corpus.path is None:
+            raise ValueError("method 'magic': the corpus has no file, so no recipe can be matched to it")
+        dtype = next(pair.old.parameters()).dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"method 'magic': f_old is {dtype}; the recipe ran in float32, so replaying it needs "
+                "model.dtype float32 (or float64)"
+            )
+        recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path))
+        seqs = encode_texts(pair.tokenizer, ctx.corpus.texts)
+        s = self.settings
+        self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], s["autocast"])
+        self.queries, self.cache = ctx.queries, {}
+
+    def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
+        new = [i for i in dict.fromkeys(query_ids.tolist()) if i not in self.cache]
+        if new:
+            rows = self.oracle.scores([self.queries[i] for i in new], self.settings["query_batch"])
+            self.cache.update(zip(new, rows.float().cpu(), strict=True))
+        return torch.stack([self.cache[i] for i in query_ids.tolist()])
+
+
+class Oracle:
+    """The metagradients of one pair's fine-tune for any queries (the forward replay runs once)."""
+
+    def __init__(self, old, tokenizer, seqs, recipe, seed: int, every: int | None, autocast: bool | None):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.tokenizer = tokenizer
+        self.replay = Replay(old, seqs, recipe, seed, pad, autocast)
+        self.metagradients = Metagradients(self.replay, every=every)
+
+    def scores(self, queries: Sequence, query_batch: int) -> Float[Tensor, "q n"]:
+        """``[q, n]`` for queries with ``prompt`` and ``constant``, ``query_batch`` per reverse pass."""
+        prompts = [item.ids for item in tokenize(self.tokenizer, [q.prompt for q in queries], as_prompt=True)]
+        answers = answer_token_ids(self.tokenizer, [q.constant for q in queries]).tolist()
+        rows = []
+        chunks = range(0, len(queries), query_batch)
+        for start in tqdm(chunks, desc="magic queries", disable=len(chunks) < 2):
+            end = min(start + query_batch, len(queries))
+            outputs = answer_logprobs(self.replay, prompts[start:end], answers[start:end])
+            rows.append(self.metagradients(outputs, end - start).cpu())
+        return torch.cat(rows)
