@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from test_compare import load_compare
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baselines.magic import Oracle
+from probes.counterfactual.__main__ import main as counterfactual_main
 from probes.counterfactual.ground_truth import split_queries
 from probes.data.hops import HopsData
 from probes.lm.integrity import file_sha256
@@ -133,6 +135,19 @@ def test_magic_row_in_compare_is_the_oracle_of_the_pair(counterfactual_world, tm
     expected = oracle.scores([data.queries[i] for i in ids], query_batch=len(ids)).float()
     assert scores.shape == (len(ids), len(seqs)) and scores.abs().max() > 0
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-7)
+    # the oracle command writes the same matrix for the test split, and any other split's, checksummed
+    for split, name in (("test", "test"), ("validation", "val"), ("train", "train")):
+        folder = counterfactual_main(
+            ["oracle", "--config", str(config), "--out", str(tmp_path / split), "--split", split]
+        )
+        manifest = json.loads((folder / "manifest.json").read_text())
+        tensors = load_file(str(folder / "oracle.safetensors"))
+        assert manifest["sha256"]["oracle.safetensors"] == file_sha256(folder / "oracle.safetensors")
+        assert tensors["query_ids"].tolist() == manifest["queries"]["ids"] == data.split_ids[name].tolist()
+        assert tensors["scores"].shape == (len(manifest["queries"]["ids"]), len(seqs))
+        assert manifest["recipe"]["seed"] == seed and manifest["pair"]["old"] == old
+        if split == "test":
+            torch.testing.assert_close(tensors["scores"], scores, rtol=1e-5, atol=1e-8)
 
 
 def test_magic_refuses_a_pair_without_a_recipe(tmp_path, write_jsonl, capsys):

@@ -1,7 +1,8 @@
-"""python -m probes.counterfactual build|remove --config configs/compare.yaml ...
+"""python -m probes.counterfactual build|remove|oracle --config configs/compare.yaml ...
 
 build   retrain f_old on M random document subsets (f_new's recipe) -> GT/ground_truth.safetensors
 remove  drop each method's top-k documents per test function, retrain, and measure the answer's loss
+oracle  MAGIC's [q, n] influence matrix for every query of a split -> OUT/oracle.safetensors
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from probes.errors import check_writable_folder, cli_main
 from probes.outputs import check_output_folder
 
 
-def _common(parser: ArgumentParser, out_help: str) -> None:
+def _base(parser: ArgumentParser, out_help: str) -> None:
+    """The config's data and pair, the output folder and --overwrite."""
     add_study_arguments(parser)
     parser.add_argument("--out", type=str, required=True, help=out_help)
     parser.add_argument(
@@ -25,6 +27,11 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         default=False,
         help="write into an output folder that holds other files too (kept; only this command's files go)",
     )
+
+
+def _common(parser: ArgumentParser, out_help: str) -> None:
+    """`_base` and the retrains' seed, stacking and workers (build, remove)."""
+    _base(parser, out_help)
     parser.add_argument(
         "--seed",
         type=int,
@@ -84,6 +91,19 @@ def build_parser() -> ArgumentParser:
         "content) are reused, the others scored into OUT/compare",
     )
     commands.add_subcommand("remove", remove)
+    oracle = ArgumentParser(description="MAGIC's influence matrix for a split's queries, with a manifest")
+    _base(oracle, "the oracle folder (oracle.safetensors, manifest.json)")
+    oracle.add_argument("--split", type=str, default="test", help="train, validation or test")
+    oracle.add_argument(
+        "--query_batch", type=int, default=64, help="queries per reverse pass through the run"
+    )
+    oracle.add_argument(
+        "--every",
+        type=int | None,
+        default=None,
+        help="steps between checkpoints (default: sqrt of the steps)",
+    )
+    commands.add_subcommand("oracle", oracle)
     return parser
 
 
@@ -93,19 +113,29 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _main(argv: list[str] | None) -> Path:
-    from probes.counterfactual import ground_truth, remove
+    from probes.counterfactual import ground_truth, oracle, remove
 
     cfg = build_parser().parse_args(argv)
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)
     check_writable_folder(out, "out")
-    own = (*ground_truth.FILES, "parts/", "plan.json") if cfg.command == "build" else remove.FILES
+    own = {
+        "build": (*ground_truth.FILES, "parts/", "plan.json"),
+        "remove": remove.FILES,
+        "oracle": oracle.FILES,
+    }[cfg.command]
     inputs = [sub.data.corpus_path, sub.model.old, sub.model.new, sub.dlp_checkpoint]
     check_output_folder(out, own, overwrite=sub.overwrite, inputs=inputs)
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
-    if cfg.command == "build":
+    if cfg.command == "oracle":
+        manifest = oracle.write_oracle(
+            sub, out, split=sub.split, query_batch=sub.query_batch, every=sub.every
+        )
+        shape = f"[{len(manifest['queries']['ids'])}, {manifest['documents']['count']}]"
+        print(f"Wrote {', '.join(oracle.FILES)} to {out}/: {shape} in {manifest['seconds']:.0f} s")
+    elif cfg.command == "build":
         from probes.counterfactual.build import build_ground_truth, describe
 
         gt = build_ground_truth(

@@ -79,8 +79,13 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
 
 
 def machine(job: Job) -> dict:
-    device = torch.cuda.get_device_name() if job.device.startswith("cuda") else platform.processor() or "cpu"
-    return {"platform": platform.platform(), "device": device, "torch": torch.__version__}
+    return machine_name(job.device)
+
+
+def machine_name(device: str) -> dict:
+    """The platform, the device's name and torch's version, for a manifest."""
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    return {"platform": platform.platform(), "device": name, "torch": torch.__version__}
 
 
 class ChunkStore:

@@ -1,0 +1,85 @@
+"""``oracle``: MAGIC's influence matrix ``[q, n]`` for every query of a split, as data other tools can train
+on (e.g. the DLP's pairwise head on measured influence), with a manifest naming what it belongs to.
+
+``OUT/oracle.safetensors`` holds ``scores`` (float32 [q, n]: d log p(answer_q) / d w_d at w = 1 through
+f_new's recorded fine-tune, documents in corpus order; higher = the document helps the answer, dropping it
+changes the log-probability by about -score) and ``query_ids`` (int64 [q], the split's query ids in order).
+``OUT/manifest.json`` (written last) records the pair, corpus, recipe, queries and the tensors' SHA-256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from safetensors.torch import save_file
+
+from probes.cache import atomic_path
+from probes.errors import UserError
+
+TENSORS_FILE = "oracle.safetensors"
+MANIFEST_FILE = "manifest.json"
+FILES = (TENSORS_FILE, MANIFEST_FILE)
+SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+SIGN = (
+    "d log p(answer | prompt) under f_new / d w_doc at w = 1; higher helps; dropping changes it by ~ -score"
+)
+
+
+def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, every: int | None) -> dict:
+    """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``;
+    returns the manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from baselines.magic import Oracle
+    from probes.compare_config import PairConfig
+    from probes.counterfactual.ground_truth import identity, split_queries
+    from probes.counterfactual.study import machine_name
+    from probes.data.hops import HopsData
+    from probes.lm.integrity import file_sha256
+    from probes.lm.recipe import pair_recipe
+    from probes.lm.train_lm import encode_texts
+
+    if split not in SPLITS:
+        raise UserError(f"--split={split!r}: give one of train, validation, test")
+    started = time.time()
+    data = HopsData(**cfg.data.as_dict())
+    data.prepare()
+    pair = PairConfig(**cfg.model.as_dict())
+    old, new = pair.paths(cfg.data.corpus_path)
+    corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
+    corpus_sha256 = file_sha256(corpus_file)
+    recipe, seed = pair_recipe(old, corpus_sha256)
+    tokenizer = AutoTokenizer.from_pretrained(old)
+    model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
+    query_ids, query_texts = split_queries(data, SPLITS[split])
+    ident = identity(data.corpus.texts, query_ids, query_texts, model, old, new)  # hashed on the CPU
+    seqs = encode_texts(tokenizer, data.corpus.texts)
+    oracle = Oracle(model.to(pair.device), tokenizer, seqs, recipe, seed, every, None)
+    scores = oracle.scores([data.queries[i] for i in query_ids], query_batch)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    tensors = {"scores": scores.float().contiguous(), "query_ids": torch.tensor(query_ids, dtype=torch.long)}
+    with atomic_path(out / TENSORS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    manifest = {
+        "version": 1,
+        "method": "magic",
+        "sign": SIGN,
+        "split": split,
+        **ident,
+        "corpus": {"path": str(corpus_file), "sha256": corpus_sha256},
+        "data": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
+        "recipe": {"pair_manifest": str(Path(old).parent / "manifest.json"), "seed": seed, **asdict(recipe)},
+        "settings": {"query_batch": query_batch, "every": oracle.metagradients.every, "device": pair.device},
+        "sha256": {TENSORS_FILE: file_sha256(out / TENSORS_FILE)},
+        "seconds": round(time.time() - started, 1),
+        "machine": machine_name(pair.device),
+    }
+    with atomic_path(out / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
