@@ -9,9 +9,10 @@ changes the log-probability by about -score) and ``query_ids`` (int64 [q], the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -30,15 +31,23 @@ SIGN = (
 )
 
 
-def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, every: int | None) -> dict:
-    """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``;
-    returns the manifest."""
+@dataclass
+class Loaded:
+    """What the oracle of one config and split is computed from."""
+
+    oracle: object  # baselines.magic.Oracle (imported lazily: it pulls in the replay)
+    queries: list
+    manifest: dict  # the manifest's entries that describe the inputs
+
+
+def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 0) -> Loaded:
+    """The config's pair, corpus and recipe as a `baselines.magic.Oracle` (its forward replay done) and the
+    split's queries; ``max_steps`` caps the replayed run (benchmarks only: 0 = the recipe's own)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from baselines.magic import Oracle
     from probes.compare_config import PairConfig
     from probes.counterfactual.ground_truth import identity, split_queries
-    from probes.counterfactual.study import machine_name
     from probes.data.hops import HopsData
     from probes.lm.integrity import file_sha256
     from probes.lm.recipe import pair_recipe
@@ -46,7 +55,6 @@ def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, eve
 
     if split not in SPLITS:
         raise UserError(f"--split={split!r}: give one of train, validation, test")
-    started = time.time()
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
     pair = PairConfig(**cfg.model.as_dict())
@@ -54,31 +62,52 @@ def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, eve
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
     corpus_sha256 = file_sha256(corpus_file)
     recipe, seed = pair_recipe(old, corpus_sha256)
+    recipe = dataclasses.replace(recipe, max_steps=max_steps) if max_steps else recipe
     tokenizer = AutoTokenizer.from_pretrained(old)
     model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, SPLITS[split])
     ident = identity(data.corpus.texts, query_ids, query_texts, model, old, new)  # hashed on the CPU
     seqs = encode_texts(tokenizer, data.corpus.texts)
     oracle = Oracle(model.to(pair.device), tokenizer, seqs, recipe, seed, every, None)
-    scores = oracle.scores([data.queries[i] for i in query_ids], query_batch)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    tensors = {"scores": scores.float().contiguous(), "query_ids": torch.tensor(query_ids, dtype=torch.long)}
-    with atomic_path(out / TENSORS_FILE) as tmp:
-        save_file(tensors, str(tmp))
     manifest = {
-        "version": 1,
-        "method": "magic",
-        "sign": SIGN,
         "split": split,
         **ident,
         "corpus": {"path": str(corpus_file), "sha256": corpus_sha256},
         "data": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
         "recipe": {"pair_manifest": str(Path(old).parent / "manifest.json"), "seed": seed, **asdict(recipe)},
-        "settings": {"query_batch": query_batch, "every": oracle.metagradients.every, "device": pair.device},
+        "device": pair.device,
+    }
+    return Loaded(oracle, [data.queries[i] for i in query_ids], manifest)
+
+
+def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, every: int | None) -> dict:
+    """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``;
+    returns the manifest."""
+    from probes.counterfactual.study import machine_name
+    from probes.lm.integrity import file_sha256
+
+    started = time.time()
+    loaded = load_oracle(cfg, split, every)
+    scores = loaded.oracle.scores(loaded.queries, query_batch)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    query_ids = torch.tensor([q.index for q in loaded.queries], dtype=torch.long)
+    with atomic_path(out / TENSORS_FILE) as tmp:
+        save_file({"scores": scores.float().contiguous(), "query_ids": query_ids}, str(tmp))
+    device = loaded.manifest.pop("device")
+    manifest = {
+        "version": 1,
+        "method": "magic",
+        "sign": SIGN,
+        **loaded.manifest,
+        "settings": {
+            "query_batch": query_batch,
+            "every": loaded.oracle.metagradients.every,
+            "device": device,
+        },
         "sha256": {TENSORS_FILE: file_sha256(out / TENSORS_FILE)},
         "seconds": round(time.time() - started, 1),
-        "machine": machine_name(pair.device),
+        "machine": machine_name(device),
     }
     with atomic_path(out / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
