@@ -58,9 +58,14 @@ def _token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: I
 
 
 def _step_batch(
-    seqs: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"]]:
-    """Every model's batch (document indices) padded to one [K, b, s] block; missing rows carry no labels.
+    seqs: Sequence[Sequence[int]],
+    batches: Sequence[Sequence[int]],
+    pad_id: int,
+    device,
+    row_weights: Sequence[dict[int, float]] | None = None,
+) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"], Float[Tensor, "k b"]]:
+    """Every model's batch (document indices) padded to one [K, b, s] block, and each row's loss weight
+    (model k's ``row_weights[k][document]``; 1 without weights); missing rows carry no labels.
 
     Right padding with no attention mask is exact: causal attention never lets a real token see the pad
     after it, and padded positions carry no loss."""
@@ -68,11 +73,26 @@ def _step_batch(
     width = max(len(seqs[i]) for b in batches for i in b)
     ids = torch.full((len(batches), rows, width), pad_id, dtype=torch.long)
     labels = torch.full((len(batches), rows, width), -100, dtype=torch.long)
+    weights = torch.zeros(len(batches), rows, dtype=torch.float64)
     for k, batch in enumerate(batches):
         block_ids, block_labels = collate([seqs[i] for i in batch], pad_id)
         ids[k, : len(batch), : block_ids.shape[1]] = block_ids
         labels[k, : len(batch), : block_labels.shape[1]] = block_labels
-    return ids.to(device), labels.to(device)
+        weights[k, : len(batch)] = torch.tensor([row_weights[k][i] for i in batch]) if row_weights else 1.0
+    return ids.to(device), labels.to(device), weights.to(device)
+
+
+def _subset_size(subsets: Sequence[Sequence[int]], seeds: Sequence[int]) -> int:
+    """The one size of the subsets (a ValueError for empty or unequal subsets, or a seed count that
+    differs)."""
+    sizes = {len(s) for s in subsets}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"train_stacked: subsets must be non-empty and of one size, got sizes {sorted(sizes)}"
+        )
+    if len(seeds) != len(subsets):
+        raise ValueError(f"train_stacked: {len(subsets)} subsets but {len(seeds)} seeds")
+    return sizes.pop()
 
 
 def train_stacked(
@@ -90,19 +110,10 @@ def train_stacked(
     """Fine-tune K copies of ``model`` at once, copy k on ``seqs[subsets[k]]`` with data-order seed
     ``seeds[k]``; returns the K trained parameter sets stacked (``model`` itself is left unchanged).
 
-    Copy k equals ``train(copy of model, [seqs[i] for i in subsets[k]], cfg, seed=seeds[k],
-    weights=weights[k])``: ``weights[k][j]`` is the loss weight of document ``subsets[k][j]`` (None: the
-    recipe's own loss). Subsets must have one size (they share one learning-rate schedule and so one step
-    count).
-    """
-    sizes = {len(s) for s in subsets}
-    if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(
-            f"train_stacked: subsets must be non-empty and of one size, got sizes {sorted(sizes)}"
-        )
-    if len(seeds) != len(subsets):
-        raise ValueError(f"train_stacked: {len(subsets)} subsets but {len(seeds)} seeds")
-    k, size = len(subsets), sizes.pop()
+    Copy k equals ``train(copy of model, [seqs[i] for i in subsets[k]], cfg, seed=seeds[k], weights=
+    weights[k])`` (``weights[k][j]``: document ``subsets[k][j]``'s loss weight). Subsets must have one size
+    (they share one learning-rate schedule and so one step count)."""
+    k, size = len(subsets), _subset_size(subsets, seeds)
     fmodel = copy.deepcopy(model).train()
     device = next(fmodel.parameters()).device
     params = stack(fmodel, k)
@@ -113,11 +124,14 @@ def train_stacked(
     total_run, lr_at = schedule(cfg, size)
     opt = torch.optim.AdamW(param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, **ADAMW)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    weighted = weights is not None
-    row_weights = [dict(zip(views[m], weights[m], strict=True)) for m in range(k)] if weighted else None
-    grad_fn = vmap(
-        grad_and_value(lambda p, i, y, w: _token_loss(fmodel, buffers, p, i, y, w if weighted else None))
+    row_weights = (
+        None if weights is None else [dict(zip(views[m], weights[m], strict=True)) for m in range(k)]
     )
+
+    def loss(p, i, y, w):  # the recipe's own loss (w ignored) unless there are weights
+        return _token_loss(fmodel, buffers, p, i, y, None if weights is None else w)
+
+    grad_fn = vmap(grad_and_value(loss))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     streams = [batch_stream(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
     with (
@@ -126,12 +140,9 @@ def train_stacked(
     ):
         for _ in range(total_run):
             batches = [[views[m][i] for i in next(streams[m])] for m in range(k)]
-            input_ids, labels = _step_batch(seqs, batches, pad_id, device)
-            w = torch.zeros(labels.shape[:2], dtype=torch.float64 if weighted else torch.float32)
-            for m, batch in enumerate(batches):
-                w[m, : len(batch)] = torch.tensor([row_weights[m][i] for i in batch]) if weighted else 1.0
+            input_ids, labels, w = _step_batch(seqs, batches, pad_id, device, row_weights)
             with autocast:
-                grads, loss = grad_fn(params, input_ids, labels, w.to(device))
+                grads, loss = grad_fn(params, input_ids, labels, w)
             _clip_per_model(grads, max_norm=1.0)
             for name, p in params.items():
                 p.grad = grads[name]

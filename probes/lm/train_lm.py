@@ -134,6 +134,16 @@ def schedule(cfg: TrainConfig, n: int) -> tuple[int, Callable[[int], float]]:
     return (min(total, cfg.max_steps) if cfg.max_steps else total), lr_at
 
 
+def _batch_loss(model, input_ids: Tensor, labels: Tensor, weights: Sequence[float] | None) -> Tensor:
+    """transformers' own loss of the batch (``weights`` None, the recipe as it built f_new), else
+    `token_loss` with these row weights."""
+    mask = (labels != -100).long()
+    if weights is None:
+        return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    w = torch.tensor(weights, dtype=torch.float64, device=input_ids.device)
+    return token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels, w)
+
+
 def train(
     model: PreTrainedModel,
     seqs: Sequence[Sequence[int]],
@@ -173,12 +183,8 @@ def train(
             batch = next(stream)
             input_ids, labels = (t.to(device) for t in collate([seqs[i] for i in batch], pad_id))
             with autocast:
-                mask = (labels != -100).long()
-                if weights is None:
-                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-                else:
-                    w = torch.tensor([weights[i] for i in batch], dtype=torch.float64, device=device)
-                    loss = token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels, w)
+                rows = None if weights is None else [weights[i] for i in batch]
+                loss = _batch_loss(model, input_ids, labels, rows)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
