@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from probes.lm.integrity import file_sha256
 from probes.lm.metagrad import Metagradients, answer_logprobs
-from probes.lm.recipe import pair_recipe
+from probes.lm.recipe import pair_recipe, recipe_autocast
 from probes.lm.replay import Replay
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.lm.train_lm import encode_texts
@@ -41,7 +41,8 @@ class Magic(Method):
     Args:
         query_batch: queries per reverse pass (each keeps three parameter-sized cotangents).
         every: steps between checkpoints; None = about the square root of the step count.
-        autocast: bf16 autocast in the replayed loss; None = as the recipe ran (on a GPU).
+        autocast: bf16 autocast in the replayed loss; None = as f_new's fine-tune ran (bf16 where the build
+            manifest says it trained on a GPU, float32 otherwise, wherever the replay runs).
     """
 
     batches_queries = True
@@ -64,7 +65,8 @@ class Magic(Method):
         recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path))
         seqs = encode_texts(pair.tokenizer, ctx.corpus.texts)
         s = self.settings
-        self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], s["autocast"])
+        autocast = recipe_autocast(pair.old_path) if s["autocast"] is None else s["autocast"]
+        self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], autocast)
         self.queries, self.cache = ctx.queries, {}
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
@@ -78,7 +80,7 @@ class Magic(Method):
 class Oracle:
     """The metagradients of one pair's fine-tune for any queries (the forward replay runs once)."""
 
-    def __init__(self, old, tokenizer, seqs, recipe, seed: int, every: int | None, autocast: bool | None):
+    def __init__(self, old, tokenizer, seqs, recipe, seed: int, every: int | None, autocast: bool):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tokenizer = tokenizer
         self.replay = Replay(old, seqs, recipe, seed, pad, autocast)

@@ -131,7 +131,7 @@ def test_magic_row_in_compare_is_the_oracle_of_the_pair(counterfactual_world, tm
     model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32)
     recipe, seed = pair_recipe(old, file_sha256(world["corpus"]))
     seqs = encode_texts(tokenizer, data.corpus.texts)
-    oracle = Oracle(model, tokenizer, seqs, recipe, seed, every=None, autocast=None)
+    oracle = Oracle(model, tokenizer, seqs, recipe, seed, every=None, autocast=False)  # a CPU-built pair
     expected = oracle.scores([data.queries[i] for i in ids], query_batch=len(ids)).float()
     assert scores.shape == (len(ids), len(seqs)) and scores.abs().max() > 0
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-7)
@@ -146,6 +146,7 @@ def test_magic_row_in_compare_is_the_oracle_of_the_pair(counterfactual_world, tm
         assert tensors["query_ids"].tolist() == manifest["queries"]["ids"] == data.split_ids[name].tolist()
         assert tensors["scores"].shape == (len(manifest["queries"]["ids"]), len(seqs))
         assert manifest["recipe"]["seed"] == seed and manifest["pair"]["old"] == old
+        assert manifest["recipe"]["bf16_autocast"] is False  # the pair was built on a CPU
         if split == "test":
             torch.testing.assert_close(tensors["scores"], scores, rtol=1e-5, atol=1e-8)
 

@@ -50,7 +50,7 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
     from probes.counterfactual.ground_truth import identity, split_queries
     from probes.data.hops import HopsData
     from probes.lm.integrity import file_sha256
-    from probes.lm.recipe import pair_recipe
+    from probes.lm.recipe import pair_recipe, recipe_autocast
     from probes.lm.train_lm import encode_texts
 
     if split not in SPLITS:
@@ -68,13 +68,18 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
     query_ids, query_texts = split_queries(data, SPLITS[split])
     ident = identity(data.corpus.texts, query_ids, query_texts, model, old, new)  # hashed on the CPU
     seqs = encode_texts(tokenizer, data.corpus.texts)
-    oracle = Oracle(model.to(pair.device), tokenizer, seqs, recipe, seed, every, None)
+    oracle = Oracle(model.to(pair.device), tokenizer, seqs, recipe, seed, every, recipe_autocast(old))
     manifest = {
         "split": split,
         **ident,
         "corpus": {"path": str(corpus_file), "sha256": corpus_sha256},
         "data": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
-        "recipe": {"pair_manifest": str(Path(old).parent / "manifest.json"), "seed": seed, **asdict(recipe)},
+        "recipe": {
+            "pair_manifest": str(Path(old).parent / "manifest.json"),
+            "seed": seed,
+            "bf16_autocast": oracle.replay.autocast,
+            **asdict(recipe),
+        },
         "device": pair.device,
     }
     return Loaded(oracle, [data.queries[i] for i in query_ids], manifest)

@@ -37,3 +37,10 @@ def pair_recipe(old: str | Path, corpus_sha256: str) -> tuple[TrainConfig, int]:
         )
     # build.py fine-tunes with seed + 1 (the pretraining of a scratch pair uses seed)
     return TrainConfig(**cfg), int(manifest["seed"]) + 1
+
+
+def recipe_autocast(old: str | Path) -> bool:
+    """Whether f_new's fine-tune ran under bf16 autocast: `train` autocasts on a GPU, and the build manifest
+    records the device f_new was trained on (a manifest without it: a CPU build, float32)."""
+    manifest = json.loads((Path(old).parent / "manifest.json").read_text())
+    return str(manifest.get("machine", {}).get("device", "cpu")).startswith("cuda")

@@ -40,7 +40,7 @@ class Replay:
         seqs: every document's token ids, in corpus order (weights index them).
         cfg, seed: the recipe and its data-order seed (`probes.lm.recipe.pair_recipe`).
         pad_id: the tokenizer's pad id.
-        autocast: bf16 autocast in the loss; None = as the recipe (on a GPU).
+        autocast: bf16 autocast in the loss (as `train` runs on a GPU); None = on a GPU.
     """
 
     model: torch.nn.Module
