@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from probes.lm.replay import Replay, State
 
+JACOBIAN_CHUNK = 16  # outputs differentiated at once at the final parameters
 # the outputs at the final parameters: params -> [q] (one scalar per output)
 Outputs = Callable[[dict[str, Tensor]], Float[Tensor, " q"]]
 
@@ -38,7 +39,8 @@ def checkpoints(replay: Replay, weights: Float[Tensor, " n"], every: int) -> tup
 def output_cotangents(outputs: Outputs, params: dict[str, Tensor], q: int) -> State:
     """Each output's gradient with respect to the final parameters ([q, *shape] per parameter; zero for
     the moments, which the outputs do not read)."""
-    jac = torch.func.jacrev(outputs)(params)
+    # in chunks: each output's vjp runs over every output's inputs (e.g. the whole batch of prompts)
+    jac = torch.func.jacrev(outputs, chunk_size=JACOBIAN_CHUNK)(params)
     grads = {n: g.detach() for n, g in jac.items()}
     zeros = {n: torch.zeros(q, *p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
     return grads, zeros, {n: z.clone() for n, z in zeros.items()}
