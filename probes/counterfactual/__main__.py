@@ -13,7 +13,6 @@ from jsonargparse import ActionYesNo, ArgumentParser
 
 from probes.compare_config import PairConfig, add_study_arguments
 from probes.errors import check_writable_folder, cli_main
-from probes.outputs import check_output_folder
 
 
 def _common(parser: ArgumentParser, out_help: str) -> None:
@@ -80,16 +79,16 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _main(argv: list[str] | None) -> Path:
-    from probes.counterfactual import ground_truth, remove
+    from probes.counterfactual import build, ground_truth, remove
+    from probes.counterfactual.study import claim
 
     cfg = build_parser().parse_args(argv)
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)
-    check_writable_folder(out, "out")
-    own = (*ground_truth.FILES, "parts/", "plan.json") if cfg.command == "build" else remove.FILES
-    inputs = [sub.data.corpus_path, sub.model.old, sub.model.new, sub.dlp_checkpoint]
-    check_output_folder(out, own, overwrite=sub.overwrite, inputs=inputs)
+    check_writable_folder(out, "out", write=True)
+    kind, own = (build.KIND, build.OWN) if cfg.command == "build" else (remove.KIND, remove.FILES)
+    claim(sub, out, kind, own, overwrite=sub.overwrite, settings={}, write=False)  # the marker: later
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
     if cfg.command == "build":
@@ -104,6 +103,7 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
+            overwrite=sub.overwrite,
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
@@ -117,6 +117,7 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
             reuse=sub.scores,
+            overwrite=sub.overwrite,
         )
         print((out / remove.TABLE).read_text(), end="")
         sources = ", ".join(sorted(set(report["scores"].values())))

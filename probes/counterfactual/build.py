@@ -9,11 +9,23 @@ from pathlib import Path
 import torch
 from jsonargparse import Namespace
 
-from probes.counterfactual.ground_truth import GroundTruth, identity, save_ground_truth
+from probes.counterfactual.ground_truth import FILES, GroundTruth, identity, save_ground_truth
 from probes.counterfactual.jobs import as_mask, subsets_of
-from probes.counterfactual.study import ChunkStore, default_workers, load_study, machine, run_chunks
+from probes.counterfactual.study import (
+    PARTS,
+    PLAN,
+    ChunkStore,
+    claim,
+    default_workers,
+    load_study,
+    machine,
+    run_chunks,
+)
 from probes.errors import UserError
 from probes.metrics.lds import noise_ceiling
+
+KIND = "python -m probes.counterfactual build"  # its output marker's kind
+OWN = (*FILES, f"{PARTS}/", PLAN)  # what it writes into its folder (parts/ and plan.json go at the end)
 
 # the repeats' data order: the recipe's seed + this (the main retrains use the recipe's own seed)
 REPEAT_SEED_OFFSET = 1000
@@ -29,8 +41,10 @@ def build_ground_truth(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    overwrite: bool = False,
 ) -> GroundTruth:
-    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable."""
+    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. ``out``
+    is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write)."""
     if subsets < 3:
         raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
     if not 0 < fraction < 1:
@@ -49,8 +63,9 @@ def build_ground_truth(
     ident = identity(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
     )
-    settings = {"subsets": subsets, "fraction": fraction, "repeats": repeats, "seed": seed, **ident}
-    store = ChunkStore(out, settings)
+    settings = {"subsets": subsets, "fraction": fraction, "repeats": repeats, "seed": seed}
+    output = claim(cfg, out, KIND, OWN, overwrite=overwrite, settings=settings)
+    store = ChunkStore(output, {**settings, **ident})
     workers = default_workers(study.job.device, workers)
     outputs = run_chunks(store, study.job, plan, workers=workers, desc="ground truth")
     logp = outputs[:, 0]
@@ -82,6 +97,7 @@ def build_ground_truth(
     )
     gt.manifest["noise_ceiling"] = noise_ceiling(gt, study.functions)
     save_ground_truth(out, gt)
+    output.record(*FILES)
     store.finish()
     return gt
 
