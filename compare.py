@@ -19,9 +19,8 @@ from probes.errors import (
     cli_main,
 )
 from probes.lm.integrity import file_sha256
-from probes.outputs import claim_output
-from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
-from probes.reuse import KIND, input_paths, record, settings, take_rows
+from probes.report import FILES, MethodResult, as_float32, check_labels, claim_results, write_results
+from probes.reuse import record, take_rows
 
 
 def build_parser() -> ArgumentParser:
@@ -261,9 +260,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
         }
         for i, row in enumerate(data.query_table(test_ids))
     ]
-    output = claim_output(
-        out, KIND, FILES, overwrite=cfg.overwrite, settings=settings(cfg), inputs=input_paths(cfg)
-    )
+    output = claim_results(out, cfg)  # re-checked: files that appeared since the start are kept
     table = write_results(out, results, relevant, rows, random, inputs, counterfactual)
     output.record(*FILES)  # every file's checksum, which a later --scores verifies
     return table
@@ -279,7 +276,7 @@ def _main(argv: list[str] | None) -> Path:
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     check_config(cfg, out)
-    claim_output(out, KIND, FILES, overwrite=cfg.overwrite, inputs=input_paths(cfg), write=False)
+    claim_results(out, cfg, write=False)  # its marker is written in `run`, before the results
     threads = torch.get_num_threads()
     if cfg.model.threads and torch.device(cfg.model.device).type == "cpu":
         torch.set_num_threads(cfg.model.threads)
