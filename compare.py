@@ -48,7 +48,7 @@ def build_parser() -> ArgumentParser:
         "--overwrite",
         action=ActionYesNo,
         default=False,
-        help="write into an output folder that holds other files too (kept; only compare.py's own files go)",
+        help="write beside other files in the output folder (kept: only files its marker records go)",
     )
     return parser
 

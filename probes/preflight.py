@@ -55,9 +55,9 @@ def _checkpoints(entries) -> list[tuple[str, str]]:
 def check_checkpoints(entries) -> None:
     """Refuse a DLP checkpoint that is corrupt, holds pickled objects or has no content record, before any
     model loads; ``entries`` are compare.py's method entries ``(label, method, options, grid)``."""
-    from probes.models import provenance  # Lightning: only when a DLP row is asked for
-
     for where, path in _checkpoints(entries):
+        from probes.models import provenance  # Lightning: only when a DLP row is asked for
+
         check_checkpoint(path, where)
         provenance.read(path, where)
 

@@ -22,7 +22,7 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         "--overwrite",
         action=ActionYesNo,
         default=False,
-        help="write into an output folder that holds other files too (kept; only this command's files go)",
+        help="write beside other files in the output folder (kept: only files its marker records go)",
     )
     parser.add_argument(
         "--seed",

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--overwrite",
         action="store_true",
-        help="write into a folder that holds other files too (they are kept; old/, new/, manifest.json go)",
+        help="write beside other files in --out (kept: only files its marker records are replaced)",
     )
     build.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model/training preset")
     build.add_argument("--seed", type=int, default=0, help="seed of the world, the init and the data order")
