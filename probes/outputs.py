@@ -15,6 +15,12 @@ from probes.cache import atomic_path
 from probes.checksums import failed_files, file_checksums, files_under
 
 MARKER = "probes-output.json"  # {"kind": command, "settings": {...}, "files": {relative path: sha256}}
+LEFTOVER = re.compile(r"^\..+\.tmp$")  # probes.cache.atomic_path's folder for a write a kill interrupted
+
+
+def _leftover(folder: Path, path: Path) -> bool:
+    """Whether ``path`` lies in what an interrupted atomic write left in ``folder`` (the command's own)."""
+    return any(LEFTOVER.match(part) for part in path.relative_to(folder).parts[:-1])
 
 
 class OutputRefused(ValueError):
@@ -80,9 +86,9 @@ class Output:
         marker, root = self._marker(), self.folder / name.rstrip("/")
         for path in files_under(self.folder, [name]):
             relative = path.relative_to(self.folder).as_posix()
-            if relative in marker["files"]:
+            if relative in marker["files"] or _leftover(self.folder, path):
                 path.unlink()
-                del marker["files"][relative]
+                marker["files"].pop(relative, None)
         self._write(marker)
         for sub in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True) if root.is_dir() else []:
             if not any(sub.iterdir()):
@@ -136,7 +142,7 @@ def _refuse_unrecorded(folder: Path, own: list[str], recorded: dict, kind: str, 
     foreign = [
         path.relative_to(folder).as_posix()
         for path in files_under(folder, own)
-        if path.relative_to(folder).as_posix() not in recorded
+        if path.relative_to(folder).as_posix() not in recorded and not _leftover(folder, path)
     ]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

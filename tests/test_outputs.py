@@ -39,6 +39,16 @@ def test_a_claimed_folder_records_what_it_wrote_and_removes_only_that(tmp_path):
         owned(out, KIND).verify("a.txt")
 
 
+def test_what_a_killed_atomic_write_left_in_an_own_folder_does_not_block_a_rerun(tmp_path):
+    out = tmp_path / "out"
+    claim_output(out, KIND, ["parts/"], overwrite=False)
+    leftover = out / "parts" / ".row-000001.safetensors.x1y2.tmp" / "row-000001.safetensors"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    output = claim_output(out, KIND, ["parts/"], overwrite=False)
+    assert output.remove("parts/") == [] and not (out / "parts").exists()
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_folder_that_only_looks_like_the_output_is_never_replaced(tmp_path, overwrite):
     """Regression (issue 25): folders were matched by the names in them, so a user's notes inside a
