@@ -27,17 +27,6 @@ class OutputRefused(ValueError):
     """The output path holds something the command did not write (or an input the command would replace)."""
 
 
-def foreign_entries(folder: Path, own: Iterable[str]) -> list[str]:
-    """Names in ``folder`` other than ``own`` and the leftovers of an interrupted atomic write of one."""
-    own = {name.rstrip("/") for name in own}
-    leftover = re.compile(r"^\.(" + "|".join(map(re.escape, own)) + r")\..*\.tmp$") if own else None
-    return sorted(
-        entry.name
-        for entry in folder.iterdir()
-        if entry.name not in own and not (leftover and leftover.match(entry.name))
-    )
-
-
 def read_marker(folder: str | os.PathLike[str]) -> dict | None:
     """The folder's marker, or None when it has none (or one that is not a marker's JSON object)."""
     path = Path(folder) / MARKER
@@ -160,7 +149,6 @@ def claim_output(
     overwrite: bool,
     settings: dict | None = None,
     inputs: Iterable[str | os.PathLike[str] | None] = (),
-    flag: str = "--overwrite",
     write: bool = True,
 ) -> Output:
     """Claim ``folder`` for the command ``kind``, which writes only the entries ``own`` there: check it (up
@@ -181,14 +169,13 @@ def claim_output(
             f"{folder} holds the output of {marker['kind']} (its {MARKER}); {kind} writes nothing there: "
             "choose another folder"
         )
-    if marker is None and present:
-        foreign = foreign_entries(folder, [])
+    if marker is None and present and not overwrite:
+        foreign = sorted(entry.name for entry in folder.iterdir())
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        if not overwrite:
-            raise OutputRefused(
-                f"{folder} holds files {kind} did not write ({shown}; no {MARKER} of it); choose another "
-                f"folder, or give {flag} to write {', '.join(own)} beside them (none of them is removed)"
-            )
+        raise OutputRefused(
+            f"{folder} holds files {kind} did not write ({shown}; no {MARKER} of it); choose another "
+            f"folder, or give --overwrite to write {', '.join(own)} beside them (none of them is removed)"
+        )
     recorded = marker["files"] if marker is not None else {}
     why = f"not recorded in its {MARKER}" if marker is not None else "the folder has no marker"
     _refuse_unrecorded(folder, own, recorded, kind, why)
