@@ -43,17 +43,17 @@ class DLPMethod(Method):
     def prepare(self, ctx: AttributionContext) -> None:
         pair = ctx.pair
         checkpoint = self.settings["checkpoint"]
-        recorded = provenance.read(checkpoint, "method 'dlp': checkpoint")  # before f_new is touched
-        provenance.check(recorded, ctx.corpus.texts, None, f"method 'dlp': checkpoint {checkpoint}", None)
+        where = f"method 'dlp': checkpoint {checkpoint}"
+        # the multi-hot head's outputs are the training corpus's row indices: the same corpus (in order) and
+        # f_new by content; a copy of the corpus at another path is fine. The corpus first, before f_new loads
+        recorded = provenance.read(checkpoint, "method 'dlp': checkpoint")
+        provenance.check(recorded, ctx.corpus.texts, None, where, None)
         share = preloaded(pair.new_path, pair.new, pair.tokenizer) if pair is not None else nullcontext()
         with share:
             try:
                 module = ProbeModule.load_from_checkpoint(checkpoint, map_location="cpu")
             except pickle.UnpicklingError as err:
                 raise refuse_pickle(checkpoint, "method 'dlp': checkpoint", err) from None
-        # the multi-hot head's outputs are the training corpus's row indices: the same corpus (in order) and
-        # f_new by content; a copy of the corpus at another path is fine
-        where = f"method 'dlp': checkpoint {checkpoint}"
         provenance.check(recorded, ctx.corpus.texts, module.reader.lm, where, module.hparams.model)
         self.module = module.to(self.settings["device"]).eval()
         self.module.set_documents(ctx.corpus.texts)
