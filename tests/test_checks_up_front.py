@@ -20,6 +20,7 @@ from probes.data.generator import GeneratorConfig, write_corpus
 from probes.lm import build as build_module
 from probes.lm.__main__ import main as lm_main
 from probes.models import provenance
+from probes.models.__main__ import main as models_main
 
 
 def unwritable() -> Path:
@@ -183,7 +184,7 @@ def test_a_dlp_checkpoint_without_its_record_is_refused_then_stamped(
     line = refused(capsys, compare.main, [*argv, "--dlp_checkpoint", str(legacy)])
     assert "no record of the corpus" in line and "retrain it" in line and provenance.STAMP in line
     assert no_features_computed(tmp_path)
-    assert provenance._main([str(legacy)]) == 0
+    assert models_main(["stamp", str(legacy)]) == 0
     assert torch.load(legacy, weights_only=True)[provenance.KEY] == record  # what training recorded
 
 

@@ -1,23 +1,22 @@
 """What a DLP checkpoint was trained on, by content: its corpus's texts in order and its f_new's weights.
 
-``python -m probes.models.provenance CKPT [--corpus C]`` stamps a checkpoint saved before the record
-existed, for a user who knows what it was trained on (by default the corpus and f_new its hparams name).
+`stamp` (``python -m probes.models stamp CKPT [--corpus C]``) records them in a checkpoint saved before the
+record existed, for a user who knows what it was trained on (default: the corpus and f_new its hparams name).
 """
 
 from __future__ import annotations
 
-import argparse
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from probes.errors import UserError, exit_code, refuse_pickle
+from probes.errors import UserError, refuse_pickle
 from probes.lm.cache import content_hash, weights_hash
 
 KEY = "trained_on"  # the checkpoint entry (beside Lightning's state_dict and hyper_parameters)
-STAMP = "python -m probes.models.provenance"
+STAMP = "python -m probes.models stamp"
 
 
 def record(texts: Sequence[str], lm: torch.nn.Module) -> dict:
@@ -103,17 +102,3 @@ def stamp(path: str | Path, corpus: str | None = None) -> dict:
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return checkpoint[KEY]
-
-
-def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=STAMP, description=__doc__)
-    parser.add_argument("checkpoint", type=Path, help="a DLP checkpoint (train_probe.py fit) without record")
-    parser.add_argument("--corpus", default=None, help="the corpus it was trained on (default: its hparams')")
-    args = parser.parse_args(argv)
-    done = stamp(args.checkpoint, args.corpus)
-    print(f"stamped {args.checkpoint}: {done['documents']} documents and its f_new, by content")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(exit_code(_main))
