@@ -141,3 +141,25 @@ def test_compare_scores_reversed_row_or_row_of_wrong_shape_is_refused(cfg, tmp_p
     compare.main(argv)  # intact: taken
     taken = load_file(str(tmp_path / "second" / "scores.safetensors"))
     assert torch.equal(taken["r"], scores["r"])
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_lm_build_never_overwrites_a_foreign_manifest_or_old_notes(tmp_path, capsys, monkeypatch, overwrite):
+    """Regression (issue 25): ``lm build --out`` with a foreign manifest.json and old/notes overwrote both:
+    the marker check only tested that a manifest.json existed."""
+    from lm_fixtures import micro_rows
+
+    from probes.lm import build as build_module
+    from probes.lm.__main__ import main as lm_main
+
+    corpus = tmp_path / "micro.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in micro_rows()))
+    out = tmp_path / "pair"
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "notes").write_text("precious")
+    (out / "manifest.json").write_text('{"mine": true}')
+    monkeypatch.setattr(build_module, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    line = refused(capsys, lm_main, ["build", "--corpus", str(corpus), "--out", str(out), *overwrite])
+    assert ("old/notes" in line and "manifest.json" in line) if overwrite else "--overwrite" in line
+    assert listing(out) == ["manifest.json", "old/notes"]
+    assert (out / "manifest.json").read_text() == '{"mine": true}'
