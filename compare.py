@@ -15,13 +15,11 @@ from probes.compare_config import PairConfig, add_study_arguments
 from probes.data.hops import HopsData
 from probes.errors import (
     UserError,
-    check_checkpoint,
     check_writable_folder,
     cli_main,
 )
 from probes.lm.integrity import file_sha256
-from probes.outputs import check_output_folder
-from probes.report import FILES, MethodResult, as_float32, check_labels, write_results
+from probes.report import FILES, MethodResult, as_float32, check_labels, claim_results, write_results
 from probes.reuse import record, take_rows
 
 
@@ -50,7 +48,7 @@ def build_parser() -> ArgumentParser:
         "--overwrite",
         action=ActionYesNo,
         default=False,
-        help="write into an output folder that holds other files too (kept; only compare.py's own files go)",
+        help="write beside other files in the output folder (kept: only files its marker records go)",
     )
     return parser
 
@@ -75,8 +73,10 @@ def check_config(cfg: Namespace, out: Path) -> None:
             f"data.test_fraction={cfg.data.test_fraction!r} leaves no test queries, and compare.py scores "
             "the test split; give a fraction in (0, 1)"
         )
-    check_writable_folder(out, "out")
-    cache_dir()  # refuses a file in the cache folder's place
+    check_writable_folder(out, "out", write=True)
+    cache = cache_dir()  # refuses a file in the cache folder's place
+    if cfg.model.feature_cache or cfg.model.old is None:  # features, or the default pair, are written there
+        check_writable_folder(cache, "the cache folder (PROBES_CACHE)", write=True)
 
 
 def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
@@ -84,6 +84,7 @@ def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], 
     any model loads on a bad name, option or grid point."""
     from probes.lm.ranks import rank_device
     from probes.methods import build_method, unavailable
+    from probes.preflight import check_checkpoints
     from probes.tune import grid_points
 
     entries = [(e.label, e.method, dict(e.options or {}), getattr(e, "tune", None)) for e in cfg.methods]
@@ -98,11 +99,7 @@ def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], 
     if not entries:
         raise ValueError("methods: the list is empty and no dlp_checkpoint is given; nothing to compare")
     check_labels([label for label, *_ in entries])
-    # a corrupt DLP checkpoint fails now, not after every other method has run
-    for label, name, options, _ in entries:
-        if name == "dlp" and isinstance(options.get("checkpoint"), str):
-            key = "dlp_checkpoint" if label == "dlp" else f"methods entry {label!r}: checkpoint"
-            check_checkpoint(options["checkpoint"], key)
+    check_checkpoints(entries)  # a corrupt or unrecorded DLP checkpoint fails now, before any model loads
     methods = []
     for label, name, options, grid in entries:
         try:
@@ -113,8 +110,9 @@ def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], 
     return methods
 
 
-def load_everything(cfg: Namespace):
-    """The data, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness."""
+def load_everything(cfg: Namespace, methods: list | None = None):
+    """The data, the pair (loaded once), its one FeatureStore, and f_new's per-query correctness; the
+    ``methods`` (`build_methods`) are checked against the pair before any pass over the corpus."""
     from probes.lm import (
         FeatureCache,
         FeatureStore,
@@ -124,6 +122,7 @@ def load_everything(cfg: Namespace):
     )
     from probes.lm.context import check_document_lengths
     from probes.lm.ranks import global_rank, rank_device
+    from probes.preflight import check_against_pair
 
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
@@ -140,6 +139,7 @@ def load_everything(cfg: Namespace):
         candidates=data.candidates,
     )
     check_document_lengths(data.corpus, pair.tokenizer, pair.new.config)
+    check_against_pair(methods or [], data.corpus.texts, pair)
     candidate_ids = answer_token_ids(pair.tokenizer, data.candidates)
     texts, targets = query_inputs(data.queries)
     cache = FeatureCache(None) if model.feature_cache else None
@@ -178,7 +178,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
 
     methods = build_methods(cfg)
     gt = load_ground_truth(cfg.counterfactual) if cfg.counterfactual else None  # a bad folder fails now
-    data, pair, candidate_ids, features = load_everything(cfg)
+    data, pair, candidate_ids, features = load_everything(cfg, methods)
     val_ids, test_ids = data.split_ids["val"], data.split_ids["test"]
     if gt is not None:  # before any method scores: the same documents, test queries and f_old, by content
         query_ids, query_texts = split_queries(data, "test")
@@ -207,7 +207,7 @@ def run(cfg: Namespace, out: Path) -> str | None:
         corpus_sha256 = file_sha256(data.resolve_corpus_path(cfg.data.corpus_path))
         inputs = record(cfg, corpus_sha256, pair.old_path, pair.new_path)
     taken = (
-        take_rows(cfg.scores, inputs, [label for label, _ in methods], test_ids.tolist())
+        take_rows(cfg.scores, inputs, [label for label, _ in methods], test_ids.tolist(), len(data.corpus))
         if cfg.scores
         else {}
     )
@@ -260,7 +260,10 @@ def run(cfg: Namespace, out: Path) -> str | None:
         }
         for i, row in enumerate(data.query_table(test_ids))
     ]
-    return write_results(out, results, relevant, rows, random, inputs, counterfactual)
+    output = claim_results(out, cfg)  # re-checked: files that appeared since the start are kept
+    table = write_results(out, results, relevant, rows, random, inputs, counterfactual)
+    output.record(*FILES)  # every file's checksum, which a later --scores verifies
+    return table
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -273,8 +276,7 @@ def _main(argv: list[str] | None) -> Path:
     cfg = parser.parse_args(argv)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     check_config(cfg, out)
-    inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, cfg.counterfactual]
-    check_output_folder(out, FILES, overwrite=cfg.overwrite, inputs=inputs)
+    claim_results(out, cfg, write=False)  # its marker is written in `run`, before the results
     threads = torch.get_num_threads()
     if cfg.model.threads and torch.device(cfg.model.device).type == "cpu":
         torch.set_num_threads(cfg.model.threads)

@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from probes.data.datamodule import HopsDataModule
 from probes.errors import UserError, check_checkpoint, cli_main
-from probes.models import BestCheckpoint, ProbeModule
+from probes.models import BestCheckpoint, ProbeModule, provenance
 
 
 class ProbeCLI(LightningCLI):
@@ -30,6 +30,7 @@ class ProbeCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is not None and path not in ("best", "last", "hpc", "registry"):
             check_checkpoint(path, "--ckpt_path")
+            provenance.load_checkpoint(path, "--ckpt_path")  # a pickled object: one line, never run
 
     def _latest_best(self) -> None:
         """``--ckpt_path best`` in a fresh process: the latest fit's best checkpoint (see BestCheckpoint),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,13 +92,22 @@ def check_at_least(key: str, value: int | None, low: int = 1, optional: bool = F
         raise UserError(f"{key}={value!r} must be >= {low}{' (or null)' if optional else ''}")
 
 
-def check_writable_folder(path: str | os.PathLike[str], key: str) -> None:
-    """Refuse a folder path where a file (or a file among its parents) is in the way."""
+def check_writable_folder(path: str | os.PathLike[str], key: str, *, write: bool = False) -> None:
+    """Refuse a folder path where a file (or a file among its parents) is in the way; with ``write``, also
+    one that cannot be written (a file is created and removed in it, or in the parent it would go into)."""
     for part in (Path(path).expanduser(), *Path(path).expanduser().parents):
         if part.exists():
             if not part.is_dir():
                 what = "is" if part == Path(path).expanduser() else f"is inside {str(part)!r}, which is"
                 raise UserError(f"{key} {str(path)!r} {what} a file, not a folder; give a folder path")
+            if write:
+                try:
+                    tempfile.TemporaryFile(dir=part).close()
+                except OSError as err:
+                    raise UserError(
+                        f"{key} {str(path)!r} cannot be written ({part}: {err.strerror}); give a folder "
+                        "you can write"
+                    ) from None
             return
 
 
@@ -114,3 +125,14 @@ def check_checkpoint(path: str | os.PathLike[str], key: str) -> None:
         ) from None
     if bad is not None:
         raise UserError(f"{key} {str(path)!r} is corrupt: its record {bad!r} fails its checksum")
+
+
+def refuse_pickle(path: str | os.PathLike[str], key: str, err: BaseException) -> UserError:
+    """The one-line error for a file whose pickle holds objects other than tensors and plain data: torch's
+    safe loader refused to run them (and they never run here); its advice to turn that off is left out."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    what = f"an object of {found.group(1)}" if found else "objects other than tensors and plain data"
+    return UserError(
+        f"{key} {str(path)!r} holds {what} in its pickle, which probes never loads (it could run code); "
+        "re-save it with tensors and plain data only (safetensors for weights), or build it again"
+    )

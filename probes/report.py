@@ -18,7 +18,8 @@ from torch import Tensor
 
 from probes.cache import atomic_path
 from probes.metrics import HOP_SUBSET, KS, flatten, metric_names
-from probes.reuse import INPUTS
+from probes.outputs import Output, claim_output
+from probes.reuse import INPUTS, KIND, input_paths, settings
 
 if TYPE_CHECKING:
     from probes.tune import Tuned
@@ -45,6 +46,20 @@ FILES = (
     "tensorboard/",
     INPUTS,
 )
+
+
+def claim_results(out: Path, cfg, *, write: bool = True) -> Output:
+    """``out`` claimed for compare.py's results (`probes.outputs.claim_output`) under the config ``cfg``:
+    checked up front (``write`` False), then its marker written before the first result file."""
+    return claim_output(
+        out,
+        KIND,
+        FILES,
+        overwrite=cfg.overwrite,
+        settings=settings(cfg),
+        inputs=input_paths(cfg),
+        write=write,
+    )
 
 
 @dataclass

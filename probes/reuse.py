@@ -18,10 +18,12 @@ from jsonargparse import Namespace
 from safetensors.torch import load_file
 from torch import Tensor
 
+from probes.checksums import file_checksums, file_sha256
 from probes.errors import UserError
-from probes.lm.integrity import file_checksums, file_sha256
+from probes.outputs import owned
 
 INPUTS = "inputs.json"
+KIND = "compare.py"  # the kind in a comparison's output marker (probes.outputs), which checksums its files
 DLP = "dlp"  # the DLP checkpoint's row label in compare.py's outputs
 
 
@@ -38,14 +40,23 @@ def model_files(path: str) -> dict[str, str] | str:
     return file_checksums(folder.parent, (folder.name,)) if folder.is_dir() else str(path)
 
 
+def input_paths(cfg: Namespace) -> list[str | None]:
+    """The files a comparison of ``cfg`` reads, which its output must never replace."""
+    return [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, cfg.get("counterfactual")]
+
+
+def settings(cfg: Namespace) -> dict:
+    """The ``data``, ``model``, ``methods`` and ``dlp_checkpoint`` keys of compare.py's config, as given."""
+    return {key: _plain(cfg[key]) for key in ("data", "model", "methods", "dlp_checkpoint")}
+
+
 def record(cfg: Namespace, corpus_sha256: str, old: str, new: str) -> dict:
     """The inputs.json of a run of ``cfg`` (compare.py's config) on the corpus file of that SHA-256 and the
     resolved pair ``old``/``new``: the ``data``, ``model``, ``methods`` and ``dlp_checkpoint`` keys as given,
     and by content the corpus file, f_old's and f_new's files and the DLP checkpoint's bytes."""
-    config = {key: _plain(cfg[key]) for key in ("data", "model", "methods", "dlp_checkpoint")}
     checkpoint = cfg.dlp_checkpoint
     return {
-        "config": config,
+        "config": settings(cfg),
         "content": {
             "corpus": corpus_sha256,
             "old": model_files(old),
@@ -85,25 +96,40 @@ class Row:
 
 
 def take_rows(
-    folders: Sequence[str | Path], wanted: dict, labels: Sequence[str], query_ids: list[int]
+    folders: Sequence[str | Path],
+    wanted: dict,
+    labels: Sequence[str],
+    query_ids: list[int],
+    documents: int,
 ) -> dict:
     """``{label: Row}`` for each of ``labels`` that a finished comparison among ``folders`` (the first that
-    has it) computed as a run recorded as ``wanted`` would. A folder without a finished comparison is passed
-    over (metrics.json is written last, so a folder that has it holds every file); one whose test queries are
-    not ``query_ids`` is refused."""
+    has it) computed as a run recorded as ``wanted`` would. A folder that does not exist is refused; one
+    without a finished comparison is passed over (metrics.json is written last, so a folder that has it holds
+    every file). Every file read is checked against the checksums its output marker records, the test
+    queries against ``query_ids`` and each row's shape against ``[q, documents]``."""
     rows: dict[str, Row] = {}
     for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise UserError(f"--scores {folder}: no such folder; give finished compare.py output folders")
         if not ((folder / "metrics.json").is_file() and (folder / INPUTS).is_file()):
             continue
+        output = owned(folder, KIND)
         same = same_rows(
-            json.loads((folder / INPUTS).read_text()), wanted, [x for x in labels if x not in rows]
+            json.loads(output.verify(INPUTS).read_text()), wanted, [x for x in labels if x not in rows]
         )
         if not same:
             continue
-        with (folder / "queries.csv").open(newline="") as handle:
+        with output.verify("queries.csv").open(newline="") as handle:
             if [int(row["query_id"]) for row in csv.DictReader(handle)] != list(query_ids):
                 raise UserError(f"{folder}/queries.csv lists other test queries than the config's test split")
-        scores = load_file(str(folder / "scores.safetensors"))
-        metrics = json.loads((folder / "metrics.json").read_text())
-        rows.update({label: Row(scores[label], metrics[label], str(folder)) for label in same})
+        scores = load_file(str(output.verify("scores.safetensors")))
+        metrics = json.loads(output.verify("metrics.json").read_text())
+        for label in same:
+            shape = tuple(scores[label].shape)
+            if shape != (len(query_ids), documents):
+                raise UserError(
+                    f"{folder}/scores.safetensors: row {label!r} has shape {shape}, not "
+                    f"({len(query_ids)}, {documents}) (test queries, documents)"
+                )
+            rows[label] = Row(scores[label], metrics[label], str(folder))
     return rows

@@ -134,3 +134,51 @@ def test_compare_reads_the_lds_of_a_built_ground_truth(counterfactual_world, tmp
         again = summarise_lds(lds_per_query(scores[label], gt.masks, gt.outputs), functions)
         assert again["mean"] == pytest.approx(metrics[label]["lds"]["mean"], nan_ok=True)
         assert again["undefined"] == metrics[label]["lds"]["undefined"]
+
+
+def test_a_corrupt_part_is_recomputed_on_resume(counterfactual_world, tmp_path, monkeypatch):
+    """Regression (issue 25): a part of the same size with other bytes was used on resume, and the final
+    outputs differed from a clean build's."""
+    count_retrains(monkeypatch, fail_after=2)
+    with pytest.raises(Killed):
+        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+    part = sorted((tmp_path / "gt" / "parts").glob("row-*.safetensors"))[0]
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0x80  # the sign bit of the last output
+    part.write_bytes(bytes(data))
+    plans = count_retrains(monkeypatch)
+    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+    assert len(plans) == 3  # the corrupt row again, and the two never run
+    build(counterfactual_world["config"], tmp_path / "whole", "--subsets", "4")
+    resumed, whole = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("gt", "whole"))
+    assert all(torch.equal(resumed[key], whole[key]) for key in whole)
+
+
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("user_file", ["parts/notes.txt", "manifest.json"])
+def test_a_users_file_in_a_folder_like_a_ground_truth_is_never_touched(
+    counterfactual_world, tmp_path, monkeypatch, user_file, overwrite
+):
+    """Regression (issue 25): a user's file in GT/parts/ went with parts/ at the end of the build, and a
+    user's lone manifest.json was overwritten."""
+    out = tmp_path / "gt"
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (out / user_file).write_text("precious")
+    monkeypatch.setattr(jobs.Runner, "run", lambda *a, **k: pytest.fail("retrained before refusing"))
+    with pytest.raises(ValueError, match=user_file if overwrite else "--overwrite"):
+        build(counterfactual_world["config"], out, "--subsets", "3", *overwrite)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == [user_file]
+
+
+def test_a_file_put_into_parts_during_the_build_is_kept(counterfactual_world, tmp_path, monkeypatch):
+    out = tmp_path / "gt"
+
+    def run(self, plan, progress=False):
+        (out / "parts" / "notes.txt").write_text("precious")
+        return RUN(self, plan, progress)
+
+    monkeypatch.setattr(jobs.Runner, "run", run)
+    build(counterfactual_world["config"], out, "--subsets", "3")
+    assert (out / "parts" / "notes.txt").read_text() == "precious"
+    assert not list((out / "parts").glob("row-*")) and not (out / "plan.json").exists()
+    load_ground_truth(out)

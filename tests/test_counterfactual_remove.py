@@ -23,6 +23,7 @@ from probes.data.hops import HopsData
 from probes.errors import UserError
 from probes.lm.integrity import file_checksums, file_sha256
 from probes.lm.train_lm import TrainConfig
+from probes.outputs import claim_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,6 +160,9 @@ def test_scores_are_reused_only_for_the_same_inputs_by_content(
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
     model.save_pretrained(new)
+    manifest = json.loads((root / "pair" / "manifest.json").read_text())  # rebuilt: checksums recorded anew
+    manifest["files"] = file_checksums(root / "pair", ("old", "new"))
+    (root / "pair" / "manifest.json").write_text(json.dumps(manifest))
     remove(world, tmp_path / "out", "--labels", "bm25", "--k", "2")
     assert scored == [1, 1]
 
@@ -259,7 +263,9 @@ def test_chunks_hold_one_subset_size(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "run_plan", fake_run_plan)
     plan = [(list(range(size)), 0) for size in (12, 10, 10, 4, 10, 10, 4)]
-    store = study.ChunkStore(tmp_path, {"a": 1})
+    store = study.ChunkStore(
+        claim_output(tmp_path / "out", "test", ["parts/", "plan.json"], overwrite=False), {"a": 1}
+    )
     job = jobs.Job("old", (), (), (), (), TrainConfig(), device="cuda", stack=3)  # chunks of 3 (never run)
     assert study.run_chunks(store, job, plan, workers=1, desc="t").shape == (7, 2, 1)
     assert sorted(seen) == [[4, 4], [10], [10, 10, 10], [12]]

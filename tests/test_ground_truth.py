@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from probes.checksums import file_sha256
 from probes.counterfactual.ground_truth import (
     MANIFEST_FILE,
     TENSORS_FILE,
@@ -69,11 +70,15 @@ def test_no_repeats_round_trip(tmp_path):
 
 
 def rewrite(folder, tensors=None, manifest=None) -> None:
-    """Change the saved folder's tensors (name -> tensor, None = drop it) or manifest entries in place."""
+    """Change the saved folder's tensors (name -> tensor, None = drop it) or manifest entries in place,
+    with the tensors file's checksum recorded again (a consistent folder whose content is wrong)."""
     stored = load_file(str(folder / TENSORS_FILE))
     for name, value in (tensors or {}).items():
         stored.pop(name) if value is None else stored.__setitem__(name, value)
     save_file(stored, str(folder / TENSORS_FILE))
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    data["files"][TENSORS_FILE] = file_sha256(folder / TENSORS_FILE)
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
     if manifest:
         data = json.loads((folder / MANIFEST_FILE).read_text())
         for path, value in manifest.items():
@@ -110,6 +115,47 @@ def test_each_bad_file_or_key_is_named(tmp_path, tensors, manifest, pattern):
     save_ground_truth(tmp_path, make_gt())
     rewrite(tmp_path, tensors, manifest)
     with pytest.raises(UserError, match=pattern):
+        load_ground_truth(tmp_path)
+
+
+def test_flipped_sign_bits_of_the_same_size_are_refused_by_checksum(tmp_path):
+    """Regression (issue 25): 40 floats of ground_truth.safetensors with their sign bit flipped (the file's
+    size unchanged) changed every LDS silently."""
+    save_ground_truth(tmp_path, make_gt())
+    path = tmp_path / TENSORS_FILE
+    data = bytearray(path.read_bytes())
+    for i in range(1, 41):  # the last byte of little-endian float32s near the end: their sign bits
+        data[-4 * i + 3] ^= 0x80
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == len(data)
+    with pytest.raises(UserError, match=f"{path} \\(its checksum differs"):
+        load_ground_truth(tmp_path)
+
+
+def test_a_ground_truth_without_its_checksum_is_refused(tmp_path):
+    save_ground_truth(tmp_path, make_gt())
+    data = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del data["files"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(UserError, match="no checksum of ground_truth.safetensors.*build it again"):
+        load_ground_truth(tmp_path)
+
+
+def test_a_mask_row_that_is_not_the_manifests_subset_size_is_refused(tmp_path):
+    """Regression (issue 25): a mask row of all ones was accepted although the manifest said 2 documents
+    per subset."""
+    gt = make_gt()
+    gt.masks = torch.zeros_like(gt.masks)
+    gt.masks[:, :2] = True
+    gt.manifest["subset_size"] = 2
+    save_ground_truth(tmp_path, gt)
+    assert load_ground_truth(tmp_path).manifest["subset_size"] == 2
+    masks = gt.masks.to(torch.uint8)
+    masks[3] = 1
+    rewrite(tmp_path, {"masks": masks})
+    with pytest.raises(
+        UserError, match="'masks' row 3 keeps 4 documents, but the manifest's subset_size is 2"
+    ):
         load_ground_truth(tmp_path)
 
 

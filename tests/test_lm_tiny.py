@@ -14,6 +14,7 @@ from probes.data.queries import QUERY_FORMATS
 from probes.lm import build as build_module
 from probes.lm.__main__ import main
 from probes.lm.tokenizer import check_tokenizer, train_tokenizer
+from probes.outputs import MARKER
 
 OLD_TOKENS = ["<AZ>", "<BZ>", "<B01>"]
 NEW_TOKENS = ["<FN>", "<GN>"]
@@ -168,7 +169,7 @@ def test_build_with_overwrite_writes_beside_the_other_files(corpus_path, tmp_pat
     (folder / "notes.txt").write_text("mine")
     _build(corpus, folder, "--overwrite")
     _build(corpus, folder, "--overwrite")  # again: its own old/, new/ and manifest.json are replaced
-    assert _listing(folder) == ["corpus.jsonl", "manifest.json", "new", "notes.txt", "old"]
+    assert _listing(folder) == ["corpus.jsonl", "manifest.json", "new", "notes.txt", "old", MARKER]
     assert corpus.read_bytes() == corpus_path.read_bytes() and (folder / "notes.txt").read_text() == "mine"
     assert json.loads((folder / "manifest.json").read_text())["corpus"]["path"] == str(corpus)
 
@@ -177,16 +178,17 @@ def test_build_reruns_into_its_own_folder_but_never_replaces_its_input(corpus_pa
     out = tmp_path / "pair"
     _build(corpus_path, out)
     _build(corpus_path, out)  # its own earlier output: replaced without --overwrite
-    assert _listing(out) == ["manifest.json", "new", "old"]
+    assert _listing(out) == ["manifest.json", "new", "old", MARKER]
     (out / "old" / "corpus.jsonl").write_bytes(corpus_path.read_bytes())
     argv = ["build", "--corpus", str(out / "old" / "corpus.jsonl"), "--out", str(out), "--overwrite"]
     assert main(argv) == 2 and "is an input" in capsys.readouterr().err
     assert (out / "old" / "corpus.jsonl").is_file()
-    (out / "old").rename(tmp_path / "elsewhere")  # a folder named old/ without the manifest is not its own
-    (out / "manifest.json").unlink()
-    (out / "old").mkdir()
+    assert main(["build", "--corpus", str(corpus_path), "--out", str(out)]) == 2  # a file it did not write
+    assert "old/corpus.jsonl, which python -m probes.lm build did not write" in capsys.readouterr().err
+    (out / "old" / "corpus.jsonl").unlink()
+    (out / MARKER).unlink()  # a folder with old/, new/ and a manifest but no marker is not its own
     assert main(["build", "--corpus", str(corpus_path), "--out", str(out)]) == 2
-    assert "(new, old without its manifest.json)" in capsys.readouterr().err
+    assert f"manifest.json, new, old; no {MARKER} of it" in capsys.readouterr().err
 
 
 def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypatch, capsys):

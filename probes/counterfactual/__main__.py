@@ -14,7 +14,6 @@ from jsonargparse import ActionYesNo, ArgumentParser
 
 from probes.compare_config import PairConfig, add_study_arguments
 from probes.errors import check_writable_folder, cli_main
-from probes.outputs import check_output_folder
 
 
 def _base(parser: ArgumentParser, out_help: str) -> None:
@@ -25,7 +24,7 @@ def _base(parser: ArgumentParser, out_help: str) -> None:
         "--overwrite",
         action=ActionYesNo,
         default=False,
-        help="write into an output folder that holds other files too (kept; only this command's files go)",
+        help="write beside other files in the output folder (kept: only files its marker records go)",
     )
 
 
@@ -113,25 +112,25 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _main(argv: list[str] | None) -> Path:
-    from probes.counterfactual import ground_truth, oracle, remove
+    from probes.counterfactual import build, ground_truth, oracle, remove
+    from probes.counterfactual.study import claim
 
     cfg = build_parser().parse_args(argv)
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)
-    check_writable_folder(out, "out")
-    own = {
-        "build": (*ground_truth.FILES, "parts/", "plan.json"),
-        "remove": remove.FILES,
-        "oracle": oracle.FILES,
+    check_writable_folder(out, "out", write=True)
+    kind, own = {
+        "build": (build.KIND, build.OWN),
+        "remove": (remove.KIND, remove.FILES),
+        "oracle": (oracle.KIND, oracle.FILES),
     }[cfg.command]
-    inputs = [sub.data.corpus_path, sub.model.old, sub.model.new, sub.dlp_checkpoint]
-    check_output_folder(out, own, overwrite=sub.overwrite, inputs=inputs)
+    claim(sub, out, kind, own, overwrite=sub.overwrite, settings={}, write=False)  # the marker: later
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
     if cfg.command == "oracle":
         manifest = oracle.write_oracle(
-            sub, out, split=sub.split, query_batch=sub.query_batch, every=sub.every
+            sub, out, split=sub.split, query_batch=sub.query_batch, every=sub.every, overwrite=sub.overwrite
         )
         shape = f"[{len(manifest['queries']['ids'])}, {manifest['documents']['count']}]"
         print(f"Wrote {', '.join(oracle.FILES)} to {out}/: {shape} in {manifest['seconds']:.0f} s")
@@ -149,6 +148,7 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
+            overwrite=sub.overwrite,
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
@@ -162,6 +162,7 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
             reuse=sub.scores,
+            overwrite=sub.overwrite,
         )
         print((out / remove.TABLE).read_text(), end="")
         sources = ", ".join(sorted(set(report["scores"].values())))

@@ -11,11 +11,23 @@ import torch
 from jsonargparse import Namespace
 
 from probes.counterfactual.fixed_order import regime_settings
-from probes.counterfactual.ground_truth import GroundTruth, identity, save_ground_truth
+from probes.counterfactual.ground_truth import FILES, GroundTruth, identity, save_ground_truth
 from probes.counterfactual.jobs import as_mask, subsets_of
-from probes.counterfactual.study import ChunkStore, default_workers, load_study, machine, run_chunks
+from probes.counterfactual.study import (
+    PARTS,
+    PLAN,
+    ChunkStore,
+    claim,
+    default_workers,
+    load_study,
+    machine,
+    run_chunks,
+)
 from probes.errors import UserError
 from probes.metrics.lds import noise_ceiling
+
+KIND = "python -m probes.counterfactual build"  # its output marker's kind
+OWN = (*FILES, f"{PARTS}/", PLAN)  # what it writes into its folder (parts/ and plan.json go at the end)
 
 # the repeats' data order: the recipe's seed + this (the main retrains use the recipe's own seed)
 REPEAT_SEED_OFFSET = 1000
@@ -31,11 +43,13 @@ def build_ground_truth(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    overwrite: bool = False,
     regime: str = "stochastic",
     drop: float | None = None,
 ) -> GroundTruth:
-    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. The masks
-    mark each subset's kept documents, in either regime (`regime_settings`)."""
+    """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. ``out``
+    is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write). The
+    masks mark each subset's kept documents, in either regime (`regime_settings`)."""
     regime_entries = regime_settings(regime, fraction, drop, repeats)
     fraction = regime_entries["fraction"]
     if subsets < 3:
@@ -56,8 +70,9 @@ def build_ground_truth(
     ident = identity(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
     )
-    settings = {"subsets": subsets, "repeats": repeats, "seed": seed, **regime_entries, **ident}
-    store = ChunkStore(out, settings)
+    settings = {"subsets": subsets, "repeats": repeats, "seed": seed, **regime_entries}
+    output = claim(cfg, out, KIND, OWN, overwrite=overwrite, settings=settings)
+    store = ChunkStore(output, {**settings, **ident})
     workers = default_workers(study.job.device, workers)
     job = dataclasses.replace(study.job, in_place=regime == "fixed-order")
     outputs = run_chunks(store, job, plan, workers=workers, desc="ground truth")
@@ -90,6 +105,7 @@ def build_ground_truth(
     )
     gt.manifest["noise_ceiling"] = noise_ceiling(gt, study.functions)
     save_ground_truth(out, gt)
+    output.record(*FILES)
     store.finish()
     return gt
 

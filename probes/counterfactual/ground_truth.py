@@ -5,7 +5,8 @@ A folder holds ``ground_truth.safetensors`` (``masks`` uint8 0/1 [M, n], documen
 subset m, queries in the order of compare.py's queries.csv; ``repeat_index`` int64 [R] and ``repeat_outputs``
 float32 [R, q], subsets retrained again with another seed, for the noise ceiling) and ``manifest.json``,
 written last, so a folder with a manifest is complete. The manifest identifies what the outputs belong to by
-content (`identity`): the corpus texts in order, the test queries in order and f_old's weights.
+content (`identity`): the corpus texts in order, the test queries in order and f_old's weights; its ``files``
+entry holds the tensors file's SHA-256, checked on every load.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from probes.cache import atomic_path
+from probes.checksums import failed_files, file_checksums
 from probes.errors import UserError
 from probes.lm.cache import content_hash, weights_hash
 
@@ -140,6 +142,7 @@ def save_ground_truth(out: Path, gt: GroundTruth) -> None:
     }
     with atomic_path(out / TENSORS_FILE) as tmp:
         save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+    gt.manifest["files"] = file_checksums(out, [TENSORS_FILE])
     with atomic_path(out / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(gt.manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -159,6 +162,15 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         raise UserError(f"{manifest_path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path} holds a {type(manifest).__name__}, not a JSON object")
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict) or TENSORS_FILE not in recorded:
+        raise UserError(
+            f"{manifest_path} has no checksum of {TENSORS_FILE} (built before ground truths were "
+            "checksummed); build it again (python -m probes.counterfactual build)"
+        )
+    failed = failed_files(folder, {TENSORS_FILE: recorded[TENSORS_FILE]})
+    if failed:
+        raise UserError(f"{failed[0]}; build it again (python -m probes.counterfactual build)")
     tensors = {}
     try:
         with safe_open(tensors_path, "pt") as handle:
@@ -205,6 +217,15 @@ def _validate(
     masks, repeat_index = tensors["masks"], tensors["repeat_index"]
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise UserError(f"{where}: 'masks' holds values other than 0 and 1")
+    size = manifest.get("subset_size")
+    if size is not None and masks.dim() == 2:
+        sizes = masks.long().sum(1)
+        wrong = (sizes != size).nonzero().flatten().tolist()
+        if wrong:
+            raise UserError(
+                f"{where}: 'masks' row {wrong[0]} keeps {int(sizes[wrong[0]])} documents, but the manifest's "
+                f"subset_size is {size}{f' ({len(wrong)} rows differ)' if len(wrong) > 1 else ''}"
+            )
     expected = {"masks": (m, n), "outputs": (m, q), "repeat_outputs": (len(repeat_index), q)}
     if repeat_index.dim() != 1:
         raise UserError(f"{where}: 'repeat_index' has shape {tuple(repeat_index.shape)}, not [R]")

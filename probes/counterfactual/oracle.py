@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from probes.cache import atomic_path
 from probes.errors import UserError
 
+KIND = "python -m probes.counterfactual oracle"  # its output marker's kind
 TENSORS_FILE = "oracle.safetensors"
 MANIFEST_FILE = "manifest.json"
 FILES = (TENSORS_FILE, MANIFEST_FILE)
@@ -85,16 +86,20 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
     return Loaded(oracle, [data.queries[i] for i in query_ids], manifest)
 
 
-def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, every: int | None) -> dict:
-    """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``;
-    returns the manifest."""
-    from probes.counterfactual.study import machine_name
+def write_oracle(
+    cfg: Namespace, out: Path, *, split: str, query_batch: int, every: int | None, overwrite: bool = False
+) -> dict:
+    """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``
+    (``out`` claimed as `probes.outputs.claim_output` does, the files recorded in its marker); returns the
+    manifest."""
+    from probes.counterfactual.study import claim, machine_name
     from probes.lm.integrity import file_sha256
 
     started = time.time()
+    settings = {"split": split, "query_batch": query_batch, "every": every}
+    output = claim(cfg, out, KIND, FILES, overwrite=overwrite, settings=settings)
     loaded = load_oracle(cfg, split, every)
     scores = loaded.oracle.scores(loaded.queries, query_batch)
-    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     query_ids = torch.tensor([q.index for q in loaded.queries], dtype=torch.long)
     with atomic_path(out / TENSORS_FILE) as tmp:
@@ -116,4 +121,5 @@ def write_oracle(cfg: Namespace, out: Path, *, split: str, query_batch: int, eve
     }
     with atomic_path(out / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    output.record(*FILES)
     return manifest

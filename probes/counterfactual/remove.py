@@ -35,6 +35,7 @@ from probes.counterfactual.study import (
     PLAN,
     ChunkStore,
     Study,
+    claim,
     default_workers,
     load_study,
     machine,
@@ -42,12 +43,13 @@ from probes.counterfactual.study import (
 )
 from probes.errors import UserError
 from probes.methods import unavailable
-from probes.outputs import check_output_folder
+from probes.outputs import Output
 from probes.reuse import DLP, record, take_rows
 
 RESULT, TABLE = "removal.json", "removal.md"
 COMPARE = "compare"  # compare.py's output for the rows no --scores folder had
 FILES = (RESULT, TABLE, f"{COMPARE}/", f"{PARTS}/", PLAN)
+KIND = "python -m probes.counterfactual remove"  # its output marker's kind
 
 Selections = dict[int, dict[str, dict[str, list[int]]]]  # k -> row label -> function -> dropped documents
 
@@ -97,7 +99,7 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
 
 
 def method_scores(
-    restricted: Namespace, out: Path, study: Study, reuse: Sequence[str | Path] = ()
+    restricted: Namespace, output: Output, study: Study, reuse: Sequence[str | Path] = ()
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Test scores ``[q, n]`` of the restricted config's rows, and the folder each came from.
 
@@ -106,25 +108,22 @@ def method_scores(
     by content (`probes.reuse`), so a resumed removal drops the same documents, and a pair rebuilt or a corpus
     rewritten at the same path is scored again. The other rows are scored with compare.py's own code (each
     tuned on val as compare.py tunes it) into ``out/compare``."""
-    from probes.report import FILES as COMPARE_FILES
-
     labels = [e.label for e in restricted.methods] + ([DLP] if restricted.dlp_checkpoint else [])
     wanted = record(restricted, study.corpus_sha256, study.old, study.new)
-    folder = out / COMPARE
-    rows = take_rows([*reuse, folder], wanted, labels, study.query_ids)
+    folder, n = output.folder / COMPARE, len(study.job.texts)
+    rows = take_rows([*reuse, *([folder] if folder.is_dir() else [])], wanted, labels, study.query_ids, n)
     missing = [label for label in labels if label not in rows]
     if missing:
         rest = restrict(restricted, missing)
         compare = load_compare()
         compare.check_config(rest, folder)
-        model = rest.model
-        inputs = [rest.data.corpus_path, model.old, model.new, rest.dlp_checkpoint]
-        check_output_folder(folder, COMPARE_FILES, overwrite=False, inputs=inputs)
+        rest.overwrite = False  # its own folder inside this command's output
         print(compare.run(rest, folder))
+        output.record(f"{COMPARE}/")
         gc.collect()  # the pair and its features go before the retrains take the device
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        rows.update(take_rows([folder], wanted, missing, study.query_ids))
+        rows.update(take_rows([folder], wanted, missing, study.query_ids, n))
         if set(rows) != set(labels):
             raise RuntimeError(f"compare.py did not record the rows {sorted(set(labels) - set(rows))}")
     return {label: rows[label].scores for label in labels}, {label: rows[label].folder for label in labels}
@@ -218,6 +217,7 @@ def remove_documents(
     stack: int = 25,
     workers: int | None = None,
     reuse: Sequence[str | Path] = (),
+    overwrite: bool = False,
 ) -> dict:
     """Score (or take the rows of the finished comparisons in ``reuse`` computed from the same config and
     inputs, `method_scores`), choose, retrain (resumable under ``out/parts``), then write removal.json and
@@ -233,7 +233,9 @@ def remove_documents(
         raise UserError(f"--k {max(ks)}: the corpus has {n} documents; remove fewer than that")
     job = study.job
     ident = identity(job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new)
-    scores, sources = method_scores(restricted, out, study, reuse)
+    asked = {"labels": list(labels), "k": list(ks), "functions": functions, "seed": seed}
+    output = claim(cfg, out, KIND, FILES, overwrite=overwrite, settings=asked)
+    scores, sources = method_scores(restricted, output, study, reuse)
     scores = {label: scores[label] for label in labels}  # the table's rows in --labels order
     chosen = choose_functions(study.functions, functions, seed)
     every = function_rows(study.functions)
@@ -243,7 +245,7 @@ def remove_documents(
     plan, row_of = retrain_plan(selections, n, study.recipe_seed)
     plan_hash = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
-    store = ChunkStore(out, {**settings, "plan": plan_hash, **ident})
+    store = ChunkStore(output, {**settings, "plan": plan_hash, **ident})
     workers = default_workers(study.job.device, workers)
     outputs = run_chunks(store, study.job, plan, workers=workers, desc="removal")
     report = {
@@ -264,5 +266,6 @@ def remove_documents(
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     with atomic_path(out / TABLE) as tmp:
         tmp.write_text(markdown(report))
+    output.record(RESULT, TABLE)
     store.finish()
     return report

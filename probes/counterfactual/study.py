@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.cache import atomic_path
 from probes.counterfactual.jobs import Job, Plan, run_plan
-from probes.errors import UserError
+from probes.errors import UserError, one_line
 from probes.lm.recipe import pair_recipe
+from probes.outputs import Output, OutputRefused, claim_output
 
 PARTS = "parts"  # a run's finished retrains, removed once its results are written
 PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume
@@ -78,6 +79,12 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     return Study(data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job)
 
 
+def claim(cfg: Namespace, out: Path, kind: str, own, *, overwrite: bool, settings: dict, write: bool = True):
+    """`probes.outputs.claim_output` of ``out`` for ``kind``, never replacing the config's input files."""
+    inputs = [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.get("dlp_checkpoint")]
+    return claim_output(out, kind, own, overwrite=overwrite, settings=settings, inputs=inputs, write=write)
+
+
 def machine(job: Job) -> dict:
     return machine_name(job.device)
 
@@ -89,45 +96,54 @@ def machine_name(device: str) -> dict:
 
 
 class ChunkStore:
-    """Finished retrains of a run under ``out/parts/`` (one file per row of the plan); ``plan.json`` holds
-    the run's settings so that a rerun resumes only the same run."""
+    """Finished retrains of a run under ``parts/`` of its claimed output (one file per row of the plan, each
+    recorded with its checksum in the output's marker); ``plan.json`` holds the run's settings so that a
+    rerun resumes only the same run."""
 
-    def __init__(self, out: Path, settings: dict) -> None:
-        self.out, self.parts = out, out / PARTS
-        plan = out / PLAN
+    def __init__(self, output: Output, settings: dict) -> None:
+        self.output, self.parts = output, output.folder / PARTS
+        plan = output.folder / PLAN
         if plan.is_file():
-            recorded = json.loads(plan.read_text())
+            recorded = json.loads(output.verify(PLAN).read_text())
             if recorded != settings:
                 changed = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
                 raise UserError(
-                    f"{out} holds an unfinished run with other settings ({', '.join(changed)} differ); "
-                    f"rerun with the same settings to resume it, or give another --out"
+                    f"{output.folder} holds an unfinished run with other settings ({', '.join(changed)} "
+                    "differ); rerun with the same settings to resume it, or give another --out"
                 )
         else:
-            out.mkdir(parents=True, exist_ok=True)
             with atomic_path(plan) as tmp:
                 tmp.write_text(json.dumps(settings, indent=2) + "\n")
+            output.record(PLAN)
         self.parts.mkdir(exist_ok=True)
 
     def done(self) -> dict[int, Tensor]:
-        """Outputs of the retrains already finished, by row of the plan."""
+        """Outputs of the retrains already finished, by row of the plan; a part that fails its checksum (or
+        cannot be read) is removed, and its row runs again."""
         found = {}
-        for path in self.parts.glob("row-*.safetensors"):
+        for path in sorted(self.parts.glob("row-*.safetensors")):
+            name = path.relative_to(self.output.folder).as_posix()
             try:
-                found[int(path.stem.split("-")[1])] = load_file(str(path))["outputs"]
-            except Exception:  # a file that cannot be read (a crash while writing it): run that row again
-                path.unlink()
+                found[int(path.stem.split("-")[1])] = load_file(str(self.output.verify(name)))["outputs"]
+            except (OutputRefused, SafetensorError, OSError, KeyError, ValueError) as err:
+                print(f"probes: {name} is damaged ({one_line(err)}); its retrain runs again")
+                self.output.remove(name)
         return found
 
     def save(self, row: int, outputs: Tensor) -> None:
         """Keep each retrain's outputs as its own file, so that a rerun may chunk the rest differently."""
-        with atomic_path(self.parts / f"row-{row:06d}.safetensors") as tmp:
+        name = f"{PARTS}/row-{row:06d}.safetensors"
+        with atomic_path(self.output.folder / name) as tmp:
             save_file({"outputs": outputs.contiguous()}, str(tmp))
+        self.output.record(name)
 
     def finish(self) -> None:
-        """Drop the run's own bookkeeping (``parts/``, ``plan.json``) once its results are written."""
-        shutil.rmtree(self.parts, ignore_errors=True)
-        (self.out / PLAN).unlink(missing_ok=True)
+        """Drop the run's own bookkeeping (its parts, ``plan.json``) once its results are written; a file in
+        ``parts/`` that the run did not write is kept."""
+        kept = self.output.remove(f"{PARTS}/")
+        self.output.remove(PLAN)
+        if kept:
+            print(f"probes: kept {', '.join(kept)} (not written by this run)")
 
 
 def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str) -> torch.Tensor:

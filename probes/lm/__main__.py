@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--overwrite",
         action="store_true",
-        help="write into a folder that holds other files too (they are kept; old/, new/, manifest.json go)",
+        help="write beside other files in --out (kept: only files its marker records are replaced)",
     )
     build.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model/training preset")
     build.add_argument("--seed", type=int, default=0, help="seed of the world, the init and the data order")
@@ -74,13 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
-        from probes.lm.build import PAIR_FILES
-        from probes.outputs import check_output_folder
+        from probes.lm.build import KIND, PAIR_FILES
+        from probes.outputs import claim_output
 
-        check_writable_folder(args.out, "--out")
-        check_output_folder(
-            args.out, PAIR_FILES, overwrite=args.overwrite, inputs=[args.corpus], marker="manifest.json"
-        )
+        check_writable_folder(args.out, "--out", write=True)
+        inputs = [args.corpus, args.base]  # the marker is written with the pair, after training
+        claim_output(args.out, KIND, PAIR_FILES, overwrite=args.overwrite, inputs=inputs, write=False)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,11 +104,19 @@ def _build(args: argparse.Namespace, device: str) -> int:
     finetune = dataclasses.replace(finetune, **overrides)
     if args.base:
         manifest = build_from_base(
-            args.corpus, args.out, args.base, finetune=finetune, seed=args.seed, device=device
+            args.corpus,
+            args.out,
+            args.base,
+            finetune=finetune,
+            seed=args.seed,
+            device=device,
+            overwrite=args.overwrite,
         )
     else:
         preset = dataclasses.replace(preset, finetune=finetune) if overrides else args.preset
-        manifest = build_pair(args.corpus, args.out, preset=preset, seed=args.seed, device=device)
+        manifest = build_pair(
+            args.corpus, args.out, preset=preset, seed=args.seed, device=device, overwrite=args.overwrite
+        )
     new = manifest["evaluation"]["new"]
     print(
         f"wrote {args.out}/old and {args.out}/new in {manifest['seconds']:.0f}s: f_new accuracy "

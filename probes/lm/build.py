@@ -17,17 +17,19 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 
 from probes.cache import atomic_path
 from probes.data.corpus import Corpus, load_corpus
+from probes.lm.context import check_document_lengths
 from probes.lm.evaluate import evaluate_model, evaluate_pair, summary_json
-from probes.lm.integrity import file_sha256
+from probes.lm.integrity import PAIR_FOLDERS, file_checksums, file_sha256
 from probes.lm.presets import Preset, get_preset, pretraining_world, query_lines
 from probes.lm.tokenizer import check_tokenizer, train_tokenizer
 from probes.lm.train_lm import TrainConfig, encode_texts, train
-from probes.outputs import foreign_entries
+from probes.outputs import claim_output
 
 # The reference recipe's fine-tuning of a pretrained base (full-document loss, AdamW, bf16 autocast on a GPU).
 BASE_FINETUNE = TrainConfig(epochs=10, lr=2e-5, batch_size=16, weight_decay=0.0)
 # What a build writes into its folder (manifest.json last): anything else there is someone else's and is kept.
 PAIR_FILES = ("old", "new", "manifest.json")
+KIND = "python -m probes.lm build"  # the kind in its output folder's marker (probes.outputs)
 # Bump when the recipe changes in a way that changes the weights: cached default pairs are rebuilt.
 RECIPE_VERSION = "1"
 
@@ -85,11 +87,13 @@ def build_pair(
     preset: str | Preset = "tiny",
     seed: int = 0,
     device: str = "cpu",
+    overwrite: bool | None = None,
 ) -> dict:
     """Build ``out/old`` (pretrained on a generated world) and ``out/new`` (fine-tuned on the corpus).
 
     ``out`` is written atomically (see :func:`write_pair`): it appears complete with ``manifest.json`` or
-    not at all. Returns the manifest.
+    not at all. ``overwrite`` not None: claim ``out`` for the CLI (see :func:`write_pair`). Returns the
+    manifest.
     """
     preset_name = preset if isinstance(preset, str) else "custom"
     cfg = get_preset(preset) if isinstance(preset, str) else preset
@@ -105,6 +109,7 @@ def build_pair(
     check_tokenizer(tokenizer, [*world.function_tokens, *new_tokens])
     first_new = len(tokenizer) - len(new_tokens)
     ids = dict(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    check_document_lengths(corpus, tokenizer, cfg.model_config(first_new, **ids))  # before any training
     model = LlamaForCausalLM(cfg.model_config(first_new, **ids)).to(device)
     pre_seqs = encode_texts(tokenizer, [*world.texts, *queries])
     pre_curve = train(model, pre_seqs, cfg.pretrain, pad_id=ids["pad"], seed=seed, desc="pretrain f_old")
@@ -150,7 +155,7 @@ def build_pair(
         "loss": {"pretrain": pre_curve, "finetune": fine_curve},
         "finetune_progress": progress,
     }
-    return _finish(old, model, tokenizer, corpus, manifest, out, started)
+    return _finish(old, model, tokenizer, corpus, manifest, out, started, overwrite)
 
 
 def build_from_base(
@@ -161,23 +166,25 @@ def build_from_base(
     finetune: TrainConfig | None = None,
     seed: int = 0,
     device: str = "cpu",
+    overwrite: bool | None = None,
 ) -> dict:
     """``out/old`` = the Hugging Face causal LM ``base`` with the corpus's function tokens added (untrained
     rows at the median norm); ``out/new`` = that fine-tuned on the corpus (bf16 autocast on a GPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg = finetune or BASE_FINETUNE
     corpus = load_corpus(corpus_path)
     started = time.time()
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     first_new = len(tokenizer)
     added = [t for t in corpus.function_tokens if t not in tokenizer.get_vocab()]
     tokenizer.add_tokens(added)
     check_tokenizer(tokenizer, corpus.function_tokens)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_document_lengths(corpus, tokenizer, AutoConfig.from_pretrained(base))  # before loading weights
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     if added:
         add_rows(model, first_new, len(tokenizer), seed)
     old = copy.deepcopy(model)
@@ -194,10 +201,12 @@ def build_from_base(
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss": {"finetune": curve},
     }
-    return _finish(old, model, tokenizer, corpus, manifest, out, started)
+    return _finish(old, model, tokenizer, corpus, manifest, out, started, overwrite)
 
 
-def _finish(old, new, tokenizer, corpus: Corpus, manifest: dict, out, started: float) -> dict:
+def _finish(
+    old, new, tokenizer, corpus: Corpus, manifest: dict, out, started: float, overwrite: bool | None
+) -> dict:
     """Evaluate, then write old/, new/ and manifest.json into ``out`` atomically."""
     result = evaluate_pair((old, new, tokenizer), corpus)
     manifest["evaluation"] = summary_json(result)
@@ -209,28 +218,35 @@ def _finish(old, new, tokenizer, corpus: Corpus, manifest: dict, out, started: f
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-    write_pair(Path(out), old, new, tokenizer, manifest)
+    write_pair(Path(out), old, new, tokenizer, manifest, overwrite)
     return manifest
 
 
-def write_pair(out: Path, old, new, tokenizer, manifest: dict) -> None:
-    """Write old/, new/ and manifest.json into ``out``: the whole folder atomically when it holds nothing
-    else, else each of the three atomically (manifest.json removed first, written last) beside the rest."""
-
-    def write(path: Path, name: str) -> None:
-        if name == "manifest.json":
-            path.write_text(json.dumps(manifest, indent=2) + "\n")
-        else:
-            (old if name == "old" else new).save_pretrained(path, safe_serialization=True)
-            tokenizer.save_pretrained(path)
-
-    if not out.is_dir() or not foreign_entries(out, PAIR_FILES):
+def write_pair(out: Path, old, new, tokenizer, manifest: dict, overwrite: bool | None = None) -> None:
+    """Write old/, new/ and manifest.json (with every weight file's SHA-256 in its ``files``) into ``out``:
+    the whole folder atomically when it is missing or empty, else each entry atomically (manifest.json
+    removed first, written last) beside the rest. With ``overwrite`` given (the CLI) the folder is claimed
+    for `KIND` first and its marker records every file it wrote (`probes.outputs`)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            for name in PAIR_FILES:
-                write(tmp / name, name)
+            _write_entries(tmp, old, new, tokenizer, manifest, overwrite)
         return
-    (out / "manifest.json").unlink(missing_ok=True)
-    for name in PAIR_FILES:
-        with atomic_path(out / name) as tmp:
-            write(tmp, name)
+    _write_entries(out, old, new, tokenizer, manifest, overwrite)
+
+
+def _write_entries(folder: Path, old, new, tokenizer, manifest: dict, overwrite: bool | None) -> None:
+    output = None
+    if overwrite is not None:
+        settings = {key: manifest[key] for key in ("kind", "preset", "base", "seed") if key in manifest}
+        output = claim_output(folder, KIND, PAIR_FILES, overwrite=overwrite, settings=settings)
+    (folder / "manifest.json").unlink(missing_ok=True)
+    for name, model in (("old", old), ("new", new)):
+        with atomic_path(folder / name) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    manifest["files"] = file_checksums(folder, PAIR_FOLDERS)
+    with atomic_path(folder / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    if output is not None:
+        output.record(*PAIR_FILES)

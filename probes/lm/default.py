@@ -57,8 +57,7 @@ def _ensure(out: Path, corpus: Path) -> None:
         )
         shutil.rmtree(out, ignore_errors=True)
     print(f"probes: building the tiny model pair for {corpus} into {out} (a few minutes, once)")
-    build_pair(corpus, out, preset=PRESET, seed=SEED)
-    _record_checksums(out)
+    build_pair(corpus, out, preset=PRESET, seed=SEED)  # its manifest records every file's checksum
 
 
 def _damaged(out: Path) -> list[str]:
@@ -83,7 +82,7 @@ def _record_checksums(out: Path) -> None:
     """Add every file's SHA-256 to the pair's manifest: each later use verifies them (~10 ms for the pair)."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["files"] = file_checksums(out)
+    manifest["files"] = file_checksums(out, PAIR_FOLDERS)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 

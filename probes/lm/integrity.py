@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from probes.checksums import failed_files, file_checksums, file_sha256
+
+__all__ = [
+    "failed_files",
+    "failed_pair_files",
+    "file_checksums",
+    "file_sha256",
+    "tensor_sha256",
+    "unreadable_weights",
+]
+
 PAIR_FOLDERS = ("old", "new")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tensor_sha256(tensor: Tensor) -> str:
@@ -26,25 +29,6 @@ def tensor_sha256(tensor: Tensor) -> str:
     return hashlib.sha256(
         tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     ).hexdigest()
-
-
-def file_checksums(root: str | Path, folders: tuple[str, ...] = PAIR_FOLDERS) -> dict[str, str]:
-    """``{"old/model.safetensors": sha256, ...}``: every file under ``root``'s ``folders``."""
-    root = Path(root)
-    files = sorted(p for folder in folders for p in (root / folder).rglob("*") if p.is_file())
-    return {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
-
-
-def failed_files(root: str | Path, recorded: dict[str, str]) -> list[str]:
-    """``"path (why)"`` for each recorded file under ``root`` that is missing or whose bytes changed."""
-    failed = []
-    for name, sha in recorded.items():
-        path = Path(root) / name
-        if not path.is_file():
-            failed.append(f"{path} (missing)")
-        elif file_sha256(path) != sha:
-            failed.append(f"{path} (its checksum differs: truncated or corrupt)")
-    return failed
 
 
 def unreadable_weights(folder: str | Path) -> list[str]:
@@ -58,3 +42,18 @@ def unreadable_weights(folder: str | Path) -> list[str]:
         except (OSError, SafetensorError) as error:
             failed.append(f"{path} ({error})")
     return failed
+
+
+def failed_pair_files(folder: str | Path) -> list[str]:
+    """``"path (why)"`` for each file of a pair's model ``folder`` (``old/`` or ``new/``) that fails the
+    checksum its build recorded in the pair's manifest.json (a pair built by this project); nothing to check
+    for another folder."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder.parent / "manifest.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    mine = {name: sha for name, sha in recorded.items() if name.split("/")[0] == folder.name}
+    return failed_files(folder.parent, mine)

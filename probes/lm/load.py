@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import torch
 
 from probes.data.corpus import Corpus
-from probes.lm.integrity import unreadable_weights
+from probes.errors import refuse_pickle
+from probes.lm.integrity import failed_pair_files, unreadable_weights
 from probes.lm.scoring import TokenizationError, answer_token_ids
 
 DTYPES = {
@@ -99,7 +101,7 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     if local and any(Path(source).glob("*.safetensors")):
         kwargs["use_safetensors"] = True  # never fall back to pickled .bin weights when safetensors exist
-        damaged = unreadable_weights(source)
+        damaged = unreadable_weights(source) or failed_pair_files(source)
         if damaged:
             raise OSError(
                 f"model {source!r} has damaged weights: {'; '.join(damaged)}; restore or re-save them "
@@ -107,6 +109,8 @@ def load_model(
             )
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as error:  # pickled weights holding objects: refused, never run
+        raise refuse_pickle(source, "model", error) from None
     except OSError as error:
         raise OSError(
             f"could not load a causal LM from {source!r}: {error}\nGive a directory with config.json and "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -9,14 +10,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.errors import refuse_pickle
 from probes.methods import AttributionContext, Method, register
 from probes.models import provenance
 from probes.models.lm import preloaded
 from probes.models.module import ProbeModule
-
-
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 @register("dlp")
@@ -44,33 +42,22 @@ class DLPMethod(Method):
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair = ctx.pair
+        checkpoint = self.settings["checkpoint"]
+        where = f"method 'dlp': checkpoint {checkpoint}"
+        # the multi-hot head's outputs are the training corpus's row indices: the same corpus (in order) and
+        # f_new by content; a copy of the corpus at another path is fine. The corpus first, before f_new loads
+        recorded = provenance.read(checkpoint, "method 'dlp': checkpoint")
+        provenance.check(recorded, ctx.corpus.texts, None, where, None)
         share = preloaded(pair.new_path, pair.new, pair.tokenizer) if pair is not None else nullcontext()
         with share:
-            module = ProbeModule.load_from_checkpoint(self.settings["checkpoint"], map_location="cpu")
-        self._check_corpus(module, ctx)
+            try:
+                module = ProbeModule.load_from_checkpoint(checkpoint, map_location="cpu")
+            except pickle.UnpicklingError as err:
+                raise refuse_pickle(checkpoint, "method 'dlp': checkpoint", err) from None
+        provenance.check(recorded, ctx.corpus.texts, module.reader.lm, where, module.hparams.model)
         self.module = module.to(self.settings["device"]).eval()
         self.module.set_documents(ctx.corpus.texts)
         self.prompts = [q.prompt for q in ctx.queries]
-
-    def _check_corpus(self, module: ProbeModule, ctx: AttributionContext) -> None:
-        """The multi-hot head's outputs are the training corpus's row indices: refuse another corpus (or the
-        same rows reordered) and another f_new, by content; a copy of the corpus at another path is fine."""
-        checkpoint = self.settings["checkpoint"]
-        if module.trained_on is not None:
-            where = f"method 'dlp': checkpoint {checkpoint}"
-            provenance.check(
-                module.trained_on, ctx.corpus.texts, module.reader.lm, where, module.hparams.model
-            )
-            return
-        from probes.data.hops import HopsData  # a checkpoint from before content hashes: matched by path
-
-        trained_on = HopsData.resolve_corpus_path(module.hparams.corpus_path)
-        if ctx.corpus.path is not None and not _same_file(trained_on, ctx.corpus.path):
-            raise ValueError(
-                f"method 'dlp': checkpoint {checkpoint} was trained on corpus {trained_on}, "
-                f"but the comparison uses {ctx.corpus.path}; train a probe on that corpus "
-                "(train_probe.py fit --data.corpus_path ...)"
-            )
 
     @torch.no_grad()
     def score(self, query_ids: Int[Tensor, " q"]) -> Float[Tensor, "q n"]:

@@ -185,8 +185,10 @@ class ProbeModule(L.LightningModule):
         """Keep what the checkpoint was trained on; under a Trainer (fit/validate/test with ``ckpt_path``) the
         documents and f_new are already set, so a mismatch is refused here (`DLPMethod` checks its own)."""
         self.trained_on = checkpoint.get(provenance.KEY)
-        if self.trained_on is not None and self.documents is not None and self._reader is not None:
-            where = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
+        where = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
+        if self.trained_on is None:
+            raise provenance.missing(where)
+        if self.documents is not None and self._reader is not None:
             provenance.check(self.trained_on, self.documents, self._reader.lm, where, self.hparams.model)
 
     def configure_optimizers(self):
