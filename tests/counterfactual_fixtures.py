@@ -65,3 +65,26 @@ def no_figures(monkeypatch):
 
     monkeypatch.setattr(report, "plot_recall", lambda path, *args: path.write_bytes(b""))
     monkeypatch.setattr(report, "write_tensorboard", lambda root, *args: root.mkdir(exist_ok=True))
+
+
+def retrain_new(root: Path, corpus: Path) -> None:
+    """Make ``root/pair/new`` the output of the recipe its manifest now records (after `micro_pair` replaced
+    it), and record the new weights' checksums there, as `build_pair` does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probes.data.corpus import load_corpus
+    from probes.lm.integrity import PAIR_FOLDERS, file_checksums, file_sha256
+    from probes.lm.recipe import pair_recipe
+    from probes.lm.train_lm import encode_texts, train
+
+    pair = root / "pair"
+    recipe, seed = pair_recipe(pair / "old", file_sha256(corpus))
+    tokenizer = AutoTokenizer.from_pretrained(pair / "old")
+    model = AutoModelForCausalLM.from_pretrained(pair / "old", dtype=torch.float32)
+    seqs = encode_texts(tokenizer, load_corpus(corpus).texts)
+    train(model, seqs, recipe, pad_id=tokenizer.pad_token_id, seed=seed, progress=False)
+    model.save_pretrained(pair / "new")
+    manifest = json.loads((pair / "manifest.json").read_text())
+    manifest["files"] = file_checksums(pair, PAIR_FOLDERS)
+    (pair / "manifest.json").write_text(json.dumps(manifest))

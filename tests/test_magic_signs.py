@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import counterfactual_fixtures as fixtures
 import pytest
-import torch
 import yaml
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from safetensors.torch import load_file
 from test_compare import load_compare
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from probes.data.corpus import load_corpus
 from probes.data.generator import GeneratorConfig, write_corpus
-from probes.lm.integrity import file_sha256
-from probes.lm.recipe import pair_recipe
-from probes.lm.train_lm import encode_texts, train
 from probes.methods import missing_extra
 from probes.metrics.lds import spearman_columns
 
@@ -33,17 +27,7 @@ def test_gradient_rows_agree_in_sign_with_the_oracle(tmp_path):
         tmp_path / "micro.jsonl", GeneratorConfig(n_base=3, docs_per_base=8, docs_per_wrapper=4)
     )
     old, new = fixtures.micro_pair(tmp_path, corpus, finetune=GENTLE)
-    recipe, seed = pair_recipe(old, file_sha256(corpus))
-    tokenizer = AutoTokenizer.from_pretrained(old)
-    model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32)
-    train(
-        model,
-        encode_texts(tokenizer, load_corpus(corpus).texts),
-        recipe,
-        pad_id=tokenizer.pad_token_id,
-        seed=seed,
-    )
-    model.save_pretrained(new)  # f_new is the recorded recipe's own output
+    fixtures.retrain_new(tmp_path, corpus)  # f_new is the recorded recipe's own output
     methods = [{"label": "magic", "method": "magic", "options": {}}]
     methods += [{"label": name, "method": name, "options": options} for name, options in ROWS.items()]
     config = fixtures.write_config(tmp_path / "c.yaml", corpus, old, new, methods)
