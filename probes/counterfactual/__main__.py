@@ -1,6 +1,6 @@
 """python -m probes.counterfactual build|remove --config configs/compare.yaml ...
 
-build   retrain f_old on M random document subsets (f_new's recipe) -> GT/ground_truth.safetensors
+build   retrain f_old on M random document subsets, K seeds each -> GT/ground_truth.safetensors
 remove  drop each method's top-k documents per test function, retrain, and measure the answer's loss
 """
 
@@ -50,7 +50,11 @@ def build_parser() -> ArgumentParser:
     build.add_argument("--subsets", type=int, default=32, help="M: random subsets, one retrain each")
     build.add_argument("--fraction", type=float, default=0.5, help="share of the documents each subset keeps")
     build.add_argument(
-        "--repeats", type=int, default=0, help="subsets retrained again with another seed (noise ceiling)"
+        "--seeds-per-subset",
+        type=int,
+        default=5,
+        help="K: retrains of every subset with different data-order seeds; the LDS reads their mean, the "
+        "noise ceiling their split-half correlation (K >= 2)",
     )
     commands.add_subcommand("build", build)
     remove = ArgumentParser(description="retrain without each method's top-k documents per test function")
@@ -100,7 +104,7 @@ def _main(argv: list[str] | None) -> Path:
             out,
             subsets=sub.subsets,
             fraction=sub.fraction,
-            repeats=sub.repeats,
+            seeds_per_subset=sub.seeds_per_subset,
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,

@@ -22,7 +22,6 @@ from probes.counterfactual.ground_truth import identity
 from probes.counterfactual.selection import (
     RANDOM,
     RELEVANCE,
-    bootstrap,
     function_rows,
     markdown,
     method_drop,
@@ -42,6 +41,7 @@ from probes.counterfactual.study import (
 )
 from probes.errors import UserError
 from probes.methods import unavailable
+from probes.metrics.bootstrap import bootstrap
 from probes.outputs import check_output_folder
 from probes.reuse import DLP, record, take_rows
 
