@@ -14,18 +14,20 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from probes.lm.patch import attention_implementation
-from probes.lm.train_lm import ADAMW, TrainConfig, collate, epoch_batches, param_groups, schedule
+from probes.lm.scoring import logits_at
+from probes.lm.train_lm import ADAMW, TrainConfig, epoch_batches, param_groups, schedule
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 
 
 STACKED_ATTENTION = "probes_stacked_causal"
+SHOW_EVERY = 50  # steps between the progress bar's loss readings
 
 
 def causal_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
@@ -67,15 +69,6 @@ def unstack(params: Stacked, index: int) -> dict[str, Tensor]:
     return {name: p[index].detach() for name, p in params.items()}
 
 
-def load_into(model: torch.nn.Module, params: dict[str, Tensor]) -> torch.nn.Module:
-    """Copy ``params`` into ``model`` in place (tied weights receive the value once); returns it."""
-    own = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in params.items():
-            own[name].copy_(value)
-    return model
-
-
 def _mean_token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"]):
     """One model's mean next-token cross-entropy over its labelled positions (HF's loss for ``labels``)."""
     logits = functional_call(model, (params, buffers), (input_ids,), {"use_cache": False}).logits
@@ -88,22 +81,51 @@ def _mean_token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labe
     return total / (targets != -100).sum()
 
 
-def _step_batch(
-    seqs: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"]]:
-    """Every model's batch padded to one [K, b, s] block; missing rows carry no labels.
+class StepBatches:
+    """Every model's batch of every step, on the device from the start: the corpus as one padded token table
+    and each step's [K, b] row indices, so that a step reads its batch with one gather and no host work
+    (building and copying each step's batch on the host kept a launch-bound GPU waiting).
 
-    Right padding with no attention mask is exact: causal attention never lets a real token see the pad
-    after it, and padded positions carry no loss."""
-    rows = max(len(b) for b in batches)
-    width = max(len(seqs[i]) for b in batches for i in b)
-    ids = torch.full((len(batches), rows, width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batches), rows, width), -100, dtype=torch.long)
-    for k, batch in enumerate(batches):
-        block_ids, block_labels = collate([seqs[i] for i in batch], pad_id)
-        ids[k, : len(batch), : block_ids.shape[1]] = block_ids
-        labels[k, : len(batch), : block_labels.shape[1]] = block_labels
-    return ids.to(device), labels.to(device)
+    The batches are those `train` draws for each model's seed (`epoch_batches`, one generator per model);
+    each step's block is as wide as its longest sequence. Right padding with no attention mask is exact:
+    causal attention never lets a real token see the pad after it, and padded positions carry no loss. A
+    model with fewer rows in a step gets rows of padding (the table's last row, length 0)."""
+
+    def __init__(self, seqs, subsets, cfg: TrainConfig, seeds, steps: int, pad_id: int, device) -> None:
+        order = _order(seqs, subsets, cfg, seeds, steps)
+        rows = max(len(batch) for step in order for batch in step)
+        index = torch.full((steps, len(subsets), rows), len(seqs), dtype=torch.long)  # the padding row
+        for t, step in enumerate(order):
+            for m, batch in enumerate(step):
+                index[t, m, : len(batch)] = torch.tensor(batch)
+        self.widths = [max(len(seqs[i]) for batch in step for i in batch) for step in order]
+        table = torch.full((len(seqs) + 1, max(self.widths)), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):  # a document longer than every batch's width is never read
+            kept = seq[: table.shape[1]]
+            table[row, : len(kept)] = torch.tensor(kept)
+        length = torch.tensor([len(s) for s in seqs] + [0])
+        self.table, self.length, self.index = table.to(device), length.to(device), index.to(device)
+
+    def __getitem__(self, step: int) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"]]:
+        """Step ``step``'s (input_ids, labels) of every model, as `collate` pads one batch."""
+        rows, width = self.index[step], self.widths[step]
+        ids = self.table[rows, :width]
+        real = torch.arange(width, device=ids.device) < self.length[rows][..., None]
+        return ids, torch.where(real, ids, -100)
+
+
+def _order(seqs, subsets, cfg: TrainConfig, seeds, steps: int) -> list[list[list[int]]]:
+    """[step][model] -> the corpus rows of that model's batch, epoch after epoch as `train` draws them."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    lengths = [[len(seqs[i]) for i in subset] for subset in subsets]
+    order: list[list[list[int]]] = []
+    while len(order) < steps:
+        queues = [epoch_batches(lengths[m], cfg.batch_size, generators[m]) for m in range(len(subsets))]
+        if len({len(q) for q in queues}) != 1:  # epoch_batches' count depends on the size only
+            raise AssertionError("subset models got different numbers of batches per epoch")
+        while queues[0] and len(order) < steps:
+            order.append([[subsets[m][i] for i in queues[m].pop()] for m in range(len(subsets))])
+    return order
 
 
 def train_stacked(
@@ -135,26 +157,22 @@ def train_stacked(
     device = next(fmodel.parameters()).device
     params = stack(fmodel, k)
     buffers = dict(fmodel.named_buffers())
-    views = [list(subset) for subset in subsets]
-    lengths = [[len(seqs[i]) for i in view] for view in views]
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     total_run, lr_at = schedule(cfg, size)
-    opt = torch.optim.AdamW(param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, **ADAMW)
+    batches = StepBatches(seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device)
+    # one fused kernel per parameter group on a GPU (the foreach path launches several per step)
+    opt = torch.optim.AdamW(
+        param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, fused=device.type == "cuda", **ADAMW
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     grad_fn = vmap(grad_and_value(lambda p, i, y: _mean_token_loss(fmodel, buffers, p, i, y)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    queues: list[list[list[int]]] = [[] for _ in range(k)]
+    running = torch.zeros((), device=device)
     with (
         attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
         tqdm(total=total_run, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar,
     ):
-        for _ in range(total_run):
-            if not queues[0]:
-                queues = [epoch_batches(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
-                if len({len(q) for q in queues}) != 1:  # epoch_batches' count depends on the size only
-                    raise AssertionError("subset models got different numbers of batches per epoch")
-            batches = [[views[m][i] for i in queues[m].pop()] for m in range(k)]
-            input_ids, labels = _step_batch(seqs, batches, pad_id, device)
+        for step in range(total_run):
+            input_ids, labels = batches[step]
             with autocast:
                 grads, loss = grad_fn(params, input_ids, labels)
             _clip_per_model(grads, max_norm=1.0)
@@ -163,8 +181,11 @@ def train_stacked(
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            running += loss.detach().mean()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.mean().item():.3f}", models=k)
+            if (step + 1) % SHOW_EVERY == 0:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{running.item() / SHOW_EVERY:.3f}", models=k)
+                running.zero_()
     return {name: p.detach() for name, p in params.items()}
 
 
@@ -177,13 +198,14 @@ def _clip_per_model(grads: Stacked, max_norm: float) -> None:
         g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
 
 
-def stacked_outputs(
-    model: torch.nn.Module, params: Stacked, evaluate, *, progress: bool = False
-) -> list[Float[Tensor, "..."]]:
-    """``evaluate(model_k)`` for each of the K parameter sets, loaded one after another into a copy."""
-    work = copy.deepcopy(model).eval()
-    k = next(iter(params.values())).shape[0]
-    out = []
-    for index in tqdm(range(k), desc="evaluate", disable=not progress, leave=False):
-        out.append(evaluate(load_into(work, unstack(params, index))))
-    return out
+def stacked_logits_at(model: torch.nn.Module, params: Stacked):
+    """`probes.lm.scoring.logits_at` for the K stacked models at once (one vmapped forward per batch instead
+    of K): a function of (batch, positions) returning logits [b, p, K, v]. Call it inside
+    ``attention_implementation(model, STACKED_ATTENTION, causal_attention)`` on right-padded batches."""
+    buffers = dict(model.named_buffers())
+
+    def one(p: dict[str, Tensor], batch: dict[str, Tensor], positions: Tensor) -> Tensor:
+        return logits_at(lambda **kw: functional_call(model, (p, buffers), (), kw), batch, positions)
+
+    forward = vmap(one, in_dims=(0, None, None), out_dims=2)
+    return lambda batch, positions: forward(params, batch, positions)
