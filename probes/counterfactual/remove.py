@@ -92,7 +92,7 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
     restricted = cfg.clone()
     restricted.methods = [e for e in cfg.methods if e.label in labels]
     restricted.dlp_checkpoint = cfg.dlp_checkpoint if "dlp" in labels else None
-    restricted.counterfactual = None
+    restricted.counterfactual = []
     return restricted
 
 
