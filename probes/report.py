@@ -104,6 +104,8 @@ def write_results(
         if counterfactual:
             rows = [(r.label, r.lds) for r in results if r.lds]
             lds_report.save_figure(out / lds_report.FIGURE, tmp, rows, counterfactual)
+        else:  # an earlier run's figure does not belong to this one
+            (out / lds_report.FIGURE).unlink(missing_ok=True)
     metrics = {
         r.label: {
             "method": r.hparams.get("method", ""),
