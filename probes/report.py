@@ -101,11 +101,7 @@ def write_results(
     plot_recall(out / "recall_at_k.png", results, random)
     with atomic_path(out / "tensorboard") as tmp:
         write_tensorboard(tmp, results, random)
-        if counterfactual:
-            rows = [(r.label, r.lds) for r in results if r.lds]
-            lds_report.save_figure(out / lds_report.FIGURE, tmp, rows, counterfactual)
-        else:  # an earlier run's figure does not belong to this one
-            (out / lds_report.FIGURE).unlink(missing_ok=True)
+        _lds_figure(out, tmp, results, counterfactual)
     metrics = {
         r.label: {
             "method": r.hparams.get("method", ""),
@@ -126,6 +122,15 @@ def write_results(
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return table
+
+
+def _lds_figure(out: Path, tensorboard: Path, results: Sequence[MethodResult], counterfactual) -> None:
+    """The LDS-by-kept-fraction figure given ground truths; else an earlier run's figure goes."""
+    if counterfactual:
+        rows = [(r.label, r.lds) for r in results if r.lds]
+        lds_report.save_figure(out / lds_report.FIGURE, tensorboard, rows, counterfactual)
+    else:
+        (out / lds_report.FIGURE).unlink(missing_ok=True)
 
 
 def _was_tuned(result: MethodResult) -> bool:

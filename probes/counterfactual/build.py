@@ -68,7 +68,7 @@ def build_ground_truth(
     *,
     subsets: int,
     fraction: float,
-    seeds_per_subset: int = 1,
+    seeds_per_subset: int = 5,
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,

@@ -127,7 +127,8 @@ def noise_ceiling(
     resamples: int = RESAMPLES,
 ) -> dict | None:
     """The expected correlation of two independent means of ``seeds`` retrains (default: all of
-    ``replicates``' seeds) over the same subsets: the LDS an attribution can be expected to reach.
+    ``replicates``' seeds) over the same subsets: the reliability of the outputs the LDS reads (an exact
+    predictor of the expected output would correlate with one such mean at about its square root).
 
     Per query, the Spearman correlation over the subsets between the means of two disjoint halves of the
     seeds (`half_splits`, averaged); the mean over queries (NaN as 0) then corrected by Spearman-Brown from
