@@ -28,10 +28,12 @@ def build_parser() -> ArgumentParser:
     add_study_arguments(parser)
     parser.add_argument(
         "--counterfactual",
-        type=str | None,
-        default=None,
-        help="a counterfactual ground-truth folder (python -m probes.counterfactual build): adds every "
-        "method's LDS and a 'relevance' row",
+        type=str,
+        nargs="+",
+        default=[],
+        help="counterfactual ground-truth folders (python -m probes.counterfactual build): adds every "
+        "method's LDS against each (keyed by folder name), a 'relevance' row and the plot of LDS against "
+        "the kept fraction",
     )
     parser.add_argument(
         "--scores",
@@ -169,19 +171,19 @@ def run(cfg: Namespace, out: Path) -> str | None:
     Under DDP (``model.devices`` > 1) every rank runs this (the feature passes need them all); rank 0 alone
     writes and returns the table, the others return None.
     """
-    from probes.counterfactual.ground_truth import check_matches, load_ground_truth, split_queries
+    from probes.counterfactual.ground_truth import check_matches, split_queries
+    from probes.lds_report import counterfactual_entry, load_truths, row_lds
     from probes.lm.ranks import global_rank
     from probes.methods import AttributionContext, query_batches
     from probes.metrics import query_metrics, random_expectation, summarise
-    from probes.metrics.lds import lds_per_query, noise_ceiling, summarise_lds
     from probes.tune import Tuned, tune
 
     methods = build_methods(cfg)
-    gt = load_ground_truth(cfg.counterfactual) if cfg.counterfactual else None  # a bad folder fails now
+    truths = load_truths(cfg.counterfactual)  # a bad folder fails now
     data, pair, candidate_ids, features = load_everything(cfg, methods)
     val_ids, test_ids = data.split_ids["val"], data.split_ids["test"]
-    if gt is not None:  # before any method scores: the same documents, test queries and f_old, by content
-        query_ids, query_texts = split_queries(data, "test")
+    query_ids, query_texts = split_queries(data, "test")
+    for gt in truths:  # before any method scores: the same documents, test queries and f_old, by content
         check_matches(
             gt, texts=data.corpus.texts, query_ids=query_ids, query_texts=query_texts, old_model=pair.old
         )
@@ -219,9 +221,9 @@ def run(cfg: Namespace, out: Path) -> str | None:
         report = summarise(per_query, functions, is_wrapper, correct)
         ranking = {name: values for name, values in per_query.items() if "/" not in name}  # per_query.csv
         lds = None
-        if gt is not None:  # per_query.csv's lds column and metrics.json's summary
-            ranking["lds"] = lds_per_query(scores, gt.masks, gt.outputs)
-            lds = summarise_lds(ranking["lds"], functions)
+        if truths:  # per_query.csv's lds columns and metrics.json's summaries
+            columns, lds = row_lds(truths, scores, functions)
+            ranking.update(columns)
         return MethodResult(label, hparams, scores, ranking, report, seconds, tuned, lds, source)
 
     while methods:  # each method's state (e.g. its document features on the GPU) goes once it has scored
@@ -240,13 +242,9 @@ def run(cfg: Namespace, out: Path) -> str | None:
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         results.append(result(label, method.hparams(), scores, time.perf_counter() - start, tuned))
     counterfactual = None
-    if gt is not None:  # the structural ground truth as scores: 1 for a relevant document, else 0
+    if truths:  # the structural ground truth as scores: 1 for a relevant document, else 0
         results.append(result("relevance", {"method": "relevance"}, relevant.float(), 0.0))
-        counterfactual = {
-            "path": str(gt.path),
-            **{key: gt.manifest[key] for key in ("subsets", "fraction")},
-            "noise_ceiling": noise_ceiling(gt, functions),
-        }
+        counterfactual = counterfactual_entry(truths, functions)
     random = random_expectation(relevant, functions, is_wrapper, correct, hop)
     if quiet:
         return None

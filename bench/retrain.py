@@ -1,15 +1,18 @@
 """Speed of the counterfactual retrains: M fine-tunes of f_old on random subsets, as `build` runs them.
 
     python bench/retrain.py [--pair default | --preset small --corpus .data/hops/20hops.jsonl]
-        [--retrains 16] [--fraction 0.5] [--stack 25 50] [--workers 2] [--device cpu|cuda] [--max-steps N]
+        [--retrains 16] [--seeds-per-subset 1] [--fraction 0.5] [--stack 25 50] [--workers 2]
+        [--device cpu|cuda] [--max-steps N] [--prompts 400]
 
 ``--pair default`` retrains the embedded tiny pair's f_old with its recipe; ``--preset P --corpus C`` builds
 a randomly initialised model of preset P with a tokenizer trained on C (speed does not depend on the weights)
-and retrains it with the preset's fine-tuning recipe. On a GPU every ``--stack`` value runs the M retrains in
-chunks of that many models stacked under vmap, after one retrain alone (`train_lm.train`, the serial
-reference); on a CPU the retrains are spread over ``--workers`` processes (one thread each). ``--max-steps``
-caps each retrain (a quick estimate: the rates hold, the wall time then covers fewer steps). Prints a table:
-setting, retrains, steps each, seconds, retrains per minute, peak GPU memory.
+and retrains it with the preset's fine-tuning recipe. ``--seeds-per-subset K`` draws retrains / K subsets,
+each retrained with K data-order seeds, as ``build`` plans them. On a GPU every ``--stack`` value runs the
+retrains in chunks of that many models stacked under vmap, after one retrain alone (`train_lm.train`, the
+serial reference); on a CPU the retrains are spread over ``--workers`` processes (one thread each).
+``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall time then covers fewer
+steps). Every timing includes reading the retrained models' answers to ``--prompts`` test prompts. Prints a
+table: setting, retrains, steps each, seconds, seconds per retrain, retrains per minute, peak GPU memory.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.counterfactual.jobs import Job, Runner, run_plan, subsets_of  # noqa: E402
+from probes.counterfactual.jobs import Job, Runner, run_plan  # noqa: E402
+from probes.counterfactual.regimes import stochastic  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
 from probes.lm.integrity import file_sha256  # noqa: E402
 from probes.lm.recipe import pair_recipe  # noqa: E402
@@ -57,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--corpus", default=None, help="HOPS JSONL (default: the embedded default corpus)")
     parser.add_argument("--retrains", type=int, default=16)
+    parser.add_argument(
+        "--seeds-per-subset", type=int, default=1, help="K: retrains / K subsets, K seeds each"
+    )
+    parser.add_argument("--prompts", type=int, default=400, help="test prompts read after each retrain")
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--stack", type=int, nargs="+", default=[25])
     parser.add_argument("--workers", type=int, default=2)
@@ -84,11 +92,18 @@ def main(argv: list[str] | None = None) -> None:
         size = round(args.fraction * n)
         steps = schedule(recipe, size)[0]
         seed = 1
-        plan = [(s, seed) for s in subsets_of(n, size, args.retrains, 0)]
-        prompts = tuple(f"{f}(3) returns the value " for f in list(corpus.functions)[:64])
+        k = args.seeds_per_subset
+        draw = dict(subsets=args.retrains // k, fraction=args.fraction, seeds_per_subset=k)
+        plan = stochastic(n, **draw, seed=0, recipe_seed=seed).plan
+        functions = list(corpus.functions)
+        prompts = tuple(
+            f"{functions[i % len(functions)]}({i // len(functions)}) returns the value "
+            for i in range(args.prompts)
+        )
         job = Job(old, tuple(corpus.texts), prompts, (0,) * len(prompts), (0,), recipe, args.device)
         rows = []
-        print("| setting | retrains | steps each | seconds | retrains/min | peak GiB |", flush=True)
+        header = "| setting | retrains | steps each | seconds | s/retrain | retrains/min | peak GiB |"
+        print(header, flush=True)
 
         def timed(label: str, chunks, workers: int, runner=None) -> None:
             if args.device.startswith("cuda"):
@@ -108,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             rows.append((label, count, steps, seconds, 60 * count / seconds, peak))
             print(
-                f"| {label} | {count} | {steps} | {seconds:.1f} | {60 * count / seconds:.1f} | {peak:.1f} |",
+                f"| {label} | {count} | {steps} | {seconds:.1f} | {seconds / count:.2f} | "
+                f"{60 * count / seconds:.1f} | {peak:.1f} |",
                 flush=True,
             )
 
@@ -133,10 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         else f"CPU, {torch.get_num_threads()} threads"
     )
     print(f"\n{name}; {corpus_path} ({n} documents, subsets of {size}); {device}\n")
-    print("| setting | retrains | steps each | seconds | retrains/min | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print(header)
+    print("|---|---|---|---|---|---|---|")
     for label, count, steps_, seconds, rate, peak in rows:
-        print(f"| {label} | {count} | {steps_} | {seconds:.1f} | {rate:.1f} | {peak:.1f} |")
+        per = seconds / count if count else float("nan")
+        print(f"| {label} | {count} | {steps_} | {seconds:.1f} | {per:.2f} | {rate:.1f} | {peak:.1f} |")
 
 
 if __name__ == "__main__":

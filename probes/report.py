@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float
 from safetensors.torch import save_file
 from torch import Tensor
 
+from probes import lds_report
 from probes.cache import atomic_path
 from probes.metrics import HOP_SUBSET, KS, flatten, metric_names
 from probes.outputs import Output, claim_output
@@ -43,6 +44,7 @@ FILES = (
     "per_query.csv",
     "table.md",
     "recall_at_k.png",
+    lds_report.FIGURE,
     "tensorboard/",
     INPUTS,
 )
@@ -73,7 +75,7 @@ class MethodResult:
     report: dict
     seconds: float
     tuned: Tuned | None = None  # the options chosen on the validation queries, when a grid was given
-    lds: dict | None = None  # probes.metrics.lds.summarise_lds of its scores, given a counterfactual truth
+    lds: dict | None = None  # {ground truth: probes.metrics.lds.lds summary}, given counterfactual truths
     source: str | None = None  # the finished comparison its scores were taken from (compare.py --scores)
 
 
@@ -91,10 +93,11 @@ def write_results(
     ``inputs`` (`probes.reuse.record`: the config and the inputs by content) becomes inputs.json, which
     tells another command which score rows it may reuse.
 
-    ``counterfactual`` (``{"path", "subsets", "fraction", "noise_ceiling"}``, given with the LDS of every
-    result, summarised and per query as ``per_query["lds"]``) becomes metrics.json's entry of that name, the
-    LDS column of the table and of per_query.csv. An older
-    metrics.json is removed first, so metrics.json exists only beside a complete set of files.
+    ``counterfactual`` (`probes.lds_report.counterfactual_entry`: per ground truth its regime and noise
+    ceiling; given with every result's LDS against each, summarised and per query as
+    ``per_query["lds:<name>"]``) becomes metrics.json's entry of that name, an LDS column per ground truth
+    in the table and per_query.csv, and the LDS-by-kept-fraction figure. An older metrics.json is removed
+    first, so metrics.json exists only beside a complete set of files.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
@@ -104,7 +107,7 @@ def write_results(
     _write_csv(out / "queries.csv", list(queries[0]) if queries else [], queries)
     _write_csv(
         out / "per_query.csv",
-        ["label", *(queries[0] if queries else []), *metric_names(KS), *(["lds"] if counterfactual else [])],
+        ["label", *(queries[0] if queries else []), *metric_names(KS), *lds_report.columns(counterfactual)],
         _per_query(results, queries),
     )
     table = markdown_table(results, random, counterfactual)
@@ -113,6 +116,7 @@ def write_results(
     plot_recall(out / "recall_at_k.png", results, random)
     with atomic_path(out / "tensorboard") as tmp:
         write_tensorboard(tmp, results, random)
+        _lds_figure(out, tmp, results, counterfactual)
     metrics = {
         r.label: {
             "method": r.hparams.get("method", ""),
@@ -133,6 +137,15 @@ def write_results(
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     return table
+
+
+def _lds_figure(out: Path, tensorboard: Path, results: Sequence[MethodResult], counterfactual) -> None:
+    """The LDS-by-kept-fraction figure given ground truths; else an earlier run's figure goes."""
+    if counterfactual:
+        rows = [(r.label, r.lds) for r in results if r.lds]
+        lds_report.save_figure(out / lds_report.FIGURE, tensorboard, rows, counterfactual)
+    else:
+        (out / lds_report.FIGURE).unlink(missing_ok=True)
 
 
 def _was_tuned(result: MethodResult) -> bool:
@@ -170,14 +183,6 @@ def _cell(report: dict, subset: str, metric: str) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def _lds_cell(lds: dict | None) -> str:
-    """The mean LDS ± half the width of its 95% bootstrap interval."""
-    if lds is None:
-        return "–"
-    low, high = lds["ci95"]
-    return f"{lds['mean']:.3f} ± {(high - low) / 2:.3f}"
-
-
 def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual: dict | None = None) -> str:
     """Methods x main metrics (macro over functions), base and wrapper queries apart, then wrapper queries
     against the documents below them (when the report has that subset), the LDS given ``counterfactual``,
@@ -186,14 +191,19 @@ def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual
     columns = [(s, metric, f"{s} {name}") for s in TABLE_SUBSETS for metric, name in MAIN_METRICS]
     if HOP_SUBSET in random["subsets"]:
         columns += [(HOP_SUBSET, metric, f"wrapper→base {name}") for metric, name in HOP_METRICS]
-    lds = ["LDS"] if counterfactual is not None else []
-    header = ["method", *(title for _, _, title in columns), *lds, "time (s)"]
+    names = list(counterfactual or {})
+    header = [
+        "method",
+        *(title for _, _, title in columns),
+        *lds_report.headers(counterfactual or {}),
+        "time (s)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [(r.label, r.report, r.lds, f"{r.seconds:.1f}") for r in results]
     rows.append(("random (expected)", random, None, "–"))
     for label, report, row_lds, seconds in rows:
         cells = [_cell(report, subset, metric) for subset, metric, _ in columns]
-        cells += [_lds_cell(row_lds)] * len(lds)
+        cells += [lds_report.cell((row_lds or {}).get(name)) for name in names]
         lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
     queries = ", ".join(f"{counts[s]} {s}" for s in TABLE_SUBSETS)
     lines.append(
@@ -202,16 +212,8 @@ def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual
         "out. Time: prepare + scoring; features shared by several methods count where they are first "
         "computed."
     )
-    if counterfactual is not None:
-        ceiling = counterfactual["noise_ceiling"]
-        lines.append(
-            f"\nLDS: per test query, Spearman over the {counterfactual['subsets']} retrained subsets "
-            f"({counterfactual['fraction']:g} of the documents each) between the summed scores of a subset's "
-            "documents and the retrained f_old's log-probability of the answer; mean over queries ± half "
-            "the 95% bootstrap interval (an undefined query, constant prediction, counts as 0). relevance "
-            "scores the structurally relevant documents 1, the others 0. Noise ceiling (two seeds): "
-            + (f"{_lds_cell(ceiling)}." if ceiling else "not measured (fewer than 3 repeated subsets).")
-        )
+    if counterfactual:
+        lines.append(lds_report.note(counterfactual))
     tuned = [r for r in results if _was_tuned(r)]
     if tuned:
         lines.append(
@@ -271,7 +273,13 @@ def write_tensorboard(root: Path, results: Sequence[MethodResult], random: dict)
                 if value is not None:
                     writer.add_scalar("test/macro/recall@k", value, global_step=k)
             scalars = {key: value for key, value in flatten(report, "test").items() if not math.isnan(value)}
-            scalars.update({f"test/lds/{key}": lds[key] for key in ("mean", "macro")} if lds else {})
+            scalars.update(
+                {
+                    f"test/lds/{name}/{key}": s[key]
+                    for name, s in (lds or {}).items()
+                    for key in ("mean", "macro")
+                }
+            )
             writer.add_hparams({key: _scalar(v) for key, v in hparams.items()}, scalars, run_name=".")
 
 

@@ -42,7 +42,8 @@ def model_files(path: str) -> dict[str, str] | str:
 
 def input_paths(cfg: Namespace) -> list[str | None]:
     """The files a comparison of ``cfg`` reads, which its output must never replace."""
-    return [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, cfg.get("counterfactual")]
+    truths = cfg.get("counterfactual") or []  # compare.py's ground-truth folders (a list)
+    return [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, *truths]
 
 
 def settings(cfg: Namespace) -> dict:

@@ -11,11 +11,11 @@ exactly what a user runs; up to ``--jobs`` run at once, each as soon as what it 
    functions), from configs/dlp.yaml and configs/dlp-heldout-functions.yaml;
 3. ``compare.py`` with configs/compare.yaml on both splits, every configs/ablations/*.yaml on by_input, and
    the seed-0 DLP of each split through compare.py (``--dlp_checkpoint``), all sharing one feature cache;
-4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M, ``--repeats`` R) into
-   OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's LDS, the seed-0 multi-hot DLP too)
-   into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, ekfac and trackstar where installed, the seed-0
-   multi-hot DLP; k = 300, 6 functions) into OUT/counterfactual/removal; both take the rows' scores from
-   step 3's by_input runs (``--scores``) instead of scoring them again;
+4. the counterfactual check: ``python -m probes.counterfactual build`` (``--subsets`` M,
+   ``--seeds-per-subset`` K) into OUT/counterfactual/gt, compare.py with ``--counterfactual`` (every row's
+   LDS, the seed-0 multi-hot DLP too) into OUT/compare/lds, and ``remove`` (REMOVAL_LABELS, ekfac and
+   trackstar where installed, the seed-0 multi-hot DLP; k = 300, 6 functions) into OUT/counterfactual/removal;
+   both take the rows' scores from step 3's by_input runs (``--scores``) instead of scoring them again;
 5. OUT/summary.md: the pair's accuracies and every table (also the DLP's mean and spread over seeds).
 
 A step whose outputs exist is skipped, so a study cut short resumes where it stopped. ``--steps PATTERN ...``
@@ -132,7 +132,8 @@ def jobs(args) -> list[Job]:
     gt = out / "counterfactual" / "gt"
     cf = [py, "-m", "probes.counterfactual"]
     build_gt = [*cf, "build", "--config", "configs/compare.yaml", *common, "--out", str(gt)]
-    build_gt += ["--subsets", str(args.subsets), "--repeats", str(args.repeats), "--stack", str(args.stack)]
+    build_gt += ["--subsets", str(args.subsets), "--seeds-per-subset", str(args.seeds_per_subset)]
+    build_gt += ["--stack", str(args.stack)]
     found.append(Job("counterfactual/gt", [build_gt], ["build"]))
     checkpoint = out / "dlp" / f"multihot-by_input-s{args.seeds[0]}" / "best.ckpt"
     # the rows' scores are those of the by_input runs (the same config and inputs): only the LDS is new
@@ -257,7 +258,9 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda or cpu (the DLP uses the Trainer's 'auto')")
     parser.add_argument("--jobs", type=int, default=4, help="steps run at once (one GPU is shared)")
     parser.add_argument("--subsets", type=int, default=100, help="counterfactual ground truth: subsets")
-    parser.add_argument("--repeats", type=int, default=10, help="counterfactual ground truth: seed repeats")
+    parser.add_argument(
+        "--seeds-per-subset", type=int, default=5, help="counterfactual ground truth: seeds per subset (K)"
+    )
     parser.add_argument(
         "--feature-batch-size", type=int, default=128, help="compare.py model.feature_batch_size"
     )

@@ -37,12 +37,11 @@ def _fmt(value: float | None) -> str:
 def compare_table(folder: Path) -> str:
     """A compare.py run's rows in the summary's columns (and LDS, given ``--counterfactual``)."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    metrics.pop("counterfactual", None)
-    lds = any("lds" in report for report in metrics.values())
+    truths = list(metrics.pop("counterfactual", {}))  # one LDS column per ground truth
     rows = []
     for label, report in metrics.items():
         cells = [_fmt(_value(report, *column[1:])) for column in COLUMNS]
-        cells += [_fmt(report.get("lds", {}).get("mean"))] if lds else []
+        cells += [_fmt(report.get("lds", {}).get(name, {}).get("mean")) for name in truths]
         seconds = report.get("seconds")
         rows.append(
             (
@@ -50,7 +49,7 @@ def compare_table(folder: Path) -> str:
                 cells + ["–" if seconds is None else f"{seconds:.1f}"],
             )
         )
-    return _table(rows, *(["LDS"] if lds else []), "time (s)")
+    return _table(rows, *(f"LDS {name}" for name in truths), "time (s)")
 
 
 def dlp_table(args, dlp_runs) -> str:

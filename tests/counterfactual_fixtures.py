@@ -61,9 +61,10 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch):
     """compare.py's plot and TensorBoard logs (tested in test_compare.py) took most of each run's seconds."""
-    from probes import report
+    from probes import lds_report, report
 
     monkeypatch.setattr(report, "plot_recall", lambda path, *args: path.write_bytes(b""))
+    monkeypatch.setattr(lds_report, "save_figure", lambda path, *args: path.write_bytes(b""))
     monkeypatch.setattr(report, "write_tensorboard", lambda root, *args: root.mkdir(exist_ok=True))
 
 

@@ -16,6 +16,7 @@ import yaml
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 
+from probes import lds_report
 from probes.outputs import MARKER
 from probes.report import FILES, HOP_SUBSET, MAIN_METRICS
 
@@ -70,7 +71,10 @@ def test_end_to_end_writes_every_file(config, tmp_path, capsys):
     for label in (*LABELS, "random (expected)"):
         assert f"| {label} |" in printed
     assert str(out) in printed.splitlines()[-1]
-    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted([*FILES, MARKER])
+    without_counterfactual = set(FILES) - {lds_report.FIGURE}  # the LDS figure needs --counterfactual
+    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(
+        [*without_counterfactual, MARKER]
+    )
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == [*LABELS, "random_expectation"]
@@ -211,7 +215,10 @@ def test_out_holding_other_files_is_refused_before_loading_and_own_output_rerun(
     compare.main(["--config", cfg, "--out", str(out), "--overwrite"])
     (out / "notes.md").unlink()
     compare.main(["--config", cfg, "--out", str(out)])  # its own earlier output: written again
-    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted([*FILES, MARKER])
+    without_counterfactual = set(FILES) - {lds_report.FIGURE}  # the LDS figure needs --counterfactual
+    assert sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) == sorted(
+        [*without_counterfactual, MARKER]
+    )
     refused(  # even with --overwrite
         ["--config", cfg, "--out", str(out), "--overwrite", "--data.corpus_path", str(out / "table.md")],
         "is an input",

@@ -1,4 +1,5 @@
-"""compare.py --counterfactual on a micro pair: every row's LDS, the relevance row, refusing another setup."""
+"""compare.py --counterfactual on a micro pair: every row's LDS against each ground truth (recomputed from the
+saved files), the relevance row, the figure, refusing another setup."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from test_compare import compare, config  # noqa: F401 (the micro config fixture)
 from transformers import AutoModelForCausalLM
 
+from probes import lds_report
 from probes.counterfactual.ground_truth import (
     TENSORS_FILE,
     GroundTruth,
@@ -20,7 +22,7 @@ from probes.counterfactual.ground_truth import (
     split_queries,
 )
 from probes.data.hops import HopsData
-from probes.metrics.lds import lds_per_query, summarise_lds
+from probes.metrics.lds import lds, noise_ceiling
 from probes.report import check_labels
 
 METHODS = [
@@ -29,9 +31,10 @@ METHODS = [
 ]
 
 
-def write_gt(cfg_path, folder, subsets: int = 40, reverse_queries: bool = False) -> None:
-    """A ground truth whose outputs are exactly linear in the masks with the structural relevance as weights
-    (so the relevance row's LDS is 1), with 3 noisy repeats, identified by the config's own data and f_old."""
+def write_gt(cfg_path, folder, subsets: int = 40, reverse_queries: bool = False, fraction=0.5) -> None:
+    """A ground truth whose seed means are exactly linear in the masks with the structural relevance as
+    weights (so the relevance row's LDS is 1), 3 seeds with noise around them, identified by the config's
+    own data and f_old."""
     cfg = compare.build_parser().parse_args(["--config", str(cfg_path)])
     data = HopsData(**cfg.data.as_dict()).prepare()
     ids, texts = split_queries(data, "test")
@@ -40,50 +43,103 @@ def write_gt(cfg_path, folder, subsets: int = 40, reverse_queries: bool = False)
     old = AutoModelForCausalLM.from_pretrained(cfg.model.old)
     generator = torch.Generator().manual_seed(0)
     n = len(data.corpus.texts)  # subsets of one size, as retraining on a fraction of the corpus draws them
-    draws = torch.rand(subsets, n, generator=generator).argsort(dim=1)[:, : n // 2]
+    draws = torch.rand(subsets, n, generator=generator).argsort(dim=1)[:, : round(fraction * n)]
     masks = torch.zeros(subsets, n, dtype=torch.bool).scatter_(1, draws, True)
-    outputs = (masks.float() @ data.relevant[ids].float().T) / 10 - 3
-    repeats = torch.arange(3)
+    mean = (masks.double() @ data.relevant[ids].double().T) / 8 - 3
+    # seeds at mean - d, mean, mean + d, all exact in float32: the seed mean stays exactly linear
+    offset = torch.randint(-4, 5, (subsets, 1, len(ids)), generator=generator) / 64
+    noise = offset * torch.tensor([-1.0, 0.0, 1.0])[:, None]
     manifest = {
-        "version": 1,
+        "version": 2,
+        "regime": "stochastic",
+        "seeds_per_subset": 3,
         "subsets": subsets,
-        "fraction": 0.5,
+        "fraction": fraction,
         **identity(data.corpus.texts, ids, texts, old, cfg.model.old, cfg.model.new),
     }
-    noise = 0.01 * torch.randn(3, len(ids), generator=generator)
-    save_ground_truth(folder, GroundTruth(masks, outputs, repeats, outputs[repeats] + noise, manifest))
+    save_ground_truth(folder, GroundTruth(masks, (mean[:, None] + noise).float(), manifest))
 
 
-def test_every_row_gets_the_lds_that_the_saved_files_give(config, tmp_path):  # noqa: F811
+def test_every_row_gets_the_lds_that_the_saved_files_give(config, tmp_path, monkeypatch):  # noqa: F811
     cfg = config(methods=METHODS)
-    write_gt(cfg, tmp_path / "gt")
-    argv = ["--config", str(cfg), "--out", str(tmp_path / "out"), "--counterfactual", str(tmp_path / "gt")]
+    write_gt(cfg, tmp_path / "half")
+    write_gt(cfg, tmp_path / "tenth", subsets=30, fraction=0.2)
+    drawn = []
+    monkeypatch.setattr(lds_report, "save_figure", lambda path, tb, rows, cf: drawn.append((path, rows, cf)))
+    truths = [str(tmp_path / "half"), str(tmp_path / "tenth")]
+    argv = ["--config", str(cfg), "--out", str(tmp_path / "out"), "--counterfactual", *truths]
     out = compare.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["random_a", "bm25", "relevance", "random_expectation", "counterfactual"]
-    assert metrics["counterfactual"]["path"] == str(tmp_path / "gt")
-    assert metrics["counterfactual"]["subsets"] == 40 and metrics["counterfactual"]["fraction"] == 0.5
-    assert metrics["counterfactual"]["noise_ceiling"]["mean"] > 0.5
-    assert metrics["relevance"]["macro"]["map"] == 1.0 and metrics["relevance"]["lds"]["mean"] == 1.0
+    entry = metrics["counterfactual"]
+    assert list(entry) == ["half", "tenth"] and entry["half"]["path"] == str(tmp_path / "half")
+    assert {key: entry["tenth"][key] for key in ("regime", "seeds_per_subset", "fraction", "subsets")} == {
+        "regime": "stochastic",
+        "seeds_per_subset": 3,
+        "fraction": 0.2,
+        "subsets": 30,
+    }
+    assert metrics["relevance"]["macro"]["map"] == 1.0
+    assert metrics["relevance"]["lds"]["half"]["mean"] == metrics["relevance"]["lds"]["tenth"]["mean"] == 1.0
 
     scores = load_file(str(out / "scores.safetensors"))
-    truth = load_file(str(tmp_path / "gt" / TENSORS_FILE))
     with (out / "queries.csv").open() as handle:
         functions = [row["func"] for row in csv.DictReader(handle)]
-    for label in ("random_a", "relevance", "bm25"):
-        lds = metrics[label]["lds"]
-        assert set(lds) == {"mean", "macro", "ci95", "undefined"}
-        per_query = lds_per_query(scores[label], truth["masks"].bool(), truth["outputs"])
-        again = summarise_lds(per_query, functions)
-        assert again["ci95"] == pytest.approx(lds["ci95"])
-        for key in ("mean", "macro", "undefined"):
-            assert again[key] == pytest.approx(lds[key])
+    for name in ("half", "tenth"):
+        truth = load_file(str(tmp_path / name / TENSORS_FILE))
+        masks, outputs = truth["masks"].bool(), truth["outputs"]
+        ceiling = noise_ceiling(outputs, functions)
+        assert entry[name]["noise_ceiling"] == ceiling and ceiling["seeds"] == 3
+        for label in ("random_a", "relevance", "bm25"):
+            per_query, again = lds(scores[label], masks, outputs.double().mean(dim=1), functions)
+            assert metrics[label]["lds"][name] == again
     with (out / "per_query.csv").open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["label"] == "bm25"]
-    assert [float(row["lds"]) for row in rows] == pytest.approx(per_query.tolist())  # bm25's, the last
+    assert [float(row["lds:tenth"]) for row in rows] == pytest.approx(per_query.tolist())  # bm25's, the last
     table = (out / "table.md").read_text()
-    assert "| LDS |" in table and "Noise ceiling" in table
-    assert re.search(r"\| relevance \|.*\| 1\.000 ± 0\.000 \|", table)
+    assert "| LDS half (α = 0.5, K = 3) | LDS tenth (α = 0.2, K = 3) |" in table and "Noise ceiling" in table
+    assert re.search(r"\| relevance \|.*\| 1\.000 ± 0\.000 \| 1\.000 ± 0\.000 \|", table)
+    [(path, figure_rows, figure_entry)] = drawn
+    assert path == out / lds_report.FIGURE and figure_entry == entry
+    assert [label for label, _ in figure_rows] == ["random_a", "bm25", "relevance"]
+
+
+def test_the_figure_draws_every_row_and_the_ceiling_per_regime(tmp_path):
+    """LDS against the kept fraction: a line per row and the ceiling, one panel per regime; PNG and
+    TensorBoard written."""
+    summary = {"mean": 0.2, "ci95": [0.1, 0.3]}
+    ceiling = {"mean": 0.6, "ci95": [0.5, 0.7]}
+    entry = {
+        "a": {"regime": "stochastic", "fraction": 0.1, "noise_ceiling": ceiling},
+        "b": {"regime": "stochastic", "fraction": 0.5, "noise_ceiling": None},
+        "c": {"regime": "fixed-order", "fraction": 0.99, "drop": 0.01, "noise_ceiling": ceiling},
+    }
+    rows = [("bm25", {"a": summary, "b": summary, "c": summary}), ("random", {"a": summary})]
+    fig = lds_report.figure(rows, entry)
+    fixed, stochastic = fig.axes  # panels in sorted regime order
+
+    def points(ax) -> dict[str, int]:
+        return {c.get_label(): len(c.lines[0].get_xdata()) for c in ax.containers}
+
+    assert stochastic.get_title() == "stochastic regime"
+    assert points(stochastic) == {"bm25": 2, "random": 1, "noise ceiling": 1}  # b has no ceiling
+    assert points(fixed) == {"bm25": 1, "noise ceiling": 1}
+    lds_report.save_figure(tmp_path / lds_report.FIGURE, tmp_path / "tb", rows, entry)
+    assert (tmp_path / lds_report.FIGURE).stat().st_size > 0
+    assert list((tmp_path / "tb" / "counterfactual").iterdir())
+
+
+def test_two_ground_truths_of_one_name_are_refused(config, tmp_path, capsys):  # noqa: F811
+    cfg = config(methods=METHODS[:1])
+    write_gt(cfg, tmp_path / "a" / "gt")
+    write_gt(cfg, tmp_path / "b" / "gt")
+    with pytest.raises(SystemExit) as stop:
+        compare.main(
+            ["--config", str(cfg), "--out", str(tmp_path / "out"), "--counterfactual"]
+            + [str(tmp_path / "a" / "gt"), str(tmp_path / "b" / "gt")]
+        )
+    assert stop.value.code == 2
+    assert "share the name 'gt'" in capsys.readouterr().err
 
 
 def test_without_counterfactual_no_lds_and_no_relevance_row(config, tmp_path):  # noqa: F811
@@ -147,6 +203,7 @@ def test_rows_taken_from_a_finished_comparison_give_what_scoring_them_gives(conf
     for label in ("random_a", "tuned", "bm25", "relevance"):
         for key in ("macro", "subsets", "lds", "hparams"):
             assert taken[label][key] == scored[label][key], (label, key)
+    assert set(taken["bm25"]["lds"]) == {"gt"}
 
     def without_time(folder: str) -> list[str]:
         return [line.rsplit("|", 2)[0] for line in (tmp_path / folder / "table.md").read_text().splitlines()]

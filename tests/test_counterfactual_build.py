@@ -1,6 +1,6 @@
 """``python -m probes.counterfactual build`` on micro pairs: subsets and outputs line up with the documents
-and queries, a killed build resumes without rerunning finished retrains, foreign pairs are refused, and
-compare.py --counterfactual reads what build wrote."""
+and queries, K seeds per subset, a killed build resumes without rerunning finished retrains, foreign pairs
+are refused, and compare.py --counterfactual reads what build wrote."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
 from test_compare import load_compare
 
-from probes.counterfactual import build as build_module
-from probes.counterfactual import jobs
+from probes.counterfactual import jobs, regimes
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import TENSORS_FILE, load_ground_truth, split_queries
 from probes.data.generator import GeneratorConfig, write_corpus
 from probes.data.hops import HopsData
 from probes.errors import UserError
-from probes.metrics.lds import lds_per_query, summarise_lds
+from probes.metrics.lds import lds, noise_ceiling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,33 +61,41 @@ def test_masks_and_outputs_line_up_with_documents_and_queries(tmp_path, monkeypa
     docs = {f: [i for i, d in enumerate(data.corpus.documents) if d.func == f] for f in ("<GN>", "<JN>")}
     wrappers = [i for i, d in enumerate(data.corpus.documents) if d.func in ("<FN>", "<IN>")]
     subsets = [[i for i in range(12) if i not in gone] for gone in (docs["<GN>"], docs["<JN>"], wrappers)]
-    monkeypatch.setattr(build_module, "subsets_of", lambda n, size, count, seed: subsets)
+    monkeypatch.setattr(regimes, "subsets_of", lambda n, size, count, seed: subsets)
     plans = count_retrains(monkeypatch)
-    build(config, tmp_path / "gt", "--subsets", "3", "--fraction", str(8 / 12))
+    build(config, tmp_path / "gt", "--subsets", "3", "--fraction", str(8 / 12), "--seeds-per-subset", "2")
     gt = load_ground_truth(tmp_path / "gt")
     ids, _ = split_queries(data)
     assert gt.manifest["queries"]["ids"] == ids
-    assert [sorted(s) for s, _ in plans] == subsets
+    recipe_seed = gt.manifest["seeds"]["data_order"][0]
+    assert gt.manifest["seeds"]["data_order"] == [recipe_seed, recipe_seed + regimes.SEED_STRIDE]
+    assert [(sorted(s), seed) for s, seed in plans] == [
+        (subset, seed) for subset in subsets for seed in gt.manifest["seeds"]["data_order"]
+    ]
     assert [row.nonzero().flatten().tolist() for row in gt.masks] == subsets
+    assert gt.regime == {"regime": "stochastic", "seeds_per_subset": 2, "fraction": 8 / 12}
+    assert not torch.equal(gt.outputs[:, 0], gt.outputs[:, 1])  # another data order, another model
     functions = [data.query_functions[i] for i in ids]
     for function, without, with_ in (("<GN>", 0, 1), ("<JN>", 1, 0)):
         rows = [j for j, f in enumerate(functions) if f == function]
-        assert (gt.outputs[without, rows] < gt.outputs[with_, rows] - 1.0).all()
+        assert (gt.outputs[without][:, rows] < gt.outputs[with_][:, rows] - 1.0).all()
+    assert gt.manifest["noise_ceiling"] == noise_ceiling(gt.outputs, functions)
 
 
 def test_a_killed_build_resumes_without_rerunning_finished_retrains(
     counterfactual_world, tmp_path, monkeypatch
 ):
     count_retrains(monkeypatch, fail_after=2)
+    settings = ("--subsets", "3", "--seeds-per-subset", "2")
     with pytest.raises(Killed):
-        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+        build(counterfactual_world["config"], tmp_path / "gt", *settings)
     assert len(list((tmp_path / "gt" / "parts").glob("row-*.safetensors"))) == 2
-    with pytest.raises(UserError, match=r"\(fraction differ\)"):
-        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4", "--fraction", "0.25")
+    with pytest.raises(UserError, match=r"\(seeds, seeds_per_subset differ\)"):
+        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "3", "--seeds-per-subset", "1")
     plans = count_retrains(monkeypatch)
-    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
-    assert len(plans) == 2 and not (tmp_path / "gt" / "parts").exists()
-    build(counterfactual_world["config"], tmp_path / "whole", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "gt", *settings)
+    assert len(plans) == 4 and not (tmp_path / "gt" / "parts").exists()
+    build(counterfactual_world["config"], tmp_path / "whole", *settings)
     resumed, whole = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("gt", "whole"))
     assert all(torch.equal(resumed[key], whole[key]) for key in whole)
 
@@ -111,7 +118,7 @@ def test_a_pair_built_on_another_corpus_is_refused(counterfactual_world, tmp_pat
 
 
 def test_compare_reads_the_lds_of_a_built_ground_truth(counterfactual_world, tmp_path):
-    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4", "--seeds-per-subset", "2")
     compare = load_compare()
     out = compare.main(
         [
@@ -131,9 +138,9 @@ def test_compare_reads_the_lds_of_a_built_ground_truth(counterfactual_world, tmp
     ).prepare()
     functions = [data.query_functions[i] for i in gt.manifest["queries"]["ids"]]
     for label in ("random_a", "bm25", "relevance"):
-        again = summarise_lds(lds_per_query(scores[label], gt.masks, gt.outputs), functions)
-        assert again["mean"] == pytest.approx(metrics[label]["lds"]["mean"], nan_ok=True)
-        assert again["undefined"] == metrics[label]["lds"]["undefined"]
+        assert metrics[label]["lds"]["gt"] == lds(scores[label], gt.masks, gt.seed_mean, functions)[1]
+    ceiling = metrics["counterfactual"]["gt"]["noise_ceiling"]
+    assert ceiling == gt.manifest["noise_ceiling"] == noise_ceiling(gt.outputs, functions)
 
 
 def test_a_corrupt_part_is_recomputed_on_resume(counterfactual_world, tmp_path, monkeypatch):
@@ -141,15 +148,15 @@ def test_a_corrupt_part_is_recomputed_on_resume(counterfactual_world, tmp_path, 
     outputs differed from a clean build's."""
     count_retrains(monkeypatch, fail_after=2)
     with pytest.raises(Killed):
-        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+        build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4", "--seeds-per-subset", "1")
     part = sorted((tmp_path / "gt" / "parts").glob("row-*.safetensors"))[0]
     data = bytearray(part.read_bytes())
     data[-1] ^= 0x80  # the sign bit of the last output
     part.write_bytes(bytes(data))
     plans = count_retrains(monkeypatch)
-    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "gt", "--subsets", "4", "--seeds-per-subset", "1")
     assert len(plans) == 3  # the corrupt row again, and the two never run
-    build(counterfactual_world["config"], tmp_path / "whole", "--subsets", "4")
+    build(counterfactual_world["config"], tmp_path / "whole", "--subsets", "4", "--seeds-per-subset", "1")
     resumed, whole = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("gt", "whole"))
     assert all(torch.equal(resumed[key], whole[key]) for key in whole)
 
@@ -178,7 +185,7 @@ def test_a_file_put_into_parts_during_the_build_is_kept(counterfactual_world, tm
         return RUN(self, plan, progress)
 
     monkeypatch.setattr(jobs.Runner, "run", run)
-    build(counterfactual_world["config"], out, "--subsets", "3")
+    build(counterfactual_world["config"], out, "--subsets", "3", "--seeds-per-subset", "1")
     assert (out / "parts" / "notes.txt").read_text() == "precious"
     assert not list((out / "parts").glob("row-*")) and not (out / "plan.json").exists()
     load_ground_truth(out)

@@ -72,14 +72,15 @@ def test_two_builds_of_one_subset_agree(memorising_pair, tmp_path):
     m = first.manifest
     assert (m["regime"], m["drop"], m["fraction"], m["seeds_per_subset"]) == ("fixed-order", 0.25, 0.75, 1)
     assert m["recipe"]["in_place"] and m["noise_ceiling"] is None
-    assert len({tuple(row.tolist()) for row in first.outputs}) == 3  # each subset answers differently
+    assert first.outputs.shape == (3, 1, len(m["queries"]["ids"]))  # one retrain per subset: K = 1
+    assert len({tuple(row.tolist()) for row in first.outputs[:, 0]}) == 3  # each subset answers differently
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
         (("--regime", "fixed-order", "--fraction", "0.5"), "takes --drop"),
-        (("--regime", "fixed-order", "--drop", "0.1", "--repeats", "3"), "no seed noise"),
+        (("--regime", "fixed-order", "--drop", "0.1", "--seeds-per-subset", "3"), "no seed noise"),
         (("--drop", "0.1"), "stochastic regime takes --fraction"),
         (("--regime", "fixed", "--drop", "0.1"), "one of stochastic, fixed-order"),
     ],

@@ -1,4 +1,5 @@
-"""The batched retrain equals each subset model trained alone with `train_lm.train` (float64, micro Llama)."""
+"""The batched retrain equals each subset model trained alone with `train_lm.train` (float64, micro Llama),
+and the stacked models' outputs read at once equal each model's read alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import pytest
 import torch
 from lm_fixtures import TEXTS, build_tokenizer, exact_float64, make_micro_model
 
-from probes.counterfactual.retrain import load_into, stacked_outputs, train_stacked, unstack
+from probes.counterfactual.jobs import Job, Runner
+from probes.counterfactual.retrain import (
+    STACKED_ATTENTION,
+    causal_attention,
+    stacked_logits_at,
+    train_stacked,
+    unstack,
+)
+from probes.lm.patch import attention_implementation
+from probes.lm.scoring import prompt_outputs
 from probes.lm.train_lm import TrainConfig, encode_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,11 +40,11 @@ def setup():
     tokenizer = build_tokenizer()
     model = exact_float64(make_micro_model(len(tokenizer)))
     texts = [*TEXTS, "<FN>(4) returns the value 5", "<HN>(8) is 9"]
-    return model, encode_texts(tokenizer, texts), tokenizer.pad_token_id
+    return model, encode_texts(tokenizer, texts), tokenizer.pad_token_id, tokenizer
 
 
 def test_stacked_equals_alone(setup):
-    model, seqs, pad = setup
+    model, seqs, pad, _ = setup
     subsets, seeds = [[0, 1, 2, 3, 4], [7, 6, 5, 4, 3], [0, 2, 4, 6, 7]], [3, 4, 3]
     before = {n: p.clone() for n, p in model.named_parameters()}
     stacked = train_stacked(model, seqs, subsets, seeds, CFG, pad_id=pad, progress=False)
@@ -52,7 +62,7 @@ def test_stacked_equals_alone(setup):
 
 
 def test_subset_and_seed_change_the_model(setup):
-    model, seqs, pad = setup
+    model, seqs, pad, _ = setup
     stacked = train_stacked(
         model, seqs, [[0, 1, 2], [0, 1, 2], [3, 4, 5]], [0, 1, 0], CFG, pad_id=pad, progress=False
     )
@@ -61,17 +71,43 @@ def test_subset_and_seed_change_the_model(setup):
     assert not torch.allclose(a, c)  # other documents
 
 
-def test_stacked_outputs_loads_each_model(setup):
-    model, seqs, pad = setup
-    stacked = train_stacked(model, seqs, [[0, 1], [2, 3]], [0, 0], CFG, pad_id=pad, progress=False)
-    norms = stacked_outputs(model, stacked, lambda m: m.lm_head.weight.detach().norm())
+def alone(model, stacked, k: int):
+    """Stacked model ``k`` as a model of its own."""
+    copied = copy.deepcopy(model)
+    copied.load_state_dict(unstack(stacked, k), strict=False)
+    return copied
+
+
+def test_stacked_prompt_logits_equal_each_model_alone(setup):
+    """One vmapped forward (no attention mask, right padding) gives each model's logits at the last prompt
+    token as the model alone with its mask does, prompts of several lengths in one batch."""
+    model, seqs, pad, tokenizer = setup
+    stacked = train_stacked(model, seqs, [[0, 1], [2, 3], [1, 4]], [0, 0, 1], CFG, pad_id=pad, progress=False)
+    prompts = ["<FN>(4) returns the value", "<HN>(8) is", "<GN>(1)"]
+    read = lambda logits, rows: logits.reshape(len(rows), -1)  # noqa: E731
+    with attention_implementation(model, STACKED_ATTENTION, causal_attention):
+        forward = stacked_logits_at(model, stacked)
+        together = prompt_outputs(model, tokenizer, prompts, read, forward=forward).view(3, 3, -1)
+    for k in range(3):
+        expected = prompt_outputs(alone(model, stacked, k), tokenizer, prompts, read)
+        torch.testing.assert_close(together[:, k], expected)
+    assert not torch.allclose(together[:, 0], together[:, 1])  # the models differ
+
+
+def test_runner_reads_stacked_models_as_each_alone(counterfactual_world):
+    """Runner.outputs of K stacked models equals its outputs of each model loaded alone: [K, 2, q]."""
+    old = counterfactual_world["root"] / "pair" / "old"
+    prompts = ("<GN>(1) returns the value ", "<FN>(2) returns the value ", "<JN>(3)")
+    job = Job(str(old), ("<GN>(1) returns the value 5",) * 4, prompts, (5, 6, 7), (5, 6, 7, 8), CFG)
+    runner = Runner(job)
+    stacked = train_stacked(runner.model, runner.seqs, [[0, 1], [2, 3]], [0, 1], CFG, pad_id=runner.pad)
+    together = runner.outputs(runner.model, stacked)
+    assert together.shape == (2, 2, 3)
     for k in range(2):
-        assert norms[k] == pytest.approx(unstack(stacked, k)["lm_head.weight"].norm().item())
-    again = load_into(copy.deepcopy(model), unstack(stacked, 1))
-    assert torch.equal(again.lm_head.weight, unstack(stacked, 1)["lm_head.weight"])
+        torch.testing.assert_close(together[k : k + 1], runner.outputs(alone(runner.model, stacked, k)))
 
 
 def test_unequal_subsets_refused(setup):
-    model, seqs, pad = setup
+    model, seqs, pad, _ = setup
     with pytest.raises(ValueError, match="one size"):
         train_stacked(model, seqs, [[0, 1], [2]], [0, 0], CFG, pad_id=pad, progress=False)

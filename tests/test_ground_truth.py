@@ -1,4 +1,5 @@
-"""The counterfactual ground truth's folder: round trip, each validation error by key, content matching."""
+"""The counterfactual ground truth's folder: round trip, version-1 folders still read, each validation error
+by key, content matching."""
 
 from __future__ import annotations
 
@@ -30,22 +31,20 @@ def old_model(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Linear(8, 8)
 
 
-def make_gt(m: int = 6, repeats: int = 2) -> GroundTruth:
+def make_gt(m: int = 6, k: int = 3) -> GroundTruth:
     generator = torch.Generator().manual_seed(0)
     manifest = {
-        "version": 1,
+        "version": 2,
+        "regime": "stochastic",
+        "seeds_per_subset": k,
         "subsets": m,
         "fraction": 0.5,
-        "seeds": list(range(m)),
-        "repeats": repeats,
         **identity(TEXTS, QUERY_IDS, QUERY_TEXTS, old_model(), "pair/old", "pair/new"),
         "noise_ceiling": None,
     }
     return GroundTruth(
         masks=torch.rand(m, len(TEXTS), generator=generator) < 0.5,
-        outputs=torch.randn(m, len(QUERY_IDS), generator=generator),
-        repeat_index=torch.arange(repeats),
-        repeat_outputs=torch.randn(repeats, len(QUERY_IDS), generator=generator),
+        outputs=torch.randn(m, k, len(QUERY_IDS), generator=generator),
         manifest=manifest,
     )
 
@@ -54,19 +53,65 @@ def test_round_trip_keeps_every_tensor_and_the_manifest(tmp_path):
     gt = make_gt()
     save_ground_truth(tmp_path / "gt", gt)
     stored = load_file(str(tmp_path / "gt" / TENSORS_FILE))
-    assert stored["masks"].dtype == torch.uint8 and stored["repeat_index"].dtype == torch.int64
+    assert stored["masks"].dtype == torch.uint8 and stored["outputs"].shape == (6, 3, 3)
     back = load_ground_truth(tmp_path / "gt")
-    for name in ("masks", "outputs", "repeat_index", "repeat_outputs"):
-        assert torch.equal(getattr(back, name), getattr(gt, name)), name
+    assert torch.equal(back.masks, gt.masks) and torch.equal(back.outputs, gt.outputs)
     assert back.masks.dtype == torch.bool and back.manifest == gt.manifest and back.path == tmp_path / "gt"
     assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == [TENSORS_FILE, MANIFEST_FILE]
+    assert back.regime == {"regime": "stochastic", "seeds_per_subset": 3, "fraction": 0.5}
+    assert back.name == "gt" and back.repeats is None
+    assert torch.allclose(back.seed_mean, gt.outputs.double().mean(dim=1))
+    replicates, seeds = back.replicates()
+    assert replicates is back.outputs and seeds == 3
 
 
-def test_no_repeats_round_trip(tmp_path):
-    gt = make_gt(repeats=0)
-    save_ground_truth(tmp_path, gt)
-    back = load_ground_truth(tmp_path)
-    assert back.repeat_index.shape == (0,) and back.repeat_outputs.shape == (0, len(QUERY_IDS))
+def write_version_1(folder, m: int = 6, repeats: int = 2) -> tuple[dict, dict]:
+    """A folder as builds before issue 27 wrote it: outputs [M, q], R repeats with a second seed."""
+    generator = torch.Generator().manual_seed(1)
+    tensors = {
+        "masks": (torch.rand(m, len(TEXTS), generator=generator) < 0.5).to(torch.uint8),
+        "outputs": torch.randn(m, len(QUERY_IDS), generator=generator),
+        "repeat_index": torch.arange(repeats) * 2,
+        "repeat_outputs": torch.randn(repeats, len(QUERY_IDS), generator=generator),
+    }
+    identified = identity(TEXTS, QUERY_IDS, QUERY_TEXTS, old_model(), "pair/old", "pair/new")
+    manifest = {"version": 1, "subsets": m, "fraction": 0.5, "repeats": repeats, **identified}
+    folder.mkdir()
+    save_file(tensors, str(folder / TENSORS_FILE))
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return tensors, manifest
+
+
+def test_a_version_1_folder_reads_as_one_seed_with_its_repeats_as_replicates(tmp_path):
+    tensors, manifest = write_version_1(tmp_path / "old")
+    with pytest.warns(UserWarning, match=f"^{tmp_path / 'old'} carries no checksum") as caught:
+        gt = load_ground_truth(tmp_path / "old")
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)  # one line, naming the folder
+    assert gt.outputs.shape == (6, 1, 3) and torch.equal(gt.outputs[:, 0], tensors["outputs"])
+    assert gt.regime == {"regime": "stochastic", "seeds_per_subset": 1, "fraction": 0.5}
+    assert torch.equal(gt.seed_mean.float(), tensors["outputs"])
+    replicates, seeds = gt.replicates()
+    assert seeds == 1 and replicates.shape == (2, 2, 3)
+    assert torch.equal(replicates[:, 0], tensors["outputs"][[0, 2]])  # repeat_index 0, 2: first seed
+    assert torch.equal(replicates[:, 1], tensors["repeat_outputs"])
+    rewrite(tmp_path / "old", {"repeat_index": torch.tensor([0, 6])})  # now with a checksum: verified
+    with pytest.raises(UserError, match="'repeat_index' holds a subset outside 0..5"):
+        load_ground_truth(tmp_path / "old")
+
+
+def test_a_version_1_folders_checksum_is_verified_when_present(tmp_path, recwarn):
+    """A version-1 folder that records its tensors' checksum loads without a warning; a changed byte is
+    refused, naming the file."""
+    tensors, _ = write_version_1(tmp_path / "old")
+    rewrite(tmp_path / "old")  # records the checksum, content unchanged
+    assert torch.equal(load_ground_truth(tmp_path / "old").outputs[:, 0], tensors["outputs"])
+    assert not [w for w in recwarn if "checksum" in str(w.message)]
+    path = tmp_path / "old" / TENSORS_FILE
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x80
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{path} \\(its checksum differs"):
+        load_ground_truth(tmp_path / "old")
 
 
 def rewrite(folder, tensors=None, manifest=None) -> None:
@@ -77,7 +122,7 @@ def rewrite(folder, tensors=None, manifest=None) -> None:
         stored.pop(name) if value is None else stored.__setitem__(name, value)
     save_file(stored, str(folder / TENSORS_FILE))
     data = json.loads((folder / MANIFEST_FILE).read_text())
-    data["files"][TENSORS_FILE] = file_sha256(folder / TENSORS_FILE)
+    data.setdefault("files", {})[TENSORS_FILE] = file_sha256(folder / TENSORS_FILE)
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
     if manifest:
         data = json.loads((folder / MANIFEST_FILE).read_text())
@@ -96,15 +141,16 @@ def rewrite(folder, tensors=None, manifest=None) -> None:
         ({"outputs": None}, None, f"{TENSORS_FILE} has no tensor 'outputs'"),
         ({"masks": torch.full((6, 4), 2, dtype=torch.uint8)}, None, "'masks' holds values other than 0"),
         ({"masks": torch.ones(6, 5, dtype=torch.uint8)}, None, r"'masks' has shape \(6, 5\).*\(6, 4\)"),
-        ({"outputs": torch.zeros(5, 3)}, None, r"'outputs' has shape \(5, 3\)"),
-        ({"repeat_outputs": torch.zeros(3, 3)}, None, r"'repeat_outputs' has shape \(3, 3\)"),
-        ({"outputs": torch.full((6, 3), float("nan"))}, None, "'outputs' holds NaN or inf"),
-        ({"repeat_outputs": torch.full((2, 3), float("inf"))}, None, "'repeat_outputs' holds NaN"),
-        ({"repeat_index": torch.tensor([0, 6])}, None, "'repeat_index' holds a subset outside 0..5"),
+        ({"outputs": torch.zeros(5, 3, 3)}, None, r"'outputs' has shape \(5, 3, 3\)"),
+        ({"outputs": torch.zeros(6, 3)}, None, r"'outputs' has shape \(6, 3\).*\(6, 3, 3\)"),
+        ({"outputs": torch.full((6, 3, 3), float("nan"))}, None, "'outputs' holds NaN or inf"),
         (None, {"subsets": 7}, r"'masks' has shape \(6, 4\).*subsets=7"),
+        (None, {"seeds_per_subset": 2}, r"'outputs' has shape \(6, 3, 3\).*\(6, 2, 3\)"),
         (None, {"documents.count": 3}, "documents.count=3"),
-        (None, {"queries.ids": [4, 1]}, r"'outputs' has shape \(6, 3\).*\(6, 2\)"),
-        (None, {"version": 2}, f"{MANIFEST_FILE}: version 2"),
+        (None, {"queries.ids": [4, 1]}, r"'outputs' has shape \(6, 3, 3\).*\(6, 3, 2\)"),
+        (None, {"version": 3}, f"{MANIFEST_FILE}: version 3 is not one of"),
+        (None, {"regime": "shuffled"}, "'regime' is 'shuffled', not one of"),
+        (None, {"regime": None}, f"{MANIFEST_FILE} has no 'regime'"),
         (None, {"queries.ids": "4,1,7"}, "'queries.ids' is not a list"),
         (None, {"subsets": 6.0}, "'subsets' is not an integer"),
         (None, {"fraction": None}, f"{MANIFEST_FILE} has no 'fraction'"),

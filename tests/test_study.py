@@ -23,7 +23,7 @@ def names(jobs):
 def study_args(tmp_path, **changes) -> argparse.Namespace:
     """scripts/study.py's parsed arguments, with ``changes``."""
     args = dict(corpus=tmp_path / "c.jsonl", out=tmp_path, preset="small", seed=0, seeds=[0, 1], device="cpu")
-    args.update(feature_batch_size=8, score_batch_size=16, stack=5, subsets=4, repeats=3)
+    args.update(feature_batch_size=8, score_batch_size=16, stack=5, subsets=4, seeds_per_subset=2)
     return argparse.Namespace(**{**args, **changes})
 
 

@@ -1,6 +1,6 @@
 """python -m probes.counterfactual build|remove|oracle --config configs/compare.yaml ...
 
-build   retrain f_old on M random document subsets (f_new's recipe) -> GT/ground_truth.safetensors
+build   retrain f_old on M random subsets (K seeds each, or fixed-order) -> GT/ground_truth.safetensors
 remove  drop each method's top-k documents per test function, retrain, and measure the answer's loss
 oracle  MAGIC's [q, n] influence matrix for every query of a split -> OUT/oracle.safetensors
 """
@@ -69,7 +69,11 @@ def build_parser() -> ArgumentParser:
     )
     build.add_argument("--drop", type=float | None, default=None, help="fixed-order: share each subset drops")
     build.add_argument(
-        "--repeats", type=int, default=0, help="subsets retrained again with another seed (noise ceiling)"
+        "--seeds-per-subset",
+        type=int | None,
+        default=None,
+        help="stochastic: K retrains of every subset with different data-order seeds (default 5); the LDS "
+        "reads their mean, the noise ceiling their split-half correlation (K >= 2). fixed-order: 1",
     )
     commands.add_subcommand("build", build)
     remove = ArgumentParser(description="retrain without each method's top-k documents per test function")
@@ -144,7 +148,7 @@ def _main(argv: list[str] | None) -> Path:
             fraction=sub.fraction,
             drop=sub.drop,
             regime=sub.regime,
-            repeats=sub.repeats,
+            seeds_per_subset=sub.seeds_per_subset,
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,

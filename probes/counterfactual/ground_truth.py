@@ -1,23 +1,26 @@
 """The counterfactual ground truth on disk: subset masks, retrained models' answer log-probs, manifest.
 
-A folder holds ``ground_truth.safetensors`` (``masks`` uint8 0/1 [M, n], documents in corpus order;
-``outputs`` float32 [M, q], the log-probability of each test query's correct answer under f_old retrained on
-subset m, queries in the order of compare.py's queries.csv; ``repeat_index`` int64 [R] and ``repeat_outputs``
-float32 [R, q], subsets retrained again with another seed, for the noise ceiling) and ``manifest.json``,
-written last, so a folder with a manifest is complete. The manifest identifies what the outputs belong to by
-content (`identity`): the corpus texts in order, the test queries in order and f_old's weights; its ``files``
-entry holds the tensors file's SHA-256, checked on every load.
+A folder holds ``ground_truth.safetensors`` (``masks`` uint8 0/1 [M, n], the documents each retrain KEPT, in
+corpus order; ``outputs`` float32 [M, K, q], the log-probability of each test query's correct answer under
+f_old retrained on subset m with data-order seed k, queries in the order of compare.py's queries.csv) and
+``manifest.json``, written last, so a folder with a manifest is complete. The manifest says the regime
+(``regime``: "stochastic" or "fixed-order", ``seeds_per_subset`` K, ``fraction`` kept, ``drop`` for
+fixed-order) and identifies what the outputs belong to by content (`identity`): the corpus texts in order,
+the test queries in order and f_old's weights; its ``files`` entry holds the tensors file's SHA-256, checked
+on every load. Version 1 folders (``outputs`` [M, q] with one seed, and ``repeat_index`` [R] /
+``repeat_outputs`` [R, q]: R subsets retrained with a second seed) are still read, unchecksummed ones warned.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -27,32 +30,60 @@ from probes.checksums import failed_files, file_checksums
 from probes.errors import UserError
 from probes.lm.cache import content_hash, weights_hash
 
-VERSION = 1
+VERSION = 2
 TENSORS_FILE = "ground_truth.safetensors"
 MANIFEST_FILE = "manifest.json"
 FILES = (TENSORS_FILE, MANIFEST_FILE)
-TENSORS = ("masks", "outputs", "repeat_index", "repeat_outputs")
-# the manifest entries the loader reads ("documents.count" = entry "documents", key "count")
-REQUIRED = ("version", "subsets", "fraction", "documents.count", "queries.ids", "pair.old_weights")
+TENSORS = {1: ("masks", "outputs", "repeat_index", "repeat_outputs"), 2: ("masks", "outputs")}
+REGIMES = ("stochastic", "fixed-order")
+# the manifest entries the loader reads ("documents.count" = entry "documents", key "count"), by version
+COMMON = ("subsets", "fraction", "documents.count", "queries.ids", "pair.old_weights")
+REQUIRED = {1: COMMON, 2: (*COMMON, "regime", "seeds_per_subset")}
 
 
 @dataclass
 class GroundTruth:
-    """M retrained subsets of n documents scored on q test queries, and R repeats of some subsets.
+    """M retrained subsets of n documents, each retrained K times, scored on q test queries.
 
-    ``path`` is the folder it was loaded from (None when built in memory), named by every error about it.
+    ``repeats`` holds a version-1 folder's R subsets retrained with a second seed ([R, 2, q]: the subset's
+    first seed, then the other), its only replicated outputs; None otherwise. ``path`` is the folder it was
+    loaded from (None when built in memory), named by every error about it.
     """
 
     masks: Bool[Tensor, "subsets n"]
-    outputs: Float[Tensor, "subsets q"]
-    repeat_index: Int[Tensor, " repeats"]
-    repeat_outputs: Float[Tensor, "repeats q"]
+    outputs: Float[Tensor, "subsets seeds q"]
     manifest: dict
     path: Path | None = None
+    repeats: Float[Tensor, "repeats 2 q"] | None = None
 
     @property
     def where(self) -> str:
         return f"counterfactual ground truth {self.path}" if self.path else "counterfactual ground truth"
+
+    @property
+    def name(self) -> str:
+        """The folder's name: the ground truth's key in compare.py's metrics.json and table."""
+        return self.path.name if self.path else "counterfactual"
+
+    @property
+    def seed_mean(self) -> Float[Tensor, "subsets q"]:
+        """Each subset's outputs averaged over its K seeds: what the LDS correlates with."""
+        return self.outputs.double().mean(dim=1)
+
+    @property
+    def regime(self) -> dict:
+        """``{"regime", "seeds_per_subset", "fraction"}`` (and ``drop`` for fixed-order); a version-1 folder
+        is stochastic with one seed."""
+        m = self.manifest
+        found = {"regime": m.get("regime", "stochastic"), "seeds_per_subset": self.outputs.shape[1]}
+        return {**found, "fraction": m["fraction"], **({"drop": m["drop"]} if "drop" in m else {})}
+
+    def replicates(self) -> tuple[Float[Tensor, "subsets seeds q"], int]:
+        """(outputs of the subsets retrained with several seeds, the seeds the LDS averages): what
+        `probes.metrics.lds.noise_ceiling` reads."""
+        if self.repeats is not None:
+            return self.repeats, 1
+        return self.outputs, self.outputs.shape[1]
 
 
 def identity(
@@ -129,17 +160,13 @@ def check_matches(
 
 def save_ground_truth(out: Path, gt: GroundTruth) -> None:
     """Write ``out/ground_truth.safetensors`` then ``out/manifest.json`` (each atomically; the manifest last,
-    so it exists only beside complete tensors). The ground truth is validated first, as the loader would."""
+    so it exists only beside complete tensors), in the current version. The ground truth is validated first,
+    as the loader would."""
     out = Path(out)
-    _validate({name: getattr(gt, name) for name in TENSORS}, gt.manifest, f"{out / TENSORS_FILE}")
+    tensors = {"masks": gt.masks.to(torch.uint8), "outputs": gt.outputs.float()}
+    _validate(tensors, gt.manifest, f"{out / TENSORS_FILE}")
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    tensors = {
-        "masks": gt.masks.to(torch.uint8),
-        "outputs": gt.outputs.float(),
-        "repeat_index": gt.repeat_index.long(),
-        "repeat_outputs": gt.repeat_outputs.float(),
-    }
     with atomic_path(out / TENSORS_FILE) as tmp:
         save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
     gt.manifest["files"] = file_checksums(out, [TENSORS_FILE])
@@ -148,7 +175,7 @@ def save_ground_truth(out: Path, gt: GroundTruth) -> None:
 
 
 def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Read and validate a ground-truth folder; a UserError names the bad file and key."""
+    """Read and validate a ground-truth folder (version 1 or 2); a UserError names the bad file and key."""
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"counterfactual ground truth {folder} is not a folder")
@@ -162,33 +189,42 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         raise UserError(f"{manifest_path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path} holds a {type(manifest).__name__}, not a JSON object")
-    recorded = manifest.get("files")
-    if not isinstance(recorded, dict) or TENSORS_FILE not in recorded:
-        raise UserError(
-            f"{manifest_path} has no checksum of {TENSORS_FILE} (built before ground truths were "
-            "checksummed); build it again (python -m probes.counterfactual build)"
-        )
-    failed = failed_files(folder, {TENSORS_FILE: recorded[TENSORS_FILE]})
-    if failed:
-        raise UserError(f"{failed[0]}; build it again (python -m probes.counterfactual build)")
+    version = _entry(manifest, "version", str(manifest_path))
+    if version not in TENSORS:
+        raise UserError(f"{manifest_path}: version {version!r} is not one of {sorted(TENSORS)}")
+    _verify(folder, manifest, version)
     tensors = {}
     try:
         with safe_open(tensors_path, "pt") as handle:
-            for name in TENSORS:
+            for name in TENSORS[version]:
                 if name not in handle.keys():
                     raise UserError(f"{tensors_path} has no tensor {name!r}")
                 tensors[name] = handle.get_tensor(name)
     except (OSError, SafetensorError) as err:
         raise UserError(f"{tensors_path} is unreadable ({err})") from None
     _validate(tensors, manifest, str(tensors_path), str(manifest_path))
-    return GroundTruth(
-        masks=tensors["masks"].bool(),
-        outputs=tensors["outputs"].float(),
-        repeat_index=tensors["repeat_index"].long(),
-        repeat_outputs=tensors["repeat_outputs"].float(),
-        manifest=manifest,
-        path=folder,
-    )
+    outputs, repeats = tensors["outputs"].float(), None
+    if version == 1:  # one seed per subset; the repeated subsets' two seeds side by side
+        outputs, index = outputs[:, None], tensors["repeat_index"].long()
+        repeats = torch.stack([outputs[index, 0], tensors["repeat_outputs"].float()], dim=1)
+    return GroundTruth(tensors["masks"].bool(), outputs, manifest, folder, repeats)
+
+
+def _verify(folder: Path, manifest: dict, version: int) -> None:
+    """Check the tensors file against the manifest's ``files`` checksum; a version-1 folder built before
+    ground truths were checksummed is read with a warning, a version-2 one without it is refused."""
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict) or TENSORS_FILE not in recorded:
+        if version == 1:
+            warnings.warn(f"{folder} carries no checksum (a version-1 ground truth)", stacklevel=2)
+            return
+        raise UserError(
+            f"{folder / MANIFEST_FILE} has no checksum of {TENSORS_FILE}; build it again "
+            "(python -m probes.counterfactual build)"
+        )
+    failed = failed_files(folder, {TENSORS_FILE: recorded[TENSORS_FILE]})
+    if failed:
+        raise UserError(f"{failed[0]}; build it again (python -m probes.counterfactual build)")
 
 
 def _entry(manifest: dict, key: str, where: str) -> object:
@@ -203,41 +239,60 @@ def _entry(manifest: dict, key: str, where: str) -> object:
 def _validate(
     tensors: dict[str, Tensor], manifest: dict, where: str, manifest_where: str = "manifest"
 ) -> None:
-    """Refuse a missing manifest entry, another version, a mask that is not 0/1, shapes that disagree with
-    each other or with the manifest's M, n and q, a non-finite output or a repeat of a subset that is not
-    there; each message names the file (``where`` for tensors, ``manifest_where`` for entries) and key."""
-    for key in REQUIRED:
+    """Refuse a missing manifest entry, an unknown version or regime, a mask that is not 0/1, shapes that
+    disagree with each other or with the manifest's M, K, n and q, a non-finite output or (version 1) a repeat
+    of a subset that is not there; each message names the file (``where`` for tensors, ``manifest_where`` for
+    entries) and key."""
+    version = _entry(manifest, "version", manifest_where)
+    if version not in REQUIRED:
+        raise UserError(f"{manifest_where}: version {version!r} is not one of {sorted(REQUIRED)}")
+    for key in REQUIRED[version]:
         _entry(manifest, key, manifest_where)
-    if manifest["version"] != VERSION:
-        raise UserError(f"{manifest_where}: version {manifest['version']!r} is not {VERSION}")
-    for key, kind in (("subsets", int), ("documents.count", int), ("queries.ids", list)):
+    ints = ("subsets", "documents.count", *(("seeds_per_subset",) if version > 1 else ()))
+    for key, kind in (*((k, int) for k in ints), ("queries.ids", list)):
         if not isinstance(_entry(manifest, key, manifest_where), kind):
             raise UserError(f"{manifest_where}: {key!r} is not a{'n integer' if kind is int else ' list'}")
+    if version > 1 and manifest["regime"] not in REGIMES:
+        raise UserError(f"{manifest_where}: 'regime' is {manifest['regime']!r}, not one of {REGIMES}")
     m, n, q = manifest["subsets"], manifest["documents"]["count"], len(manifest["queries"]["ids"])
-    masks, repeat_index = tensors["masks"], tensors["repeat_index"]
+    masks = tensors["masks"]
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise UserError(f"{where}: 'masks' holds values other than 0 and 1")
-    size = manifest.get("subset_size")
-    if size is not None and masks.dim() == 2:
-        sizes = masks.long().sum(1)
-        wrong = (sizes != size).nonzero().flatten().tolist()
-        if wrong:
-            raise UserError(
-                f"{where}: 'masks' row {wrong[0]} keeps {int(sizes[wrong[0]])} documents, but the manifest's "
-                f"subset_size is {size}{f' ({len(wrong)} rows differ)' if len(wrong) > 1 else ''}"
-            )
-    expected = {"masks": (m, n), "outputs": (m, q), "repeat_outputs": (len(repeat_index), q)}
-    if repeat_index.dim() != 1:
-        raise UserError(f"{where}: 'repeat_index' has shape {tuple(repeat_index.shape)}, not [R]")
+    _check_sizes(masks, manifest.get("subset_size"), where)
+    expected = {"masks": (m, n), "outputs": (m, manifest["seeds_per_subset"], q) if version > 1 else (m, q)}
+    if version == 1:
+        _check_repeats(tensors, m, q, where)
+        expected["repeat_outputs"] = (len(tensors["repeat_index"]), q)
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise UserError(
                 f"{where}: {name!r} has shape {tuple(tensors[name].shape)}, but the manifest's subsets={m}, "
-                f"documents.count={n} and queries.ids ({q}) make it {shape}"
+                f"{'seeds_per_subset, ' if version > 1 else ''}documents.count={n} and queries.ids ({q}) "
+                f"make it {shape}"
             )
-    for name in ("outputs", "repeat_outputs"):
+    for name in ("outputs", "repeat_outputs")[: version and (2 if version == 1 else 1)]:
         if not bool(torch.isfinite(tensors[name]).all()):
             raise UserError(f"{where}: {name!r} holds NaN or inf")
+
+
+def _check_sizes(masks: Tensor, size: int | None, where: str) -> None:
+    """Every mask row keeps the manifest's ``subset_size`` documents (when it records one)."""
+    if size is None or masks.dim() != 2:
+        return
+    sizes = masks.long().sum(1)
+    wrong = (sizes != size).nonzero().flatten().tolist()
+    if wrong:
+        raise UserError(
+            f"{where}: 'masks' row {wrong[0]} keeps {int(sizes[wrong[0]])} documents, but the manifest's "
+            f"subset_size is {size}{f' ({len(wrong)} rows differ)' if len(wrong) > 1 else ''}"
+        )
+
+
+def _check_repeats(tensors: dict[str, Tensor], m: int, q: int, where: str) -> None:
+    """A version-1 folder's ``repeat_index``: integers [R] naming subsets 0..M-1."""
+    repeat_index = tensors["repeat_index"]
+    if repeat_index.dim() != 1:
+        raise UserError(f"{where}: 'repeat_index' has shape {tuple(repeat_index.shape)}, not [R]")
     if repeat_index.is_floating_point():
         raise UserError(f"{where}: 'repeat_index' is {repeat_index.dtype}, not an integer tensor")
     if len(repeat_index) and not bool(((repeat_index >= 0) & (repeat_index < m)).all()):

@@ -77,25 +77,39 @@ class Runner:
         self.seqs = encode_texts(self.tokenizer, list(job.texts))
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def outputs(self, model: torch.nn.Module) -> Float[Tensor, "2 q"]:
-        """[log p(answer | prompt) over the whole vocabulary; 1.0 where the answer wins among candidates]."""
+    def outputs(
+        self, model: torch.nn.Module, params: dict[str, Tensor] | None = None
+    ) -> Float[Tensor, "k 2 q"]:
+        """[log p(answer | prompt) over the whole vocabulary; 1.0 where the answer wins among candidates] of
+        ``model`` (k = 1), or of the K models stacked in ``params`` (`train_stacked`'s), read at once."""
+        from probes.counterfactual.retrain import stacked_logits_at
+        from probes.lm.causal import STACKED_ATTENTION, causal_attention
+        from probes.lm.patch import attention_implementation
         from probes.lm.scoring import prompt_outputs
 
         answers = torch.tensor(self.job.answers)
         candidates = torch.tensor(self.job.candidates)
 
-        def read(logits: Tensor, rows: list[int]) -> Tensor:
-            logits = logits.float()
-            target = answers[rows].to(logits.device)
-            logp = logits.log_softmax(-1).gather(1, target[:, None])[:, 0]
-            best = candidates.to(logits.device)[logits[:, candidates.to(logits.device)].argmax(-1)]
-            return torch.stack([logp, (best == target).float()], 1)
+        def read(logits: Tensor, rows: list[int]) -> Tensor:  # logits [b, v] or [b, K, v] -> [b, K * 2]
+            logits = logits.float().view(len(rows), -1, logits.shape[-1])
+            target = answers[rows].to(logits.device)[:, None].expand(logits.shape[:2])
+            logp = logits.log_softmax(-1).gather(2, target[..., None])[..., 0]
+            best = candidates.to(logits.device)[logits[..., candidates.to(logits.device)].argmax(-1)]
+            return torch.stack([logp, (best == target).float()], -1).flatten(1)
 
-        return prompt_outputs(model, self.tokenizer, list(self.job.prompts), read).T
+        prompts = list(self.job.prompts)
+        if params is None:
+            return (
+                prompt_outputs(model, self.tokenizer, prompts, read).view(len(prompts), 1, 2).permute(1, 2, 0)
+            )
+        forward = stacked_logits_at(model, params)
+        with attention_implementation(model, STACKED_ATTENTION, causal_attention):
+            values = prompt_outputs(model, self.tokenizer, prompts, read, forward=forward)
+        return values.view(len(prompts), -1, 2).permute(1, 2, 0)
 
     def run(self, plan: Plan, progress: bool = False) -> Float[Tensor, "k 2 q"]:
         """Retrain once per (subset, seed) of ``plan`` from f_old and read each retrained model's outputs."""
-        from probes.counterfactual.retrain import stacked_outputs, train_stacked
+        from probes.counterfactual.retrain import train_stacked
 
         subsets, seeds = [s for s, _ in plan], [seed for _, seed in plan]
         weights: list = [None] * len(plan)
@@ -113,7 +127,7 @@ class Runner:
                 progress=progress,
                 weights=weights if self.job.in_place else None,
             )
-            return torch.stack(stacked_outputs(self.model, params, self.outputs))
+            return self.outputs(self.model, params)
         out = []
         for subset, seed, w in zip(subsets, seeds, weights, strict=True):
             model = copy.deepcopy(self.model)
@@ -129,7 +143,7 @@ class Runner:
                 weights=w,
             )
             out.append(self.outputs(model))
-        return torch.stack(out)
+        return torch.cat(out)
 
 
 _RUNNER: Runner | None = None

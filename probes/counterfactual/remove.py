@@ -22,7 +22,6 @@ from probes.counterfactual.ground_truth import identity
 from probes.counterfactual.selection import (
     RANDOM,
     RELEVANCE,
-    bootstrap,
     function_rows,
     markdown,
     method_drop,
@@ -43,6 +42,7 @@ from probes.counterfactual.study import (
 )
 from probes.errors import UserError
 from probes.methods import unavailable
+from probes.metrics.bootstrap import bootstrap
 from probes.outputs import Output
 from probes.reuse import DLP, record, take_rows
 
@@ -94,7 +94,7 @@ def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
     restricted = cfg.clone()
     restricted.methods = [e for e in cfg.methods if e.label in labels]
     restricted.dlp_checkpoint = cfg.dlp_checkpoint if "dlp" in labels else None
-    restricted.counterfactual = None
+    restricted.counterfactual = []
     return restricted
 
 

@@ -21,9 +21,13 @@ from tqdm.auto import tqdm
 
 from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.patch import attention_implementation
-from probes.lm.train_lm import ADAMW, TrainConfig, batch_stream, collate, param_groups, schedule, token_loss
+from probes.lm.scoring import logits_at
+from probes.lm.train_lm import ADAMW, TrainConfig, epoch_batches, param_groups, schedule, token_loss
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
+
+
+SHOW_EVERY = 50  # steps between the progress bar's loss readings
 
 
 def stack(model: torch.nn.Module, k: int) -> Stacked:
@@ -42,57 +46,67 @@ def unstack(params: Stacked, index: int) -> dict[str, Tensor]:
     return {name: p[index].detach() for name, p in params.items()}
 
 
-def load_into(model: torch.nn.Module, params: dict[str, Tensor]) -> torch.nn.Module:
-    """Copy ``params`` into ``model`` in place (tied weights receive the value once); returns it."""
-    own = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in params.items():
-            own[name].copy_(value)
-    return model
-
-
 def _token_loss(model, buffers, params, input_ids: Int[Tensor, "b s"], labels: Int[Tensor, "b s"], weights):
     """One model's `token_loss` (the recipe's mean next-token loss; ``weights`` None or per row)."""
     logits = functional_call(model, (params, buffers), (input_ids,), {"use_cache": False}).logits
     return token_loss(logits, labels, weights)
 
 
-def _step_batch(
-    seqs: Sequence[Sequence[int]],
-    batches: Sequence[Sequence[int]],
-    pad_id: int,
-    device,
-    row_weights: Sequence[dict[int, float]] | None = None,
-) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"], Float[Tensor, "k b"]]:
-    """Every model's batch (document indices) padded to one [K, b, s] block, and each row's loss weight
-    (model k's ``row_weights[k][document]``; 1 without weights); missing rows carry no labels.
+class StepBatches:
+    """Every model's batch of every step, on the device from the start: the corpus as one padded token table
+    and each step's [K, b] row indices, so that a step reads its batch with one gather and no host work
+    (building and copying each step's batch on the host kept a launch-bound GPU waiting).
 
-    Right padding with no attention mask is exact: causal attention never lets a real token see the pad
-    after it, and padded positions carry no loss."""
-    rows = max(len(b) for b in batches)
-    width = max(len(seqs[i]) for b in batches for i in b)
-    ids = torch.full((len(batches), rows, width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batches), rows, width), -100, dtype=torch.long)
-    weights = torch.zeros(len(batches), rows, dtype=torch.float64)
-    for k, batch in enumerate(batches):
-        block_ids, block_labels = collate([seqs[i] for i in batch], pad_id)
-        ids[k, : len(batch), : block_ids.shape[1]] = block_ids
-        labels[k, : len(batch), : block_labels.shape[1]] = block_labels
-        weights[k, : len(batch)] = torch.tensor([row_weights[k][i] for i in batch]) if row_weights else 1.0
-    return ids.to(device), labels.to(device), weights.to(device)
+    The batches are those `train` draws for each model's seed (`epoch_batches`, one generator per model);
+    each step's block is as wide as its longest sequence. Right padding with no attention mask is exact:
+    causal attention never lets a real token see the pad after it, and padded positions carry no loss. A
+    model with fewer rows in a step gets rows of padding (the table's last row, length 0). Each row's loss
+    weight is model k's ``weights[k][j]`` for document ``subsets[k][j]`` (1 without weights, 0 for padding),
+    read from a [K, n + 1] table on the device."""
+
+    def __init__(self, seqs, subsets, cfg: TrainConfig, seeds, steps: int, pad_id: int, device, weights=None):
+        order = _order(seqs, subsets, cfg, seeds, steps)
+        weight = torch.ones(len(subsets), len(seqs) + 1, dtype=torch.float64)
+        weight[:, -1] = 0.0
+        for m, subset in enumerate(subsets if weights is not None else ()):
+            weight[m, torch.tensor(subset)] = torch.tensor(weights[m], dtype=torch.float64)
+        self.weight = weight.to(device)
+        rows = max(len(batch) for step in order for batch in step)
+        index = torch.full((steps, len(subsets), rows), len(seqs), dtype=torch.long)  # the padding row
+        for t, step in enumerate(order):
+            for m, batch in enumerate(step):
+                index[t, m, : len(batch)] = torch.tensor(batch)
+        self.widths = [max(len(seqs[i]) for batch in step for i in batch) for step in order]
+        table = torch.full((len(seqs) + 1, max(self.widths)), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):  # a document longer than every batch's width is never read
+            kept = seq[: table.shape[1]]
+            table[row, : len(kept)] = torch.tensor(kept)
+        length = torch.tensor([len(s) for s in seqs] + [0])
+        self.table, self.length, self.index = table.to(device), length.to(device), index.to(device)
+
+    def __getitem__(
+        self, step: int
+    ) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"], Float[Tensor, "k b"]]:
+        """Step ``step``'s (input_ids, labels, row weights) of every model, as `collate` pads one batch."""
+        rows, width = self.index[step], self.widths[step]
+        ids = self.table[rows, :width]
+        real = torch.arange(width, device=ids.device) < self.length[rows][..., None]
+        models = torch.arange(len(rows), device=ids.device)[:, None]
+        return ids, torch.where(real, ids, -100), self.weight[models, rows]
 
 
-def _subset_size(subsets: Sequence[Sequence[int]], seeds: Sequence[int]) -> int:
-    """The one size of the subsets (a ValueError for empty or unequal subsets, or a seed count that
-    differs)."""
-    sizes = {len(s) for s in subsets}
-    if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(
-            f"train_stacked: subsets must be non-empty and of one size, got sizes {sorted(sizes)}"
-        )
-    if len(seeds) != len(subsets):
-        raise ValueError(f"train_stacked: {len(subsets)} subsets but {len(seeds)} seeds")
-    return sizes.pop()
+def _order(seqs, subsets, cfg: TrainConfig, seeds, steps: int) -> list[list[list[int]]]:
+    """[step][model] -> the corpus rows of that model's batch, epoch after epoch as `train` draws them."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    lengths = [[len(seqs[i]) for i in subset] for subset in subsets]
+    order: list[list[list[int]]] = []
+    while len(order) < steps:
+        queues = [epoch_batches(lengths[m], cfg.batch_size, generators[m]) for m in range(len(subsets))]
+        if len({len(q) for q in queues}) != 1:  # epoch_batches' count depends on the size only
+            raise AssertionError("subset models got different numbers of batches per epoch")
+        while queues[0] and len(order) < steps:
+            order.append([[subsets[m][i] for i in queues[m].pop()] for m in range(len(subsets))])
+    return order
 
 
 def train_stacked(
@@ -118,40 +132,52 @@ def train_stacked(
     device = next(fmodel.parameters()).device
     params = stack(fmodel, k)
     buffers = dict(fmodel.named_buffers())
-    views = [list(subset) for subset in subsets]
-    lengths = [[len(seqs[i]) for i in view] for view in views]
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     total_run, lr_at = schedule(cfg, size)
-    opt = torch.optim.AdamW(param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, **ADAMW)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    row_weights = (
-        None if weights is None else [dict(zip(views[m], weights[m], strict=True)) for m in range(k)]
+    batches = StepBatches(seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device, weights)
+    # one fused kernel per parameter group on a GPU (the foreach path launches several per step)
+    opt = torch.optim.AdamW(
+        param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, fused=device.type == "cuda", **ADAMW
     )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
     def loss(p, i, y, w):  # the recipe's own loss (w ignored) unless there are weights
         return _token_loss(fmodel, buffers, p, i, y, None if weights is None else w)
 
     grad_fn = vmap(grad_and_value(loss))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    streams = [batch_stream(lengths[m], cfg.batch_size, generators[m]) for m in range(k)]
+    running = torch.zeros((), device=device)
     with (
         attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
         tqdm(total=total_run, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar,
     ):
-        for _ in range(total_run):
-            batches = [[views[m][i] for i in next(streams[m])] for m in range(k)]
-            input_ids, labels, w = _step_batch(seqs, batches, pad_id, device, row_weights)
+        for step in range(total_run):
             with autocast:
-                grads, loss = grad_fn(params, input_ids, labels, w)
+                grads, loss_k = grad_fn(params, *batches[step])
             _clip_per_model(grads, max_norm=1.0)
             for name, p in params.items():
                 p.grad = grads[name]
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            running += loss_k.detach().mean()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.mean().item():.3f}", models=k)
+            if (step + 1) % SHOW_EVERY == 0:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{running.item() / SHOW_EVERY:.3f}", models=k)
+                running.zero_()
     return {name: p.detach() for name, p in params.items()}
+
+
+def _subset_size(subsets: Sequence[Sequence[int]], seeds: Sequence[int]) -> int:
+    """The one size of the subsets (a ValueError for empty or unequal subsets, or a seed count that
+    differs)."""
+    sizes = {len(s) for s in subsets}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"train_stacked: subsets must be non-empty and of one size, got sizes {sorted(sizes)}"
+        )
+    if len(seeds) != len(subsets):
+        raise ValueError(f"train_stacked: {len(subsets)} subsets but {len(seeds)} seeds")
+    return sizes.pop()
 
 
 def _clip_per_model(grads: Stacked, max_norm: float) -> None:
@@ -163,13 +189,14 @@ def _clip_per_model(grads: Stacked, max_norm: float) -> None:
         g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
 
 
-def stacked_outputs(
-    model: torch.nn.Module, params: Stacked, evaluate, *, progress: bool = False
-) -> list[Float[Tensor, "..."]]:
-    """``evaluate(model_k)`` for each of the K parameter sets, loaded one after another into a copy."""
-    work = copy.deepcopy(model).eval()
-    k = next(iter(params.values())).shape[0]
-    out = []
-    for index in tqdm(range(k), desc="evaluate", disable=not progress, leave=False):
-        out.append(evaluate(load_into(work, unstack(params, index))))
-    return out
+def stacked_logits_at(model: torch.nn.Module, params: Stacked):
+    """`probes.lm.scoring.logits_at` for the K stacked models at once (one vmapped forward per batch instead
+    of K): a function of (batch, positions) returning logits [b, p, K, v]. Call it inside
+    ``attention_implementation(model, STACKED_ATTENTION, causal_attention)`` on right-padded batches."""
+    buffers = dict(model.named_buffers())
+
+    def one(p: dict[str, Tensor], batch: dict[str, Tensor], positions: Tensor) -> Tensor:
+        return logits_at(lambda **kw: functional_call(model, (p, buffers), (), kw), batch, positions)
+
+    forward = vmap(one, in_dims=(0, None, None), out_dims=2)
+    return lambda batch, positions: forward(params, batch, positions)

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from probes.metrics.lds import average_ranks
+from probes.metrics.spearman import average_ranks
 
 RANDOM, RELEVANCE = "random", "relevance"  # the controls' rows in the tables
 
@@ -67,16 +67,6 @@ def relevance_drop(relevant: Bool[Tensor, "q n"], k: int, seed: int, function: s
     counts = relevant.double().sum(dim=0)
     chosen = min(k, int((counts > 0).sum()))
     return top_documents(counts, chosen, seeded(seed, RELEVANCE, function, k))
-
-
-def bootstrap(values: Float[Tensor, " f"], seed: int = 0, resamples: int = 1000) -> dict:
-    """``{"mean", "ci95": [lo, hi]}`` of ``values`` (one per function): the 2.5 and 97.5 percentiles of the
-    mean over seeded bootstrap resamples of the functions."""
-    values = values.double()
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(len(values), (resamples, len(values)), generator=generator)
-    low, high = torch.quantile(values[draws].mean(dim=1), torch.tensor([0.025, 0.975]).double()).tolist()
-    return {"mean": float(values.mean()), "ci95": [low, high]}
 
 
 def _cell(stat: dict, percent: bool) -> str:

@@ -219,9 +219,12 @@ def prompt_outputs(
     prompts: Sequence[str],
     read: Callable[[Float[Tensor, "b v"], list[int]], Float[Tensor, "b k"]],
     batch_size: int = 64,
+    forward: Callable | None = None,
 ) -> Float[Tensor, "q k"]:
     """``read(logits, rows)`` of the model's logits at the last position of each prompt (``rows``: the
-    prompts' indices in the batch), in length-bucketed batches; fp32, on CPU, rows in prompt order."""
+    prompts' indices in the batch), in length-bucketed batches; fp32, on CPU, rows in prompt order.
+    ``forward(batch, positions)`` replaces `logits_at` of ``model`` (e.g. several stacked models at once,
+    whose logits ``read`` then gets as [b, ..., v])."""
     items = tokenize(tokenizer, prompts, as_prompt=True)
     device = next(model.parameters()).device
     out = torch.empty(len(prompts), 0)
@@ -232,7 +235,9 @@ def prompt_outputs(
             # into NaN that then leaks into the real rows
             batch = collate([items[i] for i in index], pad_id(tokenizer), "right", device)
             last = batch["attention_mask"].sum(-1) - 1
-            values = read(logits_at(model, batch, last[:, None])[:, 0], index).float().cpu()
+            positions = last[:, None]
+            logits = forward(batch, positions) if forward else logits_at(model, batch, positions)
+            values = read(logits[:, 0], index).float().cpu()
             if out.shape[1] != values.shape[1]:
                 out = torch.empty(len(prompts), values.shape[1])
             out[index] = values

@@ -1,4 +1,5 @@
-"""Retrieval metrics of [q, n] attribution scores: per query, aggregated, random baseline, Metric suite."""
+"""Retrieval metrics of [q, n] attribution scores (per query, aggregated, random baseline, Metric suite); the
+LDS and its noise ceiling (lds.py), Spearman (spearman.py) and bootstrap intervals (bootstrap.py)."""
 
 from probes.metrics.evaluation import HOP_SUBSET, evaluate, query_metrics, random_expectation, summarise
 from probes.metrics.expectation import random_per_query_metrics
