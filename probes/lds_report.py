@@ -78,6 +78,14 @@ def _regime(truth: dict) -> str:
     return f"α = {truth['fraction']:g}, K = {truth['seeds_per_subset']}"
 
 
+def _ceiling(truth: dict) -> str:
+    if truth["noise_ceiling"]:
+        return cell(truth["noise_ceiling"])
+    if truth["regime"] == "fixed-order":
+        return "none (no seed noise: every retrain replays f_new's batches)"
+    return "not measured (one seed per subset)"
+
+
 def headers(counterfactual: dict) -> list[str]:
     return [f"LDS {name} ({_regime(truth)})" for name, truth in counterfactual.items()]
 
@@ -85,8 +93,7 @@ def headers(counterfactual: dict) -> list[str]:
 def note(counterfactual: dict) -> str:
     """The table's paragraph on the LDS columns: what they are, and each ground truth's ceiling."""
     ceilings = "; ".join(
-        f"{name} ({truth['subsets']} subsets, {_regime(truth)}): "
-        + (cell(truth["noise_ceiling"]) if truth["noise_ceiling"] else "not measured (one seed per subset)")
+        f"{name} ({truth['subsets']} subsets, {_regime(truth)}): " + _ceiling(truth)
         for name, truth in counterfactual.items()
     )
     return (

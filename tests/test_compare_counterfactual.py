@@ -129,6 +129,16 @@ def test_the_figure_draws_every_row_and_the_ceiling_per_regime(tmp_path):
     assert list((tmp_path / "tb" / "counterfactual").iterdir())
 
 
+def test_the_note_says_why_a_ground_truth_has_no_ceiling():
+    entry = {
+        "one_seed": {"regime": "stochastic", "fraction": 0.5, "seeds_per_subset": 1, "subsets": 8},
+        "fixed": {"regime": "fixed-order", "fraction": 0.9, "drop": 0.1, "seeds_per_subset": 1, "subsets": 8},
+    }
+    note = lds_report.note({name: {**truth, "noise_ceiling": None} for name, truth in entry.items()})
+    assert "one_seed (8 subsets, α = 0.5, K = 1): not measured (one seed per subset)" in note
+    assert "fixed (8 subsets, fixed-order, drop 0.1): none (no seed noise" in note
+
+
 def test_two_ground_truths_of_one_name_are_refused(config, tmp_path, capsys):  # noqa: F811
     cfg = config(methods=METHODS[:1])
     write_gt(cfg, tmp_path / "a" / "gt")
