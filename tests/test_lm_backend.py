@@ -20,7 +20,7 @@ from lm_fixtures import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from probes.lm.backend import PassOptions
-from probes.lm.compiled import RECOMPILE_LIMIT, compiled_blocks
+from probes.lm.fast.compiled import RECOMPILE_LIMIT, compiled_blocks
 from probes.lm.features import FeatureSpec, compute_features, query_inputs
 from probes.lm.patch import PREFIX_ATTENTION, Patcher
 from probes.lm.scoring import answer_token_ids
