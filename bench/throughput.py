@@ -50,8 +50,8 @@ from measure import (  # noqa: E402
 
 from baselines.patching import Patching, candidate_batches  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
+from probes.lm.fast.patch import FastPatcher  # noqa: E402
 from probes.lm.features import gradient_features, hidden_features  # noqa: E402
-from probes.lm.patch import Patcher  # noqa: E402
 from probes.lm.scoring import answer_token_ids, tokenize  # noqa: E402
 from probes.lm.store import gradient_batching  # noqa: E402
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient features, 1024 docs",
         )
 
-    patcher = Patcher(old, tokenizer, candidate_ids, layer="middle")
+    patcher = FastPatcher(old, tokenizer, candidate_ids, layer="middle")
     prompts = [q.prompt for q in queries[: args.patch_queries]]
     prefixes, t_prefix = timed(lambda: patcher.prefixes(prompts), device)
     states = torch.randn(len(docs), new.config.hidden_size, device=device, dtype=dtype_for(device))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 from probes.lm.backend import DEFAULT, PassOptions, pass_for
 from probes.lm.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
-from probes.lm.stack import decoder_stack
+from probes.lm.stack import edited_hidden_state
 
 
 def riemann_path_mean(
@@ -36,27 +35,10 @@ def riemann_path_mean(
     return total / steps
 
 
-@contextmanager
-def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]) -> Iterator[None]:
+def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]):
     """Inside the block, the model's hidden state ``layer`` (as in ``output_hidden_states``: 0 = embeddings,
     L = after the final norm) is ``state``; everything above runs from it, everything below is ignored."""
-    stack = decoder_stack(model, ("layers", "norm"), "integrated gradients")
-    if not 0 <= layer <= len(stack.layers):
-        raise ValueError(f"layer {layer} is out of range: hidden states run 0..{len(stack.layers)}")
-
-    def swap_input(module, args, kwargs):
-        if args:
-            return (state, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": state}
-
-    if layer < len(stack.layers):
-        handle = stack.layers[layer].register_forward_pre_hook(swap_input, with_kwargs=True)
-    else:  # the final norm's output: the LM head may read only some positions of it (logits_to_keep)
-        handle = stack.norm.register_forward_hook(lambda module, args, output: state)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edited_hidden_state(model, layer, lambda _: state, "integrated gradients")
 
 
 def text_loss(
