@@ -4,12 +4,14 @@ computation (`probes.lm.fast.patch` runs it over cached prefixes; `make_patcher`
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.layer_ids import hidden_state_ids
@@ -45,6 +47,26 @@ class Prefix:
     # the fast patcher's: block index (>= the patch layer) -> [b, heads, position, head_dim]
     keys: dict[int, Tensor] = field(default_factory=dict)
     values: dict[int, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def attention_implementation(model, name: str, function) -> Iterator[None]:
+    """Inside the block, ``model`` runs its attention with ``function``, known to transformers as ``name``
+    only there: the entry goes into transformers' attention table on entering and out on leaving, and the
+    model gets its own implementation back, also after an error."""
+    table = ALL_ATTENTION_FUNCTIONS
+    previous_function = table.get(name)
+    previous = model.config._attn_implementation
+    table[name] = function
+    try:
+        model.set_attn_implementation(name)
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+        if previous_function is None:
+            del table[name]
+        else:
+            table[name] = previous_function
 
 
 class Patcher:

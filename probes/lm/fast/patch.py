@@ -4,15 +4,11 @@ batch, attending to its prompt's cached prefix (the reference: `probes.lm.patch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from probes.lm.patch import Patcher, Prefix
+from probes.lm.patch import Patcher, Prefix, attention_implementation
 from probes.lm.scoring import to_device
 
 
@@ -92,26 +88,6 @@ def shared_prefix_attention(
 
 
 PREFIX_ATTENTION = "probes_shared_prefix"
-
-
-@contextmanager
-def attention_implementation(model, name: str, function) -> Iterator[None]:
-    """Inside the block, ``model`` runs its attention with ``function``, known to transformers as ``name``
-    only there: the entry goes into transformers' attention table on entering and out on leaving, and the
-    model gets its own implementation back, also after an error."""
-    table = ALL_ATTENTION_FUNCTIONS
-    previous_function = table.get(name)
-    previous = model.config._attn_implementation
-    table[name] = function
-    try:
-        model.set_attn_implementation(name)
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-        if previous_function is None:
-            del table[name]
-        else:
-            table[name] = previous_function
 
 
 class FastPatcher(Patcher):
