@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from probes.lm.cache import content_hash, weights_hash
 
@@ -43,3 +45,17 @@ def check(recorded: dict, texts: Sequence[str], lm: torch.nn.Module, where: str,
             f"{where} cannot score this data: {'; and '.join(problems)}. Use the corpus and "
             "f_new it was trained on, or train a probe for these (train_probe.py fit)"
         )
+
+
+class TrainedOn(Callback):
+    """Writes what a fit trained on into each checkpoint (`record`), and under a Trainer that resumes or
+    evaluates a checkpoint (``ckpt_path``) refuses other documents or another f_new (`check`)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[KEY] = record(pl_module.documents.texts, pl_module.reader.lm)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        recorded = checkpoint.get(KEY)
+        if recorded is not None and pl_module.documents is not None:
+            where = f"checkpoint {trainer.ckpt_path or ''}".rstrip()
+            check(recorded, pl_module.documents.texts, pl_module.reader.lm, where, pl_module.hparams.model)
