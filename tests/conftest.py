@@ -80,6 +80,8 @@ def counterfactual_world(tmp_path_factory) -> dict:
     return make_world(tmp_path_factory.mktemp("counterfactual"))
 
 
-# ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see test_dlp_fixtures.py) ----
+# ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see dlp_fixtures.py) ----
 
-from test_dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401
+# ---- compare.py: the micro config writer (see compare_fixtures.py) ----
+from compare_fixtures import config  # noqa: E402, F401
+from dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401

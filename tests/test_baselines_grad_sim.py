@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, make_micro_model
-from test_baselines_fixtures import (
+from baselines_fixtures import (
     doc_queries,
     float64_setup,
     make_ctx,
     reference_gradients,
     shuffled_corpus,
 )
+from lm_fixtures import CANDIDATES, make_micro_model
 
 from probes.data.queries import make_queries
 from probes.lm.example_grads import (

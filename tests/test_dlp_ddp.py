@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-from test_dlp_fixtures import FAST, run_cli
+from dlp_fixtures import FAST, run_cli
 
 from probes.models import QueryTables
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_dlp_fixtures import FAST, run_cli
+from dlp_fixtures import FAST, run_cli
 
 from probes.data.datamodule import HopsDataModule
 from probes.models import CpuThreads, MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule, QueryTables

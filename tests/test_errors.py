@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from compare_fixtures import load_compare
+from dlp_fixtures import load_train_probe, micro_args
 from lm_fixtures import make_micro_pair, micro_rows
-from test_compare import load_compare
-from test_dlp_fixtures import load_train_probe, micro_args
 
 from probes.data.__main__ import main as data_main
 from probes.lm.__main__ import main as lm_main
@@ -215,12 +215,16 @@ def test_data_generate_into_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_checkpoint_check_passes_a_real_checkpoint(tmp_path):
-    from probes.errors import check_checkpoint
+    from probes.errors import UserError, check_checkpoint
 
     torch.save(
         {"state_dict": {"w": torch.ones(10)}, "hyper_parameters": {"n_documents": 6}}, tmp_path / "ok.ckpt"
     )
-    check_checkpoint(tmp_path / "ok.ckpt", "dlp_checkpoint")
+    assert check_checkpoint(tmp_path / "ok.ckpt", "dlp_checkpoint") is None
+    # the same file cut short is refused: the check reads the file, it does not only find it
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "ok.ckpt").read_bytes()[:-20])
+    with pytest.raises(UserError, match="dlp_checkpoint"):
+        check_checkpoint(tmp_path / "cut.ckpt", "dlp_checkpoint")
 
 
 @pytest.mark.parametrize(

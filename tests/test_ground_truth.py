@@ -66,6 +66,10 @@ def test_no_repeats_round_trip(tmp_path):
     save_ground_truth(tmp_path, gt)
     back = load_ground_truth(tmp_path)
     assert back.repeat_index.shape == (0,) and back.repeat_outputs.shape == (0, len(QUERY_IDS))
+    for name in ("masks", "outputs", "repeat_index", "repeat_outputs"):
+        got, want = getattr(back, name), getattr(gt, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert back.manifest == gt.manifest and back.manifest["repeats"] == 0
 
 
 def rewrite(folder, tensors=None, manifest=None) -> None:

@@ -143,6 +143,7 @@ def test_prefix_attention_is_known_only_while_patching():
 
 
 def test_compare_takes_the_feature_backend():
+    """The options are checked; that they reach every pass: tests/test_compare.py."""
     import compare
     from probes.errors import UserError
 
