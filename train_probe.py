@@ -8,8 +8,9 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningCLI
 
 from probes.data.datamodule import HopsDataModule
-from probes.errors import UserError, check_checkpoint, cli_main
+from probes.errors import check_checkpoint, cli_main
 from probes.models import BestCheckpoint, ProbeModule, provenance
+from probes.models.heads import check_head_split
 
 
 class ProbeCLI(LightningCLI):
@@ -47,12 +48,7 @@ class ProbeCLI(LightningCLI):
         """Refuse combinations of options before anything loads (ProbeModule checks them again later)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         head = str(config.model.head.class_path if "class_path" in config.model.head else "")
-        if head.endswith("MultiHotHead") and config.data.split == "by_function":
-            raise UserError(
-                "model.head MultiHotHead cannot rank documents of held-out functions (data.split="
-                "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
-                "configs/dlp-heldout-functions.yaml)"
-            )
+        check_head_split(head.endswith("MultiHotHead"), config.data.split)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ProbeCLI:

@@ -115,5 +115,6 @@ class AttrWeighted(FeatureMethod):
             candidate_ids=ctx.candidate_ids,
             pooling=pooling,
             times_delta=per_position,
+            options=ctx.pass_options,
             **options,
         )

@@ -164,6 +164,7 @@ class GradSim(Method):
         except ValueError as err:
             raise ValueError(f"method 'grad_sim': {err}") from None
         self.pair, self.candidate_ids, self.device = pair, ctx.candidate_ids, ctx.device
+        self.options = ctx.pass_options
         self.query_texts, self.query_targets = query_inputs(ctx.queries)
         self.dims = self._dims(ctx)
         # a block: a parameter and its size, or the "whole" block
@@ -210,7 +211,7 @@ class GradSim(Method):
                 chunk = [items[i] for i in index]
                 batch = collate(chunk, pad_id(self.pair.tokenizer), "right", self.device)
                 grads = batch_example_gradients(
-                    self.pair.new, batch, chunk, loss, names, self.candidate_ids, holders
+                    self.pair.new, batch, chunk, loss, names, self.candidate_ids, holders, self.options
                 )
                 norms = torch.stack([g.double().pow(2).sum(1) for g in grads], 1).cpu()
                 out.append(norms / norms.sum(1, keepdim=True).clamp_min(1e-300))
@@ -249,11 +250,15 @@ class GradSim(Method):
             chunk = [items[i] for i in index]
             batch = collate(chunk, pad_id(pair.tokenizer), "right", self.device)
             if kind == "kronecker":
-                grads = batch_projected_gradients(pair.new, batch, chunk, loss, kronecker, self.candidate_ids)
+                grads = batch_projected_gradients(
+                    pair.new, batch, chunk, loss, kronecker, self.candidate_ids, self.options
+                )
                 rows = dict(zip(blocks, grads.unbind(1), strict=True))
             else:
                 rows = project(
-                    batch_example_gradients(pair.new, batch, chunk, loss, names, self.candidate_ids, holders)
+                    batch_example_gradients(
+                        pair.new, batch, chunk, loss, names, self.candidate_ids, holders, self.options
+                    )
                 )
             for block, row in rows.items():
                 if block not in out:

@@ -71,6 +71,7 @@ class Texts:
         self.items: list[Tokenized] = docs + tokenize(tokenizer, texts, targets)
         self.losses = ["lm"] * len(docs) + ["ce"] * len(texts)
         self.n_docs, self.pad = len(docs), pad_id(tokenizer)
+        self.options = ctx.pass_options
 
     def doc_rows(self) -> list[int]:
         return list(range(self.n_docs))
@@ -101,7 +102,7 @@ class Texts:
         items, kind = [self.items[r] for r in rows], self.losses[rows[0]]
         if sample:
             return sampled_loss(model, batch, items, kind, seed)
-        return text_loss(model, batch, items, kind)
+        return text_loss(model, batch, items, kind, options=self.options)
 
 
 def sampled_loss(

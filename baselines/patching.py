@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from baselines.feature_method import apply_preset
 from probes.lm.losses import answer_margin
-from probes.lm.patch import Patcher
+from probes.lm.patch import make_patcher
 from probes.lm.scoring import answer_token_ids, to_device
 from probes.methods import AttributionContext, Method, check_choice, register
 
@@ -87,7 +87,7 @@ class Patching(Method):
         pair, features = ctx.require("pair", "patching"), ctx.require("features", "patching")
         candidate_ids = ctx.require("candidate_ids", "patching")
         self.ctx = ctx
-        self.patcher = Patcher(pair.old, pair.tokenizer, candidate_ids, self.layer)
+        self.patcher = make_patcher(pair.old, pair.tokenizer, candidate_ids, self.layer, ctx.pass_options)
         layer = self.patcher.layer
         if self.gate == "per_position":
             attribution = features.attributions("docs", self.pooling)[:, layer]

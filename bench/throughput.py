@@ -12,7 +12,7 @@ Each rate is the median of --repeats runs and is also given as a fraction of the
 non-embedding parameters x tokens FLOPs forward (x3 with the backward) over the card's bf16 matmul rate
 measured in the same run. The "plain loop" is what the feature pass replaces: batches of 64 in corpus order,
 padding to the longest, all hidden states and full logits kept, pooled afterwards. With --compile the feature
-and gradient passes run their decoder blocks compiled (`probes.lm.compiled`, the passes' own ``compile``
+and gradient passes run their decoder blocks compiled (`probes.lm.fast.compiled`, the passes' own ``compile``
 option); compiling (with one unrated run of both passes) is its own line, and their rates after it are of
 the compiled blocks. The plain loop and patching run eager either way. Passes over the same texts share their
 tokens (`probes.lm.features`), as the passes of compare.py's FeatureStore do: tokenising is its own line.
@@ -50,8 +50,8 @@ from measure import (  # noqa: E402
 
 from baselines.patching import Patching, candidate_batches  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
+from probes.lm.fast.patch import FastPatcher  # noqa: E402
 from probes.lm.features import gradient_features, hidden_features  # noqa: E402
-from probes.lm.patch import Patcher  # noqa: E402
 from probes.lm.scoring import answer_token_ids, tokenize  # noqa: E402
 from probes.lm.store import gradient_batching  # noqa: E402
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient features, 1024 docs",
         )
 
-    patcher = Patcher(old, tokenizer, candidate_ids, layer="middle")
+    patcher = FastPatcher(old, tokenizer, candidate_ids, layer="middle")
     prompts = [q.prompt for q in queries[: args.patch_queries]]
     prefixes, t_prefix = timed(lambda: patcher.prefixes(prompts), device)
     states = torch.randn(len(docs), new.config.hidden_size, device=device, dtype=dtype_for(device))

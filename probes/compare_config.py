@@ -24,7 +24,7 @@ class PairConfig:
             gradient passes at half), so batches of long texts shrink instead of running out of memory;
             null = no cap.
         feature_compile: run the feature passes' decoder blocks through torch.compile (see
-            probes/lm/compiled.py; BENCHMARKS.md has its speed-up and compile time); worth it when the
+            probes/lm/fast/compiled.py; BENCHMARKS.md has its speed-up and compile time); worth it when the
             passes are long (large corpora) and the feature cache is cold. Fast backend only.
         feature_backend: "fast" (masks dropped for right padding, fused losses, optional compile) or
             "reference" (the plain computation, for checking); both give the same features

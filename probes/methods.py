@@ -15,6 +15,7 @@ from torch import Tensor
 
 from probes.data.corpus import Corpus
 from probes.data.queries import Query
+from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.load import ModelPair
 from probes.lm.store import FeatureStore
 
@@ -39,6 +40,11 @@ class AttributionContext:
     def device(self) -> torch.device:
         """Where methods compute: f_new's device (the CPU without a model pair)."""
         return torch.device("cpu") if self.pair is None else next(self.pair.new.parameters()).device
+
+    @property
+    def pass_options(self) -> PassOptions:
+        """How the methods' own passes run (losses, gradients, patching): the FeatureStore's options."""
+        return DEFAULT if self.features is None else self.features.options
 
     def require(self, field: str, method: str):
         """``getattr(self, field)``, or an error saying that ``method`` needs it."""

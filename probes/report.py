@@ -20,6 +20,7 @@ from probes import lds_report
 from probes.cache import atomic_path
 from probes.metrics import HOP_SUBSET, KS, flatten, metric_names
 from probes.outputs import Output, claim_output
+from probes.plots import recall_figure
 from probes.reuse import INPUTS, KIND, input_paths, settings
 
 if TYPE_CHECKING:
@@ -226,36 +227,24 @@ def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual
 def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> None:
     """Macro recall@k against k for all / base / wrapper queries (and wrapper queries against the documents
     below them, when reported): every method and the random expectation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     subsets = (*TABLE_SUBSETS, *([HOP_SUBSET] if HOP_SUBSET in random["subsets"] else []))
     groups = (("all", lambda r: r), *((s, lambda r, s=s: r["subsets"].get(s, {})) for s in subsets))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True)
-    curves = [(r.label, r.report, {}) for r in results] + [
-        ("random (expected)", random, {"ls": "--", "c": "k"})
-    ]
-    for ax, (name, pick) in zip(axes, groups, strict=True):
-        for label, report, style in curves:
-            macro = pick(report).get("macro", {})
-            ks = [k for k in KS if f"recall@{k}" in macro]
-            ax.plot(ks, [macro[f"recall@{k}"] for k in ks], marker="o", label=label, **style)
-        ax.set(
-            title="wrapper queries, docs below" if name == HOP_SUBSET else f"{name} queries",
-            xlabel="k",
-            xscale="log",
-            xticks=list(KS),
-            xticklabels=[str(k) for k in KS],
-        )
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("macro recall@k")
-    axes[-1].legend(fontsize="small", loc="best")
-    fig.tight_layout()
+    reports = [(r.label, r.report) for r in results] + [("random (expected)", random)]
+    panels = {}
+    for name, pick in groups:
+        title = "wrapper queries, docs below" if name == HOP_SUBSET else f"{name} queries"
+        panels[title] = {label: _macro_recall(pick(report)) for label, report in reports}
+    fig = recall_figure(panels, "macro recall@k")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _macro_recall(report: dict) -> dict[int, float]:
+    macro = report.get("macro", {})
+    return {k: macro[f"recall@{k}"] for k in KS if f"recall@{k}" in macro}
 
 
 def write_tensorboard(root: Path, results: Sequence[MethodResult], random: dict) -> None:

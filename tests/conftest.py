@@ -80,6 +80,48 @@ def counterfactual_world(tmp_path_factory) -> dict:
     return make_world(tmp_path_factory.mktemp("counterfactual"))
 
 
-# ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see test_dlp_fixtures.py) ----
+# ---- dlp: a micro HOPS corpus + micro f_new, and a test run inside tmp_path (see dlp_fixtures.py) ----
 
-from test_dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401
+# ---- compare.py: the micro config writer (see compare_fixtures.py) ----
+# ---- user errors (test_errors, test_outputs, test_checks_up_front): a micro pair, a compare config writer
+# over it, a generated micro corpus ----
+import yaml  # noqa: E402
+from compare_fixtures import config  # noqa: E402, F401
+from dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401
+from lm_fixtures import make_micro_pair, micro_rows  # noqa: E402
+
+from probes.data.generator import GeneratorConfig, write_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def micro_pair(tmp_path_factory) -> tuple[Path, Path]:
+    return make_micro_pair(tmp_path_factory.mktemp("errors_pair"))
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch, write_jsonl, micro_pair):
+    """Writes a compare.py config over the micro corpus and pair (overrides merged per section)."""
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PROBES_DEBUG", raising=False)
+    corpus = write_jsonl(micro_rows(), "micro.jsonl")
+
+    def write(**overrides) -> Path:
+        settings = {
+            "data": {"corpus_path": str(corpus), "inputs": list(range(1, 11)), "test_fraction": 0.4},
+            "model": {"old": str(micro_pair[0]), "new": str(micro_pair[1]), "threads": 1},
+            "methods": [{"label": "r", "method": "random"}, {"label": "b", "method": "bm25"}],
+        }
+        for key, value in overrides.items():
+            settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
+        path = tmp_path / "micro.yaml"
+        path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def corpus_path(tmp_path):
+    return write_corpus(
+        tmp_path / "micro.jsonl", GeneratorConfig(n_base=2, docs_per_base=4, docs_per_wrapper=2)
+    )

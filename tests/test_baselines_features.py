@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm.features import query_inputs
@@ -250,15 +250,21 @@ def test_penultimate_document_gradients_are_not_zero_and_last_are(pair):
 
 @pytest.mark.parametrize("name", ["act_grad", "attr_weighted"])
 def test_margin_loss_and_learned_weights(name, pair):
+    """The margin loss is not the answer's cross-entropy (their query gradients differ), and the learned
+    layer weights are a convex combination that moved away from the uniform start."""
     corpus = micro_corpus()
     queries = make_queries(corpus, inputs=[1, 2, 3])
-    method, scores = run(
-        name, context(corpus, queries, pair), loss="margin", aggregate="learned", fit_steps=30
-    )
+    ctx = context(corpus, queries, pair)
+    method, scores = run(name, ctx, loss="margin", aggregate="learned", fit_steps=30)
     weights = method.scorer.weights
     assert (
         torch.isfinite(scores).all() and weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
     )
+    assert not torch.allclose(weights, torch.full_like(weights, 1 / len(weights)))
+    margin, ce = (ctx.features.grads("queries", "last", loss) for loss in ("margin", "ce"))
+    assert not torch.allclose(margin, ce, rtol=1e-3, atol=0)
+    _, ce_scores = run(name, ctx, loss="ce", aggregate="learned", fit_steps=30)
+    assert not torch.allclose(scores, ce_scores)
 
 
 def test_integrated_gradients_are_computed_once_for_tuning_points_that_share_them(pair, monkeypatch):

@@ -8,17 +8,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import CANDIDATES, make_micro_model
-from test_baselines_fixtures import (
+from baselines_fixtures import (
     doc_queries,
     float64_setup,
     make_ctx,
     reference_gradients,
     shuffled_corpus,
 )
+from lm_fixtures import CANDIDATES, make_micro_model
 
 from probes.data.queries import make_queries
-from probes.lm import losses
 from probes.lm.example_grads import (
     KroneckerProjection,
     batch_example_gradients,
@@ -26,6 +25,7 @@ from probes.lm.example_grads import (
     owners,
     param_group,
 )
+from probes.lm.fast import losses as fast_losses
 from probes.lm.features import query_inputs
 from probes.lm.interpolate import text_loss
 from probes.lm.projections import RandomProjection, allocate_dims
@@ -91,7 +91,7 @@ def test_kronecker_projection_equals_the_explicit_kronecker_matrix(setup, monkey
     projection = KroneckerProjection(holders, 16, seed=3)
     items = tokenize(pair.tokenizer, corpus.texts)
     batch = collate(items, pad_id(pair.tokenizer))
-    monkeypatch.setattr(losses, "LOGIT_BUDGET", 2 * len(items) * pair.new.config.vocab_size)
+    monkeypatch.setattr(fast_losses, "LOGIT_BUDGET", 2 * len(items) * pair.new.config.vocab_size)
     got = batch_projected_gradients(pair.new, batch, items, "lm", projection)
     exact = batch_example_gradients(pair.new, batch, items, "lm", names)
     expected = torch.stack(

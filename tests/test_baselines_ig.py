@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from baselines_fixtures import micro_corpus
 from lm_fixtures import CANDIDATES, TEXTS, make_micro_pair
-from test_baselines_fixtures import micro_corpus
 
 from probes.lm.features import gradient_features
 from probes.lm.interpolate import (

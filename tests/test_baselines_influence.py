@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from lm_fixtures import build_tokenizer, micro_rows
-from test_baselines_fixtures import (
+from baselines_fixtures import (
     float64_setup,
     make_ctx,
     reference_gradients,
     shuffled_corpus,
 )
+from lm_fixtures import build_tokenizer, micro_rows
 from torch import nn
 
 from probes.data.corpus import corpus_from_rows

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from baselines_fixtures import make_ctx, micro_corpus
 from sklearn.metrics.pairwise import cosine_similarity
-from test_baselines_fixtures import make_ctx, micro_corpus
 
 from baselines.feature_method import FeatureMethod
 from baselines.layers import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import bm25s
 import pytest
 import torch
+from baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 from lm_fixtures import CANDIDATES, make_micro_pair
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_corpus
 
 from probes.data.queries import make_queries
 from probes.lm.load import load_pair

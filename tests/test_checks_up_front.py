@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_fixtures import compare, no_features_computed, refused, train_probe
+from dlp_fixtures import micro_args
 from safetensors.torch import load_file
-from test_dlp_fixtures import micro_args
-from test_errors import cfg, compare, micro_pair, no_features_computed, refused, train_probe  # noqa: F401
-from test_lm_tiny import corpus_path  # noqa: F401
 
 from probes.data.generator import GeneratorConfig, write_corpus
 from probes.lm import build as build_module
@@ -37,7 +36,7 @@ class Evil:
         return (print, ("pickled code ran",))
 
 
-def test_a_layer_the_pair_does_not_have_is_named_before_any_pass(cfg, tmp_path, capsys):  # noqa: F811
+def test_a_layer_the_pair_does_not_have_is_named_before_any_pass(cfg, tmp_path, capsys):
     """Regression (issue 25): ``layers: 99`` failed after the model load and a hidden pass, naming no
     method entry."""
     config = cfg(methods=[{"label": "deep", "method": "repsim", "options": {"layers": 99}}])
@@ -47,10 +46,10 @@ def test_a_layer_the_pair_does_not_have_is_named_before_any_pass(cfg, tmp_path, 
 
 
 def test_equal_old_and_new_weights_refuse_delta_methods_and_warn_for_the_others(
-    cfg,  # noqa: F811
+    cfg,
     tmp_path,
     capsys,
-    micro_pair,  # noqa: F811
+    micro_pair,
 ):
     """Regression (issue 25): ``--model.old`` equal to ``--model.new`` gave all-zero Δh scores, reported."""
     same = {"old": str(micro_pair[1]), "new": str(micro_pair[1])}
@@ -65,7 +64,7 @@ def test_equal_old_and_new_weights_refuse_delta_methods_and_warn_for_the_others(
         compare.main(["--config", str(config), "--out", str(tmp_path / "out")])
 
 
-def test_an_unwritable_out_or_cache_is_refused_before_any_work(cfg, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_an_unwritable_out_or_cache_is_refused_before_any_work(cfg, tmp_path, capsys, monkeypatch):
     """Regression (issue 25): a read-only --out or PROBES_CACHE failed after all scoring with [Errno 1]."""
     place = unwritable()
     line = refused(capsys, compare.main, ["--config", str(cfg()), "--out", str(place / "out")])
@@ -138,7 +137,7 @@ def test_lm_build_from_a_base_refuses_a_long_document_before_loading_its_weights
     assert "64 positions (max_position_embeddings)" in refused(capsys, lm_main, argv)
 
 
-def test_a_pair_built_by_lm_build_is_checked_by_content_on_load(corpus_path, tmp_path):  # noqa: F811
+def test_a_pair_built_by_lm_build_is_checked_by_content_on_load(corpus_path, tmp_path):
     """Regression (issue 25): a same-size corrupt model.safetensors of a pair from ``lm build`` was used
     silently: its manifest had no file checksums (the default pair's had)."""
     from probes.lm.load import load_pair
@@ -165,13 +164,13 @@ def checkpoint_without_record(fitted_dlp, folder: Path) -> tuple[Path, dict]:
     return folder / "legacy.ckpt", record
 
 
-def dlp_config(cfg, micro_world, corpus: Path) -> Path:  # noqa: F811
+def dlp_config(cfg, micro_world, corpus: Path) -> Path:
     model = {"old": str(micro_world.old), "new": str(micro_world.new)}
     return cfg(data={"corpus_path": str(corpus)}, model=model, methods=[{"label": "r", "method": "random"}])
 
 
 def test_a_dlp_checkpoint_without_its_record_is_refused_then_stamped(
-    cfg,  # noqa: F811
+    cfg,
     micro_world,
     fitted_dlp,
     tmp_path,
@@ -189,7 +188,7 @@ def test_a_dlp_checkpoint_without_its_record_is_refused_then_stamped(
 
 
 def test_a_dlp_checkpoint_of_a_shuffled_corpus_is_refused_before_any_row_is_scored(
-    cfg,  # noqa: F811
+    cfg,
     micro_world,
     fitted_dlp,
     tmp_path,
@@ -207,11 +206,11 @@ def test_a_dlp_checkpoint_of_a_shuffled_corpus_is_refused_before_any_row_is_scor
 
 
 def test_pickled_files_are_one_line_without_advice_to_run_them(
-    cfg,  # noqa: F811
+    cfg,
     micro_world,
     tmp_path,
     capsys,
-    micro_pair,  # noqa: F811
+    micro_pair,
     in_tmp,
 ):
     """Regression (issue 25): a pickled .ckpt or pytorch_model.bin ran no code but printed a traceback that

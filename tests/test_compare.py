@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import subprocess
@@ -12,55 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from lm_fixtures import make_micro_pair, micro_rows
+from compare_fixtures import ROOT, compare
+from lm_fixtures import micro_rows
 from safetensors.torch import load_file
 
 from probes import lds_report
 from probes.outputs import MARKER
 from probes.report import FILES, HOP_SUBSET, MAIN_METRICS
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("random_a", "random_b", "patching")
-
-
-def load_compare():
-    """compare.py is a script at the repository root, not part of the package: import it from its path."""
-    if "compare" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["compare"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["compare"]
-
-
-compare = load_compare()
-
-
-@pytest.fixture
-def config(tmp_path, monkeypatch, write_jsonl):
-    """A config over the micro corpus and a float64 micro pair, all under tmp_path; returns a writer."""
-    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
-    corpus = write_jsonl(micro_rows(), "micro.jsonl")
-    old, new = make_micro_pair(tmp_path / "pair")
-
-    def write(**overrides) -> Path:
-        cfg = {
-            "data": {"corpus_path": str(corpus), "inputs": list(range(1, 11)), "test_fraction": 0.4},
-            "model": {"old": str(old), "new": str(new), "dtype": "float64", "score_batch_size": 5},
-            "methods": [
-                {"label": "random_a", "method": "random", "options": {"seed": 0}},
-                {"label": "random_b", "method": "random", "options": {"seed": 1}},
-                {"label": "patching", "method": "patching", "options": {"percentile": 25.0, "batch_size": 8}},
-            ],
-        }
-        for key, value in overrides.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-        path = tmp_path / "micro.yaml"
-        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-        return path
-
-    return write
 
 
 @pytest.mark.slow
@@ -145,6 +104,36 @@ def test_duplicate_label_is_refused(config):
 def test_default_out_follows_the_config_name(path, expected):
     cfg = compare.build_parser().parse_args(["--config", str(ROOT / path)])
     assert compare.default_out(cfg) == Path(expected)
+
+
+def test_reference_backend_reaches_every_pass_and_scores_like_the_fast_one(config, tmp_path, monkeypatch):
+    """model.feature_backend: reference runs the features and patching without any fast code (which would
+    raise here), and gives the fast run's scores (float64)."""
+    from safetensors.torch import load_file
+
+    from probes.lm.fast.passes import FastPass
+    from probes.lm.fast.patch import FastPatcher
+
+    fast = compare.main(["--config", str(config()), "--out", str(tmp_path / "fast")])
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache-reference"))  # no features from the fast run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast backend ran")
+
+    for cls, name in ((FastPass, "forward"), (FastPass, "text_losses"), (FastPatcher, "logits")):
+        monkeypatch.setattr(cls, name, refuse)
+    reference = compare.main(
+        [
+            "--config",
+            str(config(model={"feature_backend": "reference"})),
+            "--out",
+            str(tmp_path / "reference"),
+        ]
+    )
+    got, want = (load_file(str(out / "scores.safetensors")) for out in (reference, fast))
+    assert set(got) == set(want) and "patching" in got
+    for label, scores in want.items():
+        torch.testing.assert_close(got[label], scores, rtol=0, atol=1e-6)
 
 
 def test_feature_max_tokens_reaches_the_store(config):

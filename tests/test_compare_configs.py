@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from test_compare import compare
+from compare_fixtures import compare
 
 from probes.methods import missing_extra
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
+from compare_fixtures import compare
 from safetensors.torch import load_file
-from test_compare import compare, config  # noqa: F401 (the micro config fixture)
 from transformers import AutoModelForCausalLM
 
 from probes import lds_report

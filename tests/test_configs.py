@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_dlp_fixtures import REPO, load_train_probe, micro_args, run_cli
+from dlp_fixtures import REPO, load_train_probe, micro_args, run_cli
 
 from probes.models import MultiHotHead, PairwiseHead
 

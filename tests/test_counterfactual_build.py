@@ -9,10 +9,10 @@ import json
 import counterfactual_fixtures as fixtures
 import pytest
 import torch
+from compare_fixtures import load_compare
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from lm_fixtures import make_micro_pair, micro_rows
 from safetensors.torch import load_file
-from test_compare import load_compare
 
 from probes.counterfactual import jobs, regimes
 from probes.counterfactual.__main__ import main

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-from test_dlp_fixtures import FAST, run_cli
+from dlp_fixtures import FAST, run_cli
+
+from probes.models import QueryTables
 
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
 
@@ -15,8 +17,10 @@ def test_validation_under_ddp_equals_one_process(micro_world, in_tmp, devices):
     cli = run_cli(micro_world, None, "--data.batch_size=4")
     model, data = cli.model, cli.datamodule
     assert len(data.split_ids["val"]) == 6
-    one = L.Trainer(devices=1, **QUIET).validate(model, datamodule=data, verbose=False)[0]
-    shared = L.Trainer(devices=devices, strategy="ddp_fork", **QUIET).validate(
+    one = L.Trainer(devices=1, callbacks=[QueryTables()], **QUIET).validate(
+        model, datamodule=data, verbose=False
+    )[0]
+    shared = L.Trainer(devices=devices, strategy="ddp_fork", callbacks=[QueryTables()], **QUIET).validate(
         model, datamodule=data, verbose=False
     )[0]
     assert set(shared) == set(one) and 0 < one["val/micro/map"] < 1

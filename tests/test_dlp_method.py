@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from dlp_fixtures import FAST, micro_rows, run_cli
 from lm_fixtures import perturb
-from test_dlp_fixtures import FAST, micro_rows, run_cli
 
 from probes.data.datamodule import HopsDataModule
 from probes.lm.load import load_pair

@@ -10,20 +10,29 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_dlp_fixtures import FAST, run_cli
+from dlp_fixtures import FAST, run_cli
 
 from probes.data.datamodule import HopsDataModule
-from probes.models import CpuThreads, MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule
+from probes.models import CpuThreads, MultiHotHead, PairwiseHead, ProbeGenerator, ProbeModule, QueryTables
 
 
 def CHECKPOINTS(root: Path) -> Path:
     return root / "lightning_logs" / "dlp" / "version_0" / "checkpoints"
 
 
-def test_fast_dev_run(micro_world, in_tmp):
-    cli = run_cli(micro_world, "fit", "--trainer.fast_dev_run=true")
-    assert cli.trainer.state.finished
+def test_fast_dev_run_takes_one_step_on_the_probes_only(micro_world, in_tmp):
+    """One training step moves every probe parameter and leaves f_new's weights as loaded."""
+    cli = run_cli(micro_world, None, "--trainer.fast_dev_run=true")
+    cli.model.configure_model()
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    lm_before = {k: v.clone() for k, v in cli.model.lm.model.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss_step"])
+    after = cli.model.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(k.startswith(("generator.", "head.")) for k in moved)
+    assert all(torch.equal(v, cli.model.lm.model.state_dict()[k]) for k, v in lm_before.items())
 
 
 @pytest.mark.slow
@@ -50,6 +59,7 @@ def test_overfit_one_batch_loss_falls(micro_world, in_tmp, head):
         overfit_batches=1, max_epochs=15, logger=False, enable_checkpointing=False, callbacks=[Record()],
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip
+    trainer.callbacks.append(QueryTables())
     trainer.fit(model, datamodule=data)
     assert sum(excess[-3:]) / 3 < 0.75 * sum(excess[:3]) / 3, excess
 
@@ -58,7 +68,7 @@ def test_lm_is_frozen_and_never_in_the_state_or_a_checkpoint(fitted_dlp):
     module = fitted_dlp.cli.model
     lm = module.reader.lm
     assert all(not p.requires_grad for p in lm.parameters()) and not lm.training
-    assert module.lm is lm  # a submodule, so Lightning places and casts it
+    assert module.lm.model is lm  # held by FrozenLM, so Lightning places and casts it
     own = {f"generator.{k}" for k in module.generator.state_dict()}
     own |= {f"head.{k}" for k in module.head.state_dict()}
     assert set(module.state_dict()) == own
@@ -74,7 +84,9 @@ def test_module_validates_without_a_datamodule_like_with_one(micro_world, fitted
     # regression: ProbeModule read trainer.datamodule in its hooks; now the data reaches it from outside
     model, data = fitted_dlp.cli.model, fitted_dlp.cli.datamodule
     quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with_data = L.Trainer(**quiet).validate(model, datamodule=data, verbose=False)[0]
+    with_data = L.Trainer(callbacks=[QueryTables()], **quiet).validate(model, datamodule=data, verbose=False)[
+        0
+    ]
     model.set_documents(data.corpus.texts)
     model.set_queries(data.query_functions, data.is_wrapper, data.hop)
     alone = L.Trainer(**quiet).validate(model, dataloaders=data.val_dataloader(), verbose=False)[0]
@@ -87,22 +99,22 @@ def test_f_new_moves_and_casts_with_the_module_and_stays_in_eval_mode(micro_worl
 
     class Look(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            seen.append((module.lm.training, module.generator.training))
+            seen.append((module.lm.model.training, module.generator.training))
 
     cli = run_cli(micro_world, None, "--trainer.callbacks=[]", "--trainer.logger=false")
     trainer = L.Trainer(
-        accelerator="cpu", fast_dev_run=True, callbacks=[Look()], logger=False, enable_progress_bar=False,
-        enable_model_summary=False,
+        accelerator="cpu", fast_dev_run=True, callbacks=[Look(), QueryTables()], logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(cli.model, datamodule=cli.datamodule)
     assert seen == [(False, True)]
-    assert cli.model.to(torch.float64).lm.dtype == torch.float64
+    assert cli.model.to(torch.float64).lm.model.dtype == torch.float64
 
 
 def test_load_from_checkpoint_scores_like_the_trained_module(fitted_dlp):
     loaded = ProbeModule.load_from_checkpoint(CHECKPOINTS(fitted_dlp.root) / "last.ckpt")
     trained = fitted_dlp.cli.model.eval()
-    loaded.eval().set_documents(trained.documents)
+    loaded.eval().set_documents(trained.documents.texts)
     prompts = ["<GN>(3) returns the value ", "<HN>(7) returns the value "]
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(prompts), trained.score(prompts))
@@ -115,7 +127,8 @@ def test_resume_from_the_last_checkpoint(micro_world, fitted_dlp, in_tmp):
 
 
 def test_seeded_runs_repeat(micro_world, fitted_dlp, in_tmp):
-    quiet = ("--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
+    tables = '--trainer.callbacks=[{"class_path": "probes.models.QueryTables"}]'
+    quiet = ("--trainer.logger=false", tables, "--trainer.enable_checkpointing=false")
     again = run_cli(micro_world, "fit", *FAST, *quiet).model.state_dict()
     for key, value in fitted_dlp.cli.model.state_dict().items():
         torch.testing.assert_close(again[key], value, rtol=0, atol=0)
@@ -179,8 +192,8 @@ def test_test_best_before_any_fit_says_so(micro_world, in_tmp, capsys):
 
 
 def test_fit_hides_the_eval_mode_warning_about_f_new_and_restores_the_filters(micro_world, in_tmp):
-    """f_new stays in eval mode on purpose; the warning Lightning raises about it is silenced only during
-    the fit's start, and the process's warning filters are left as they were (no process-wide change)."""
+    """f_new stays in eval mode on purpose and is no submodule (`FrozenLM`), so Lightning has no eval-mode
+    module to warn about; nothing changes the process's warning filters to hide it."""
     import warnings
 
     before = list(warnings.filters)

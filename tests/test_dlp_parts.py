@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dlp_fixtures import one_thread
 from lm_fixtures import build_tokenizer, make_micro_model
-from test_dlp_fixtures import one_thread
 
 from probes.models.conditioning import ProbeReader, condition
 from probes.models.generator import DeepLinear, ProbeGenerator

@@ -9,64 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from lm_fixtures import make_micro_pair, micro_rows
-from test_compare import load_compare
-from test_dlp_fixtures import load_train_probe, micro_args
+from cli_fixtures import ROOT, compare, no_features_computed, refused, train_probe
+from dlp_fixtures import micro_args
+from lm_fixtures import micro_rows
 
 from probes.data.__main__ import main as data_main
 from probes.lm.__main__ import main as lm_main
-
-ROOT = Path(__file__).resolve().parents[1]
-compare = load_compare()
-# imported while collecting: Lightning's log handler then writes to a stream that outlives every test's capsys
-train_probe = load_train_probe()
-
-
-@pytest.fixture(scope="module")
-def micro_pair(tmp_path_factory) -> tuple[Path, Path]:
-    return make_micro_pair(tmp_path_factory.mktemp("errors_pair"))
-
-
-@pytest.fixture
-def cfg(tmp_path, monkeypatch, write_jsonl, micro_pair):
-    """Writes a compare.py config over the micro corpus and pair (overrides merged per section)."""
-    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("PROBES_DEBUG", raising=False)
-    corpus = write_jsonl(micro_rows(), "micro.jsonl")
-
-    def write(**overrides) -> Path:
-        config = {
-            "data": {"corpus_path": str(corpus), "inputs": list(range(1, 11)), "test_fraction": 0.4},
-            "model": {"old": str(micro_pair[0]), "new": str(micro_pair[1]), "threads": 1},
-            "methods": [{"label": "r", "method": "random"}, {"label": "b", "method": "bm25"}],
-        }
-        for key, value in overrides.items():
-            config[key] = {**config[key], **value} if isinstance(value, dict) else value
-        path = tmp_path / "micro.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        return path
-
-    return write
-
-
-def refused(capsys, main, argv: list[str]) -> str:
-    """Run ``main(argv)``; assert exit code 2 (raised as SystemExit, or returned by the commands whose main
-    returns its code) and one ``probes: error:`` line last on stderr; return it."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("probes: error:") == 1
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("probes: error: ")
-    return line
-
-
-def no_features_computed(tmp_path: Path) -> bool:
-    return not (tmp_path / "cache" / "features").exists()
 
 
 @pytest.mark.parametrize(
@@ -215,12 +163,16 @@ def test_data_generate_into_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_checkpoint_check_passes_a_real_checkpoint(tmp_path):
-    from probes.errors import check_checkpoint
+    from probes.errors import UserError, check_checkpoint
 
     torch.save(
         {"state_dict": {"w": torch.ones(10)}, "hyper_parameters": {"n_documents": 6}}, tmp_path / "ok.ckpt"
     )
-    check_checkpoint(tmp_path / "ok.ckpt", "dlp_checkpoint")
+    assert check_checkpoint(tmp_path / "ok.ckpt", "dlp_checkpoint") is None
+    # the same file cut short is refused: the check reads the file, it does not only find it
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "ok.ckpt").read_bytes()[:-20])
+    with pytest.raises(UserError, match="dlp_checkpoint"):
+        check_checkpoint(tmp_path / "cut.ckpt", "dlp_checkpoint")
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_compare import load_compare
-from test_dlp_fixtures import INPUTS, one_thread, run_cli
+from compare_fixtures import load_compare
+from dlp_fixtures import INPUTS, one_thread, run_cli
 
 from probes.metrics import flatten
 

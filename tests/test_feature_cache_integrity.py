@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from baselines_fixtures import doc_queries, make_ctx, micro_corpus
 from lm_fixtures import make_micro_pair
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_baselines_fixtures import doc_queries, make_ctx, micro_corpus
 
 from probes.lm.cache import FeatureCache
 from probes.lm.features import query_inputs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compare import compare
+from compare_fixtures import compare
 
 from probes.data.corpus import FUNC_TOKEN_RE, corpus_from_rows, load_corpus
 from probes.data.generator import (

@@ -20,9 +20,10 @@ from lm_fixtures import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from probes.lm.backend import PassOptions
-from probes.lm.compiled import RECOMPILE_LIMIT, compiled_blocks
+from probes.lm.fast.compiled import RECOMPILE_LIMIT, compiled_blocks
+from probes.lm.fast.patch import PREFIX_ATTENTION, FastPatcher
 from probes.lm.features import FeatureSpec, compute_features, query_inputs
-from probes.lm.patch import PREFIX_ATTENTION, Patcher
+from probes.lm.patch import Patcher, make_patcher
 from probes.lm.scoring import answer_token_ids
 
 
@@ -84,6 +85,28 @@ def test_fast_backend_equals_reference(lm, spec, docs, side, frozen):
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("layer", [0, 1, "last"])
+def test_fast_patching_equals_reference(lm, layer):
+    """The patched forward over cached prefixes (candidates of several prompts mixed, one prompt shared)
+    gives the reference's full forward with the hidden state replaced."""
+    model, old, tokenizer, candidates = lm
+    prompts = [q.prompt for q in QUERIES]
+    fast = make_patcher(model, tokenizer, candidates, layer, PassOptions("fast"))
+    plain = make_patcher(model, tokenizer, candidates, layer, PassOptions("reference"))
+    assert type(fast) is FastPatcher and type(plain) is Patcher
+    generator = torch.Generator().manual_seed(0)
+    for got, want in zip(fast.prefixes(prompts, 2), plain.prefixes(prompts, 2), strict=True):
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-10)
+        rows = torch.arange(len(got.rows)).repeat(2)
+        states = torch.randn(len(rows), model.config.hidden_size, generator=generator, dtype=torch.float64)
+        expected = plain.logits(want, rows, states)
+        assert expected.abs().amax() > 0
+        torch.testing.assert_close(fast.logits(got, rows, states), expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            fast.logits(got, 0, states), plain.logits(want, 0, states), rtol=0, atol=1e-10
+        )
+
+
 def test_backend_options_are_checked():
     with pytest.raises(ValueError, match="backend must be one of"):
         PassOptions(backend="quick")
@@ -111,7 +134,7 @@ def test_prefix_attention_is_known_only_while_patching():
     model = exact_float64(make_micro_model(len(tokenizer)))
     assert PREFIX_ATTENTION not in ALL_ATTENTION_FUNCTIONS.valid_keys()
     candidates = answer_token_ids(tokenizer, CANDIDATES)
-    patcher = Patcher(model, tokenizer, candidates, layer=1)
+    patcher = FastPatcher(model, tokenizer, candidates, layer=1)
     prompts = [q.prompt for q in QUERIES[:2]]
     prefix = patcher.prefixes(prompts)[0]
     patcher.logits(prefix, 0, prefix.old)
@@ -120,6 +143,7 @@ def test_prefix_attention_is_known_only_while_patching():
 
 
 def test_compare_takes_the_feature_backend():
+    """The options are checked; that they reach every pass: tests/test_compare.py."""
     import compare
     from probes.errors import UserError
 

@@ -1,5 +1,5 @@
-"""probes/lm/compiled.py: compiled decoder blocks give the eager features, share code across checkpoints, and
-fuse linear maps of one input."""
+"""probes/lm/fast/compiled.py: compiled decoder blocks give the eager features, share code across
+checkpoints, and fuse linear maps of one input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from probes.lm.compiled import _fusion_pass, compiled_blocks, decoder_blocks, fuse_shared_input_linears
+from probes.lm.fast.compiled import _fusion_pass, compiled_blocks, decoder_blocks, fuse_shared_input_linears
 from probes.lm.features import gradient_features, hidden_features
 from probes.lm.tokenizer import train_tokenizer
 

@@ -11,6 +11,7 @@ from lm_fixtures import TEXTS, build_tokenizer, exact_float64, make_micro_model
 
 from probes.lm import losses
 from probes.lm.example_grads import batch_example_gradients
+from probes.lm.fast import losses as fast_losses
 from probes.lm.scoring import collate, pad_id, tokenize
 
 
@@ -39,7 +40,7 @@ def reference(model, ids: list[int]):
 @pytest.fixture
 def two_positions_a_chunk(monkeypatch, tokenizer):
     """A budget of two positions per chunk for a batch of all TEXTS, so every text spans several chunks."""
-    monkeypatch.setattr(losses, "LOGIT_BUDGET", 2 * len(TEXTS) * len(tokenizer))
+    monkeypatch.setattr(fast_losses, "LOGIT_BUDGET", 2 * len(TEXTS) * len(tokenizer))
     return 2
 
 
@@ -56,8 +57,10 @@ def test_chunked_loss_and_activation_gradients_equal_full_logits(
     batch = collate(items, pad_id(tokenizer), padding_side)
     embeds = model.get_input_embeddings()(batch["input_ids"]).requires_grad_(True)
     widths, saved, fused = [], [], []
-    apply = losses.HeadNLL.apply
-    monkeypatch.setattr(losses.HeadNLL, "apply", lambda *args: fused.append(args[2].shape[1]) or apply(*args))
+    apply = fast_losses.HeadNLL.apply
+    monkeypatch.setattr(
+        fast_losses.HeadNLL, "apply", lambda *args: fused.append(args[2].shape[1]) or apply(*args)
+    )
     handle = (
         model.lm_head.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
         if observed
@@ -65,7 +68,7 @@ def test_chunked_loss_and_activation_gradients_equal_full_logits(
     )
     try:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-            per_text, out = losses.text_losses(
+            per_text, out = fast_losses.text_losses(
                 model,
                 lambda **kw: model(
                     inputs_embeds=embeds,

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from probes.data.generator import GeneratorConfig, write_corpus
 from probes.data.queries import QUERY_FORMATS
 from probes.lm import build as build_module
 from probes.lm.__main__ import main
@@ -29,13 +28,6 @@ TEXTS = [
 @pytest.fixture
 def tokenizer():
     return train_tokenizer(TEXTS, OLD_TOKENS, NEW_TOKENS, vocab_size=300)
-
-
-@pytest.fixture
-def corpus_path(tmp_path):
-    return write_corpus(
-        tmp_path / "micro.jsonl", GeneratorConfig(n_base=2, docs_per_base=4, docs_per_wrapper=2)
-    )
 
 
 def test_tokenizer_keeps_function_tokens_and_integers_whole(tokenizer):

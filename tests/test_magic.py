@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import yaml
+from compare_fixtures import load_compare
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from lm_fixtures import (
     QUERIES,
@@ -20,7 +21,6 @@ from lm_fixtures import (
     micro_rows,
 )
 from safetensors.torch import load_file
-from test_compare import load_compare
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baselines.magic import Oracle

@@ -7,9 +7,9 @@ from __future__ import annotations
 import counterfactual_fixtures as fixtures
 import pytest
 import yaml
+from compare_fixtures import load_compare
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from safetensors.torch import load_file
-from test_compare import load_compare
 
 from probes.data.generator import GeneratorConfig, write_corpus
 from probes.methods import missing_extra

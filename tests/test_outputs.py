@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_fixtures import compare, no_features_computed, refused
 from safetensors.torch import load_file, save_file
-from test_errors import cfg, compare, micro_pair, no_features_computed, refused  # noqa: F401
 
 from probes.outputs import MARKER, OutputRefused, claim_output, owned
 
@@ -78,14 +78,14 @@ def test_overwrite_writes_beside_foreign_files_and_a_check_writes_nothing(tmp_pa
     claim_output(out, KIND, ["a.txt"], overwrite=False)  # now its own folder
 
 
-def write_config(cfg, **overrides) -> Path:  # noqa: F811
+def write_config(cfg, **overrides) -> Path:
     return cfg(methods=[{"label": "r", "method": "random"}], **overrides)
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
 @pytest.mark.parametrize("user_file", ["tensorboard/notes.txt", "metrics.json"])
 def test_compare_never_deletes_a_users_file_in_a_folder_like_its_output(
-    cfg,  # noqa: F811
+    cfg,
     tmp_path,
     capsys,
     user_file,
@@ -102,7 +102,7 @@ def test_compare_never_deletes_a_users_file_in_a_folder_like_its_output(
     assert no_features_computed(tmp_path)
 
 
-def finished(cfg, tmp_path, capsys) -> tuple[Path, Path]:  # noqa: F811
+def finished(cfg, tmp_path, capsys) -> tuple[Path, Path]:
     config = write_config(cfg)
     out = tmp_path / "first"
     compare.main(["--config", str(config), "--out", str(out)])
@@ -110,7 +110,7 @@ def finished(cfg, tmp_path, capsys) -> tuple[Path, Path]:  # noqa: F811
     return config, out
 
 
-def test_compare_scores_from_a_missing_folder_is_refused(cfg, tmp_path, capsys):  # noqa: F811
+def test_compare_scores_from_a_missing_folder_is_refused(cfg, tmp_path, capsys):
     """Regression (issue 25): ``--scores`` naming a folder that does not exist was silently ignored."""
     argv = [
         "--config",
@@ -123,7 +123,7 @@ def test_compare_scores_from_a_missing_folder_is_refused(cfg, tmp_path, capsys):
     assert "no such folder" in refused(capsys, compare.main, argv)
 
 
-def test_compare_scores_reversed_row_or_row_of_wrong_shape_is_refused(cfg, tmp_path, capsys):  # noqa: F811
+def test_compare_scores_reversed_row_or_row_of_wrong_shape_is_refused(cfg, tmp_path, capsys):
     """Regression (issue 25): a row reversed in a finished comparison's scores.safetensors was reused
     silently, and a row of the wrong shape failed naming neither folder nor row."""
     config, first = finished(cfg, tmp_path, capsys)

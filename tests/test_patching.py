@@ -9,11 +9,12 @@ from lm_fixtures import CANDIDATES, make_micro_model, make_tokenizer, micro_rows
 from baselines.patching import gate_masks
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
+from probes.lm.backend import PassOptions
 from probes.lm.features import query_inputs
 from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.load import load_pair
 from probes.lm.losses import answer_margin
-from probes.lm.patch import Patcher, num_blocks, resolve_layer
+from probes.lm.patch import make_patcher, num_blocks, resolve_layer
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.lm.store import FeatureStore
 from probes.methods import AttributionContext, build_method
@@ -76,11 +77,12 @@ def hooked_logits(model, tokenizer, prompt, layer, state, candidate_ids):
         handle.remove()
 
 
+@pytest.mark.parametrize("backend", ["fast", "reference"])
 @pytest.mark.parametrize("layer", [0, "middle", 2, "last"])
-def test_batched_forward_matches_hooked_full_forward(pair, layer):
+def test_batched_forward_matches_hooked_full_forward(pair, layer, backend):
     prompts = ["<FN>(3) returns the value ", "<JN>(12) returns the value ", "<GN>(7) returns the value "]
     candidate_ids = answer_token_ids(pair.tokenizer, CANDIDATES)
-    patcher = Patcher(pair.old, pair.tokenizer, candidate_ids, layer)
+    patcher = make_patcher(pair.old, pair.tokenizer, candidate_ids, layer, PassOptions(backend))
     prefixes = patcher.prefixes(prompts, batch_size=2)
     assert sorted(r for p in prefixes for r in p.rows.tolist()) == [0, 1, 2]
     generator = torch.Generator().manual_seed(0)

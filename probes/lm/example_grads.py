@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.interpolate import text_loss
 from probes.lm.projections import block_seed
 from probes.lm.scoring import Tokenized
@@ -115,6 +116,7 @@ def _record_calls(
     candidate_ids: Int[Tensor, "c"] | None,
     on_input: Callable[[nn.Module, Tensor], object],
     on_grad: Callable[[nn.Module, object, Tensor], None],
+    options: PassOptions = DEFAULT,
 ) -> None:
     """One batched forward and backward of each text's own loss; every call of each of ``modules`` hands
     its input ``x`` (detached) to ``on_input(module, x)`` in the forward, and what that returned with the
@@ -122,7 +124,8 @@ def _record_calls(
 
     Texts never attend to each other, so the gradient reaching a module's output at a text's positions is that
     text's own; pads get zero gradient. Hooks (removed in ``finally``) see the calls; the frozen model is not
-    modified and no parameter gradient is accumulated.
+    modified and no parameter gradient is accumulated. ``options``: the backend of the loss (its fused head is
+    never taken here: the hooks observe the head).
     """
     recorded = {id(m) for m in modules}
     embedding = model.get_input_embeddings()
@@ -140,7 +143,7 @@ def _record_calls(
     handles = [m.register_forward_hook(record) for m in {*modules, embedding}]
     try:
         with torch.enable_grad():
-            total = text_loss(model, batch, items, loss, candidate_ids).sum()
+            total = text_loss(model, batch, items, loss, candidate_ids, options).sum()
             torch.autograd.grad(total, roots)
     finally:
         for handle in handles:
@@ -159,6 +162,7 @@ def batch_example_gradients(
     names: Sequence[str],
     candidate_ids: Int[Tensor, "c"] | None = None,
     holders: dict[str, list[tuple[nn.Module, str]]] | None = None,
+    options: PassOptions = DEFAULT,
 ) -> list[Float[Tensor, "b _"]]:
     """Each text's gradient of its own loss (see `probes.lm.interpolate.text_loss`) w.r.t. each named
     parameter, flattened to ``[b, numel]``, in ``names`` order; exact, from one batched forward and backward
@@ -174,6 +178,7 @@ def batch_example_gradients(
         candidate_ids,
         on_input=lambda module, x: x,
         on_grad=lambda module, x, g: calls[id(module)].append((x, g)),
+        options=options,
     )
     out = []
     for name in names:
@@ -242,6 +247,7 @@ def batch_projected_gradients(
     loss: str,
     projection: KroneckerProjection,
     candidate_ids: Int[Tensor, "c"] | None = None,
+    options: PassOptions = DEFAULT,
 ) -> Float[Tensor, "b m dim"]:
     """Each text's gradient w.r.t. each of the projection's Linear weights, projected by its own block
     (`KroneckerProjection`), from one batched forward and backward: ``[b, len(names), dim]``, at least
@@ -268,6 +274,7 @@ def batch_projected_gradients(
         candidate_ids,
         on_input=lambda module, x: x @ projection.of(module, x)[1],
         on_grad=on_grad,
+        options=options,
     )
     dtype = torch.promote_types(model.dtype, torch.float32)
     k = projection.k

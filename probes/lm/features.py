@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +18,10 @@ from torch import Tensor
 from torch.nn.attention import sdpa_kernel
 from tqdm.auto import tqdm
 
-from probes.lm.backend import DEFAULT, PassOptions
-from probes.lm.compiled import compiled_blocks
+from probes.lm.backend import DEFAULT, PassOptions, pass_for
 from probes.lm.host_rows import HostRows, check_finite
 from probes.lm.layer_ids import hidden_state_ids
-from probes.lm.losses import check_loss, text_losses
+from probes.lm.losses import check_loss
 from probes.lm.pooling import Pooler, check_pooling
 from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, collate, length_batches, pad_id, tokenize
 
@@ -148,7 +146,7 @@ def compute_features(
     "ddp_fork" on the CPU where the script cannot be relaunched) deals the batches out over that many
     devices and every rank gets all rows back (see `probes.lm.distributed`); the model must sit on the
     rank's device. ``backend``: "fast" or the plain "reference" (same result, see `probes.lm.backend`);
-    ``compile`` (fast only): run the decoder blocks compiled (see `probes.lm.compiled`); the first passes
+    ``compile`` (fast only): run the decoder blocks compiled (see `probes.lm.fast.compiled`); the first passes
     pay for compiling, later ones (either checkpoint, any length) reuse it.
     Each batch's rows travel to the CPU while the device computes the next (`HostRows`).
     """
@@ -235,6 +233,7 @@ class FeatureStep:
         if (spec.kind == "attr") != (old is not None):
             raise ValueError(f"{spec.what} features: kind 'attr' needs the old checkpoint, others take none")
         self.model, self.spec, self.candidate_ids, self.options = model, spec, candidate_ids, options
+        self.backend = pass_for(options)
         self.old = old
         self.pad = pad_id(tokenizer)
         self.dtype = _out_dtype(model, options.dtype)
@@ -251,7 +250,7 @@ class FeatureStep:
 
     @sdpa_kernel(ATTENTION_BACKENDS)
     def __call__(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
-        with compiled_blocks(self.model) if self.options.compile else nullcontext():
+        with self.backend.blocks(self.model):
             return self._pooled(items)
 
     def _pooled(self, items: Sequence[Tokenized]) -> Float[Tensor, "b l d"]:
@@ -259,21 +258,20 @@ class FeatureStep:
         pool = Pooler(items, batch["offset"], self.spec.pooling, self.dtype, self.device)
         if self.spec.kind == "hidden":
             with torch.inference_mode():  # the decoder stack alone: hidden states need no LM head
-                states = _forward(self.model.base_model, batch, self.options).hidden_states
+                states = self.backend.forward(self.model.base_model, batch).hidden_states
                 return torch.stack([pool(states[i]) for i in _layer_ids(self.spec.layers, len(states))], 1)
         if self.spec.kind == "attr":
             with torch.inference_mode():
-                old_states = _forward(self.old.base_model, batch, self.options).hidden_states
+                old_states = self.backend.forward(self.old.base_model, batch).hidden_states
         with torch.enable_grad():
             embeds = self.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-            per_text, out = text_losses(
+            per_text, out = self.backend.text_losses(
                 self.model,
-                lambda **kw: _forward(self.model, batch, self.options, inputs_embeds=embeds, **kw),
+                lambda **kw: self.backend.forward(self.model, batch, inputs_embeds=embeds, **kw),
                 batch,
                 items,
                 self.spec.loss,
                 self.candidate_ids,
-                self.options,
             )
             states = out.hidden_states
             wanted = _layer_ids(self.spec.layers, len(states))
@@ -281,28 +279,6 @@ class FeatureStep:
         if self.spec.kind == "attr":  # per position (h^new - h^old) ⊙ g, then pooled
             grads = [(states[i].detach() - old_states[i]) * g for i, g in zip(wanted, grads, strict=True)]
         return torch.stack([pool(g) for g in grads], 1)
-
-
-def _forward(model, batch: dict[str, Tensor], options: PassOptions, **kwargs):
-    """The model with all hidden states, with the batch's attention mask and position ids. The fast backend
-    runs right-padded batches with no attention mask and one shared row of positions: under causal
-    attention no real token can see the pads that follow it, so real tokens get exactly the masked result,
-    while the attention kernels take their fast unmasked causal path and rotary
-    embeddings are computed once instead of per row. Pad positions' outputs are never read."""
-    if "inputs_embeds" not in kwargs:
-        kwargs["input_ids"] = batch["input_ids"]
-    kwargs.setdefault("output_hidden_states", True)
-    if options.drops_mask:
-        width = batch["input_ids"].shape[1]
-        mask, positions = None, torch.arange(width, device=batch["input_ids"].device)[None]
-    else:
-        mask, positions = batch["attention_mask"], batch["position_ids"]
-    return model(
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=False,
-        **kwargs,
-    )
 
 
 def _layer_ids(layers: Sequence[int] | None, count: int) -> list[int]:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.lm.losses import text_losses
+from probes.lm.backend import DEFAULT, PassOptions, pass_for
 from probes.lm.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
-from probes.lm.stack import decoder_stack
+from probes.lm.stack import edited_hidden_state
 
 
 def riemann_path_mean(
@@ -36,27 +35,10 @@ def riemann_path_mean(
     return total / steps
 
 
-@contextmanager
-def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]) -> Iterator[None]:
+def replaced_hidden_state(model, layer: int, state: Float[Tensor, "b s d"]):
     """Inside the block, the model's hidden state ``layer`` (as in ``output_hidden_states``: 0 = embeddings,
     L = after the final norm) is ``state``; everything above runs from it, everything below is ignored."""
-    stack = decoder_stack(model, ("layers", "norm"), "integrated gradients")
-    if not 0 <= layer <= len(stack.layers):
-        raise ValueError(f"layer {layer} is out of range: hidden states run 0..{len(stack.layers)}")
-
-    def swap_input(module, args, kwargs):
-        if args:
-            return (state, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": state}
-
-    if layer < len(stack.layers):
-        handle = stack.layers[layer].register_forward_pre_hook(swap_input, with_kwargs=True)
-    else:  # the final norm's output: the LM head may read only some positions of it (logits_to_keep)
-        handle = stack.norm.register_forward_hook(lambda module, args, output: state)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edited_hidden_state(model, layer, lambda _: state, "integrated gradients")
 
 
 def text_loss(
@@ -65,10 +47,12 @@ def text_loss(
     items: Sequence[Tokenized],
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
+    options: PassOptions = DEFAULT,
 ) -> Float[Tensor, "b"]:
-    """Each text's own loss, as `probes.lm.features.gradient_features` defines it ("lm", "ce" or "margin")."""
+    """Each text's own loss, as `probes.lm.features.gradient_features` defines it ("lm", "ce" or "margin"),
+    computed as ``options``' backend computes it, from a forward with the batch's attention mask."""
     kwargs = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
-    return text_losses(
+    return pass_for(options).text_losses(
         model,
         lambda **kw: model(input_ids=batch["input_ids"], **kwargs, **kw),
         batch,
@@ -89,6 +73,7 @@ def path_gradient(
     loss: str,
     candidate_ids: Int[Tensor, "c"] | None = None,
     group: int | None = None,
+    options: PassOptions = DEFAULT,
 ) -> Float[Tensor, "b s d"]:
     """Mean gradient of each text's loss w.r.t. hidden state ``layer`` along ``start -> end`` (all tokens),
     ``group`` steps per forward/backward pass (default: all of them)."""
@@ -99,7 +84,7 @@ def path_gradient(
         state = states.flatten(0, 1).detach().requires_grad_(True)
         repeated = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items()}
         with torch.enable_grad(), replaced_hidden_state(model, layer, state):
-            value = text_loss(model, repeated, list(items) * k, loss, candidate_ids).sum()
+            value = text_loss(model, repeated, list(items) * k, loss, candidate_ids, options).sum()
             (grad,) = torch.autograd.grad(value, state)
         return grad.view(states.shape)
 
@@ -121,11 +106,13 @@ def integrated_gradients(
     times_delta: bool = False,
     batch_size: int = 16,
     progress: bool = True,
+    options: PassOptions = DEFAULT,
 ) -> Float[Tensor, "n l d"]:
     """Pooled path-mean gradients ``g_IG`` of f_new's loss at each of ``layers``, where hidden state l runs
     from f_old's to f_new's (all positions) while f_new computes everything above it. ``Δh_l ⊙ g_IG_l`` is the
     K-step integrated-gradients attribution; K = 1 gives f_new's plain activation gradient. ``times_delta``:
-    pool the per-position attribution ``Δh_l,t ⊙ g_IG_l,t`` instead of the gradient alone."""
+    pool the per-position attribution ``Δh_l,t ⊙ g_IG_l,t`` instead of the gradient alone. ``options``: the
+    backend of the losses (`probes.lm.backend`)."""
     items = tokenize(tokenizer, texts, targets)
     device = next(new.parameters()).device
     out_dtype = torch.float64 if next(new.parameters()).dtype == torch.float64 else torch.float32
@@ -143,6 +130,8 @@ def integrated_gradients(
         pool = Pooler(chunk, batch["offset"], pooling, out_dtype, device)
         for j, layer in enumerate(layers):
             start, end = h_old[layer].clone(), h_new[layer].clone()  # out of inference mode for autograd
-            grad = path_gradient(new, batch, chunk, layer, start, end, steps, loss, candidate_ids)
+            grad = path_gradient(
+                new, batch, chunk, layer, start, end, steps, loss, candidate_ids, options=options
+            )
             out[index, j] = pool((end - start) * grad if times_delta else grad).cpu()
     return out

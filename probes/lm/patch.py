@@ -1,20 +1,22 @@
-"""Causal patching internals: f_old's prefix keys/values once per query, patched last tokens in batches."""
+"""Causal patching: f_old with its hidden state at one layer replaced at the last prompt token, the reference
+computation (`probes.lm.fast.patch` runs it over cached prefixes; `make_patcher` picks by the backend)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from probes.lm.backend import DEFAULT, PassOptions
 from probes.lm.layer_ids import hidden_state_ids
-from probes.lm.scoring import last_position, to_device, tokenize
-from probes.lm.stack import decoder_stack
+from probes.lm.scoring import last_position, tokenize
+from probes.lm.stack import decoder_stack, edited_hidden_state
 
 LAYER_NAMES = ("middle", "last")
 STACK_PARTS = ("layers", "norm", "rotary_emb")
@@ -33,94 +35,18 @@ def resolve_layer(model, layer: int | str) -> int:
     return hidden_state_ids(layer, num_blocks(model) + 1)[0]
 
 
-def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
-    """Keys and values of block ``index`` from a transformers DynamicCache (new ``layers`` or old lists)."""
-    if hasattr(cache, "layers"):
-        return cache.layers[index].keys, cache.layers[index].values
-    return cache.key_cache[index], cache.value_cache[index]
-
-
 @dataclass
 class Prefix:
     """f_old on prompts of one token length: the keys/values of every position before the last, per block."""
 
     rows: Int[Tensor, "b"]  # positions of these prompts in the list given to `Patcher.prefixes`
     position: int  # index of the last prompt token (where the patch goes)
-    keys: dict[int, Tensor]  # block index (>= the patch layer) -> [b, heads, position, head_dim]
-    values: dict[int, Tensor]
+    ids: Int[Tensor, "b s"]  # the prompts' token ids, on the model's device
     old: Float[Tensor, "b d"]  # f_old's hidden state at the patch layer, last token
     logits: Float[Tensor, "b c"]  # f_old's candidate-answer logits at the last token
-
-
-class _SharedPrefix:
-    """What the candidates of one `Patcher.logits` call attend to: the cached prefixes of the ``prompts`` they
-    come from (u distinct prompts of ``prefix``), and ``inverse``, each candidate's prompt among them (None
-    when u = 1)."""
-
-    def __init__(self, prefix: Prefix, rows: Tensor | int, device: torch.device):
-        self.prefix = prefix
-        if not isinstance(rows, int):
-            prompts, inverse = torch.unique(rows.cpu(), return_inverse=True)
-            if len(prompts) > 1:
-                self.prompts, self.inverse = to_device(prompts, device), to_device(inverse, device)
-                return
-            rows = int(prompts[0])
-        self.prompts, self.inverse = slice(rows, rows + 1), None  # a view of the one prompt's prefix
-
-    def keys_values(self, layer: int) -> tuple[Tensor, Tensor]:
-        """Block ``layer``'s prefix keys and values of the prompts, [u, heads, P, dim] each."""
-        return self.prefix.keys[layer][self.prompts], self.prefix.values[layer][self.prompts]
-
-
-def shared_prefix_attention(
-    module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling: float, **kwargs
-) -> tuple[Tensor, None]:
-    """Attention of each candidate's one position over its prompt's cached prefix and its own key/value.
-
-    A transformers attention function (`PREFIX_ATTENTION` inside `attention_implementation`): ``query``
-    [b, H, 1, dim], ``key`` and ``value`` [b, H_kv, 1, dim] are the candidates' own;
-    ``kwargs["shared_prefix"]`` holds the prefixes. Concatenating a prefix to every candidate's key/value
-    (what a KV cache does) copied it b times per block and took half of patching's time. Here all
-    candidates are scored against the u prompts' prefixes at once, one product per key/value head
-    ([b, dim] x [dim, u * P]), and each keeps its own prompt's scores; the values are mixed back the same
-    way. Scores and softmax in float32 (float64 for a float64 model).
-    """
-    shared = kwargs["shared_prefix"]
-    prefix_keys, prefix_values = shared.keys_values(module.layer_idx)
-    prompts, kv_heads, length, dim = prefix_keys.shape
-    count, heads = query.shape[:2]
-    groups, rows = heads // kv_heads, count * heads // kv_heads
-    exact = torch.float64 if query.dtype == torch.float64 else torch.float32
-
-    def per_kv_head(x: Tensor) -> Tensor:
-        """[count, heads or kv_heads, 1, dim] -> [kv_heads, count * groups, dim], the query heads that share
-        a key/value head side by side (key/value heads repeated over their groups)."""
-        x = x.reshape(count, kv_heads, -1, dim).expand(count, kv_heads, groups, dim)
-        return x.permute(1, 0, 2, 3).reshape(kv_heads, rows, dim)
-
-    q = per_kv_head(query)
-    scores = q @ prefix_keys.permute(1, 3, 0, 2).reshape(kv_heads, dim, prompts * length)
-    own_prompt = None
-    if shared.inverse is not None:  # keep each candidate's own prompt's P columns
-        own_prompt = (
-            shared.inverse.repeat_interleave(groups).view(1, rows, 1, 1).expand(kv_heads, rows, 1, length)
-        )
-        scores = (
-            scores.view(kv_heads, rows, prompts, length).gather(2, own_prompt).view(kv_heads, rows, length)
-        )
-    own = (q.to(exact) * per_kv_head(key).to(exact)).sum(-1, keepdim=True)
-    weights = (torch.cat((scores.to(exact), own), -1) * scaling).softmax(-1)
-    mixed = weights[..., :length].to(value.dtype)
-    if own_prompt is not None:  # back to u * P columns, zero outside the candidate's own prompt
-        spread = torch.zeros(kv_heads, rows, prompts, length, dtype=mixed.dtype, device=mixed.device)
-        mixed = spread.scatter_(2, own_prompt, mixed[:, :, None]).view(kv_heads, rows, prompts * length)
-    out = mixed @ prefix_values.permute(1, 0, 2, 3).reshape(kv_heads, prompts * length, dim)
-    out = out.to(exact) + weights[..., length:] * per_kv_head(value).to(exact)
-    out = out.view(kv_heads, count, groups, dim).permute(1, 0, 2, 3)
-    return out.to(query.dtype).reshape(count, 1, heads, dim), None
-
-
-PREFIX_ATTENTION = "probes_shared_prefix"
+    # the fast patcher's: block index (>= the patch layer) -> [b, heads, position, head_dim]
+    keys: dict[int, Tensor] = field(default_factory=dict)
+    values: dict[int, Tensor] = field(default_factory=dict)
 
 
 @contextmanager
@@ -146,11 +72,12 @@ def attention_implementation(model, name: str, function) -> Iterator[None]:
 class Patcher:
     """Runs f_old with its hidden state at layer ``layer`` replaced at the last prompt token only.
 
-    Positions before the last are f_old's own, so their keys/values are computed once per prompt
-    (`prefixes`) and every candidate state is pushed through blocks ``layer+1..L``, the final norm and the
-    candidate rows of ``lm_head`` as one batch (`logits`). ``layer`` indexes hidden states as transformers'
-    ``output_hidden_states`` does: 0 = embeddings, L = after the final norm (then only ``lm_head`` remains).
+    `prefixes` runs f_old once over the prompts; `logits` runs it again over each candidate's prompt with the
+    state replaced (a hook, `probes.lm.stack.edited_hidden_state`). ``layer`` indexes hidden states as
+    transformers' ``output_hidden_states`` does: 0 = embeddings, L = after the final norm.
     """
+
+    caches = False  # whether `prefixes` keeps f_old's prefix keys/values (`probes.lm.fast.patch`)
 
     def __init__(self, model, tokenizer, candidate_ids: Int[Tensor, "c"], layer: int | str = "middle"):
         self.model, self.tokenizer = model, tokenizer
@@ -178,23 +105,25 @@ class Patcher:
                 ids = torch.tensor([items[i].ids for i in rows], device=self.device)
                 run = self.model(
                     input_ids=ids,
-                    use_cache=True,
+                    use_cache=self.caches,
                     output_hidden_states=True,
                     logits_to_keep=last_position(ids),
                 )
-                cache = run.cache if getattr(run, "cache", None) is not None else run.past_key_values
-                kv = {i: _layer_kv(cache, i) for i in range(self.layer, self.blocks)}
                 out.append(
                     Prefix(
                         rows=torch.tensor(rows, dtype=torch.long),
                         position=length - 1,
-                        keys={i: k[:, :, :-1].contiguous() for i, (k, _) in kv.items()},
-                        values={i: v[:, :, :-1].contiguous() for i, (_, v) in kv.items()},
+                        ids=ids,
                         old=run.hidden_states[self.layer][:, -1],
                         logits=run.logits[:, -1, self.candidate_ids],
+                        **self.cached(run),
                     )
                 )
         return out
+
+    def cached(self, run) -> dict[str, dict[int, Tensor]]:
+        """What a prefix keeps of f_old's run beyond its states and logits: nothing here."""
+        return {}
 
     @torch.inference_mode()
     def logits(
@@ -206,20 +135,29 @@ class Patcher:
         one is waited for), or one int when all share a prompt.
         """
         hidden = states.to(device=self.device, dtype=self.dtype)[:, None, :]
-        if self.layer < self.blocks:
-            position = torch.full((hidden.shape[0], 1), prefix.position, device=self.device)
-            rotary = self.stack.rotary_emb(hidden, position_ids=position[:1])
-            shared = _SharedPrefix(prefix, rows, self.device)
-            with attention_implementation(self.model, PREFIX_ATTENTION, shared_prefix_attention):
-                for block in self.stack.layers[self.layer :]:
-                    hidden = block(
-                        hidden,
-                        attention_mask=None,
-                        position_ids=position,
-                        position_embeddings=rotary,
-                        shared_prefix=shared,
-                    )
-                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            hidden = self.stack.norm(hidden)
-        logits = hidden[:, 0] @ self.head.T
-        return logits if self.bias is None else logits + self.bias
+        if isinstance(rows, int):
+            ids = prefix.ids[rows : rows + 1].expand(len(hidden), -1)
+        else:
+            ids = prefix.ids[rows.to(prefix.ids.device)]
+
+        def last_replaced(state: Tensor) -> Tensor:
+            return torch.cat((state[:, :-1], hidden.to(state.dtype)), 1)
+
+        with edited_hidden_state(self.model, self.layer, last_replaced, "patching"):
+            out = self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1, self.candidate_ids]
+
+
+def make_patcher(
+    model,
+    tokenizer,
+    candidate_ids: Int[Tensor, "c"],
+    layer: int | str = "middle",
+    options: PassOptions = DEFAULT,
+) -> Patcher:
+    """The `Patcher` of ``options``' backend: the reference one, or the fast one over cached prefixes."""
+    if not options.fast:
+        return Patcher(model, tokenizer, candidate_ids, layer)
+    from probes.lm.fast.patch import FastPatcher  # subclasses Patcher: imported after it
+
+    return FastPatcher(model, tokenizer, candidate_ids, layer)

@@ -167,22 +167,27 @@ def collate(
     """Pad to one tensor batch on ``device``: input_ids, attention_mask, position_ids (cumsum of the mask, so
     the padding side never changes a real token's position), and ``offset`` [b], where each row's real tokens
     start, kept on the CPU (host-side bookkeeping: reading it back from a GPU would wait for the GPU)."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    width = max(len(item.ids) for item in items)
-    rows, masks, offsets = [], [], []
-    for item in items:
-        pad = width - len(item.ids)
-        left = padding_side == "left"
-        rows.append([pad_id] * pad + item.ids if left else item.ids + [pad_id] * pad)
-        masks.append([0] * pad + [1] * len(item.ids) if left else [1] * len(item.ids) + [0] * pad)
-        offsets.append(pad if left else 0)
-    input_ids = torch.tensor(rows, dtype=torch.long)
-    mask = torch.tensor(masks, dtype=torch.long)
-    offset = torch.tensor(offsets, dtype=torch.long)
+    input_ids, mask, offset = pad_rows([item.ids for item in items], pad_id, padding_side)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
     return {**{key: to_device(value, device) for key, value in batch.items()}, "offset": offset}
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right"
+) -> tuple[Int[Tensor, "b s"], Int[Tensor, "b s"], Int[Tensor, "b"]]:
+    """Token id rows padded to one width on ``padding_side``: the ids, the attention mask, and where each
+    row's real tokens start."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(row) for row in rows)
+    ids, masks, offsets = [], [], []
+    for row in rows:
+        pad, left = width - len(row), padding_side == "left"
+        ids.append([pad_id] * pad + list(row) if left else list(row) + [pad_id] * pad)
+        masks.append([0] * pad + [1] * len(row) if left else [1] * len(row) + [0] * pad)
+        offsets.append(pad if left else 0)
+    return tuple(torch.tensor(x, dtype=torch.long) for x in (ids, masks, offsets))
 
 
 def to_device(tensor: Tensor, device: str | torch.device) -> Tensor:

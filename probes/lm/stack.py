@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
 
 
 def decoder_stack(model, parts: tuple[str, ...] = ("layers",), use: str = "this") -> nn.Module:
@@ -19,3 +22,29 @@ def decoder_stack(model, parts: tuple[str, ...] = ("layers",), use: str = "this"
             "'norm', 'rotary_emb')"
         )
     return stack
+
+
+@contextmanager
+def edited_hidden_state(
+    model, layer: int, edit: Callable[[Tensor], Tensor], use: str = "this"
+) -> Iterator[None]:
+    """Inside the block, the model's hidden state ``layer`` (as in ``output_hidden_states``: 0 = embeddings,
+    L = after the final norm) is ``edit(state)``; everything above runs from it. The hook goes in on entering
+    and out on leaving, also after an error."""
+    stack = decoder_stack(model, ("layers", "norm"), use)
+    if not 0 <= layer <= len(stack.layers):
+        raise ValueError(f"layer {layer} is out of range: hidden states run 0..{len(stack.layers)}")
+
+    def swap_input(module, args, kwargs):
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+    if layer < len(stack.layers):
+        handle = stack.layers[layer].register_forward_pre_hook(swap_input, with_kwargs=True)
+    else:  # the final norm's output: the LM head may read only some positions of it (logits_to_keep)
+        handle = stack.norm.register_forward_hook(lambda module, args, output: edit(output))
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -43,7 +43,7 @@ class FeatureStore:
         grad_batch_size: texts per forward+backward pass.
         max_tokens: padded tokens per forward pass (None = no cap; see `probes.lm.scoring.length_batches`);
             gradients use half of it, as their pass holds activations for the backward.
-        compile: run the decoder blocks compiled (`probes.lm.compiled`; fast backend only).
+        compile: run the decoder blocks compiled (`probes.lm.fast.compiled`; fast backend only).
         backend: "fast" or "reference" (`probes.lm.backend`; the same features).
         progress: show progress bars.
         devices: devices that share each feature pass (Lightning's ``strategy``, see

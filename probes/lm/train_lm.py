@@ -12,6 +12,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from probes.lm.scoring import pad_rows
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -66,14 +68,10 @@ def batch_stream(lengths: Sequence[int], batch_size: int, generator: torch.Gener
 
 
 def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "b s"], Int[Tensor, "b s"]]:
-    """Right-padded ``(input_ids, labels)``; padded label positions are -100 (ignored by the loss)."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, : len(seq)] = torch.tensor(seq)
-    return input_ids, labels
+    """Right-padded ``(input_ids, labels)`` (`probes.lm.scoring.pad_rows`); padded label positions are -100
+    (ignored by the loss)."""
+    input_ids, mask, _ = pad_rows(seqs, pad_id)
+    return input_ids, input_ids.masked_fill(mask == 0, -100)
 
 
 def token_loss(

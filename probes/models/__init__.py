@@ -4,6 +4,7 @@ from probes.models.callbacks import BestCheckpoint, CpuThreads
 from probes.models.generator import DeepLinear, ProbeGenerator
 from probes.models.heads import Head, MultiHotHead, PairwiseHead
 from probes.models.module import ProbeModule
+from probes.models.provenance import TrainedOn
 from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "QueryTables",
     "RecallFigure",
     "TestMetricsJson",
+    "TrainedOn",
 ]

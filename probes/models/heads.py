@@ -9,6 +9,19 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from probes.errors import UserError
+
+
+def check_head_split(multi_hot: bool, split: str) -> None:
+    """Refuse the multi-hot head on a ``by_function`` split: its outputs are the training functions' documents
+    and it cannot rank those of held-out functions."""
+    if multi_hot and split == "by_function":
+        raise UserError(
+            "model.head MultiHotHead cannot rank documents of held-out functions (data.split="
+            "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
+            "configs/dlp-heldout-functions.yaml)"
+        )
+
 
 class Head(nn.Module):
     """Shared part: every probe's response goes through one projection; the k projections are concatenated.

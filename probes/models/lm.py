@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from torch import nn
+
 from probes.lm.load import load_model, load_tokenizer
 
 _PRELOADED: dict[str, tuple[object, object]] = {}
@@ -45,3 +47,21 @@ def frozen_lm(model: str | None, corpus_path: str | None = None, dtype: str = "f
     else:
         lm, tokenizer = load_model(path, dtype=dtype), load_tokenizer(path)
     return lm.eval().requires_grad_(False), tokenizer
+
+
+class FrozenLM(nn.Module):
+    """f_new for the probes: frozen and in eval mode, moved and cast with the module that holds it (its
+    ``_apply``), yet none of that module's parameters, submodules or state: a checkpoint holds the probes
+    only, the optimiser never sees f_new, and Lightning's train/eval switches never reach it."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self._held = (lm.eval().requires_grad_(False),)  # a tuple: not registered as a submodule
+
+    @property
+    def model(self) -> nn.Module:
+        return self._held[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        self.model._apply(fn, recurse)
+        return super()._apply(fn, recurse)

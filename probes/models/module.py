@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -10,21 +9,16 @@ import lightning as L
 import torch
 from jaxtyping import Float
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from probes.lm.load import resolve_dtype
 from probes.metrics import RetrievalSuite
 from probes.models import provenance
 from probes.models.conditioning import ProbeReader
+from probes.models.documents import DocumentIndex
 from probes.models.generator import ProbeGenerator
-from probes.models.heads import Head, MultiHotHead
-from probes.models.lm import frozen_lm, resolve_model_path
-from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
-
-# f_new is a submodule kept in eval mode on purpose: Lightning's warning about that says nothing to a user
-EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode"
+from probes.models.heads import Head, MultiHotHead, check_head_split
+from probes.models.lm import FrozenLM, frozen_lm, resolve_model_path
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
@@ -35,17 +29,6 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     keep = ("/macro/map", "/macro/recall@10")
     every = {k: v for k, v in metrics.items() if "/subsets/" not in k and not k.endswith("/count")}
     return every | {k: v for k, v in metrics.items() if k.endswith(keep)}
-
-
-def _drop_lm(module, state: dict, prefix: str, local_metadata) -> None:
-    """State-dict hook: f_new's weights are not the probe's (a checkpoint holds the probes and the head)."""
-    for key in [k for k in state if k.startswith(f"{prefix}lm.")]:
-        del state[key]
-
-
-def _lm_not_missing(module, incompatible) -> None:
-    """Load-state-dict hook: a checkpoint without f_new's weights is complete (f_new is loaded by path)."""
-    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("lm.")]
 
 
 class ProbeModule(L.LightningModule):
@@ -96,12 +79,9 @@ class ProbeModule(L.LightningModule):
         self._make_generator, self._make_head, self._make_optimizer = generator, head, optimizer
         self.generator: ProbeGenerator | None = None
         self.head: Head | None = None
-        self.lm: torch.nn.Module | None = None  # f_new: frozen, placed and cast by Lightning, never saved
+        self.lm: FrozenLM | None = None  # f_new: placed and cast with the module, never its state
         self._reader: ProbeReader | None = None  # f_new behind its conditioning (a plain object)
-        self.register_state_dict_post_hook(_drop_lm)
-        self.register_load_state_dict_post_hook(_lm_not_missing)
-        self.documents: list[str] | None = None
-        self._doc_cache: Float[Tensor, "n k r"] | None = None
+        self.documents: DocumentIndex | None = None
         self.val_metrics: dict[str, float] = {}  # of the last validation outside the sanity check
         self.test_metrics: dict[str, float] = {}  # of the last test
         self.trained_on: dict | None = None  # `provenance.record` of a loaded checkpoint
@@ -112,13 +92,6 @@ class ProbeModule(L.LightningModule):
         if self._reader is None:
             raise RuntimeError("ProbeModule has no LM yet: call configure_model() (the Trainer does)")
         return self._reader
-
-    def train(self, mode: bool = True) -> ProbeModule:
-        """Train or eval the probes; f_new stays in eval mode (no dropout) either way."""
-        super().train(mode)
-        if self.lm is not None:
-            self.lm.eval()
-        return self
 
     def prepare_data(self) -> None:
         """Build and cache the embedded tiny pair when f_new is it: on local rank 0, before ranks load it."""
@@ -135,34 +108,12 @@ class ProbeModule(L.LightningModule):
             from probes.lm.scoring import answer_token_ids
 
             candidate_ids = answer_token_ids(tokenizer, hp.candidates or [])
-        self.lm = lm
+        self.lm = FrozenLM(lm)
         self._reader = ProbeReader(lm, tokenizer, hp.position, hp.layer, hp.response, candidate_ids)
         self.generator = self._make_generator(lm.config.hidden_size)
         self.generator.set_token_norm(lm.get_input_embeddings().weight)
         self.head = self._make_head(self._reader.response_dim, self.generator.num_probes, hp.n_documents)
-        if isinstance(self.head, MultiHotHead) and hp.split == "by_function":
-            raise ValueError(
-                "model.head MultiHotHead cannot rank documents of held-out functions (data.split="
-                "by_function): use model.head.class_path=probes.models.PairwiseHead (see "
-                "configs/dlp-heldout-functions.yaml)"
-            )
-
-    def on_fit_start(self) -> None:
-        """Silence Lightning's eval-mode warning (it is about f_new) until training starts, where it is
-        raised; the process's warning filters are restored in `on_train_start`."""
-        self._quiet = warnings.catch_warnings()
-        self._quiet.__enter__()
-        warnings.filterwarnings("ignore", EVAL_MODE_WARNING, PossibleUserWarning)
-
-    def on_train_start(self) -> None:
-        quiet = getattr(self, "_quiet", None)
-        if quiet is not None:
-            quiet.__exit__(None, None, None)
-            self._quiet = None
-
-    def configure_callbacks(self) -> list:
-        """Under a Trainer: the data's tables in (`QueryTables`), the figure and test_metrics.json out."""
-        return [QueryTables(), RecallFigure(), TestMetricsJson()]
+        check_head_split(isinstance(self.head, MultiHotHead), hp.split)
 
     def set_queries(self, functions: Sequence[str], is_wrapper: Tensor, hop: tuple[Tensor, Tensor]) -> None:
         """Per query id: its function, whether it is a wrapper, its wrapper→base relevance (below, own)."""
@@ -175,45 +126,24 @@ class ProbeModule(L.LightningModule):
             raise ValueError(
                 f"got {len(texts)} documents; this probe was built for {self.hparams.n_documents}"
             )
-        self.documents, self._doc_cache = list(texts), None
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the corpus and f_new by content: a checkpoint is only used on what it was trained on."""
-        checkpoint[provenance.KEY] = provenance.record(self.documents, self.reader.lm)
+        self.documents = DocumentIndex(texts, self.hparams.document_batch_size)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Keep what the checkpoint was trained on; under a Trainer (fit/validate/test with ``ckpt_path``) the
-        documents and f_new are already set, so a mismatch is refused here (`DLPMethod` checks its own)."""
+        """What the checkpoint was trained on (written by `provenance.TrainedOn`, read by `DLPMethod`); a
+        checkpoint without that record is refused."""
         self.trained_on = checkpoint.get(provenance.KEY)
-        where = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
         if self.trained_on is None:
-            raise provenance.missing(where)
-        if self.documents is not None and self._reader is not None:
-            provenance.check(self.trained_on, self.documents, self._reader.lm, where, self.hparams.model)
+            raise provenance.missing(f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip())
 
     def configure_optimizers(self):
         return self._make_optimizer([p for p in self.parameters() if p.requires_grad])  # not f_new
-
-    def _document_responses(self, probes: Float[Tensor, "k m d"]) -> Float[Tensor, "n k r"]:
-        """Every document's responses, computed once per evaluation (probes fixed there), shortest first."""
-        if self._doc_cache is None:
-            order = sorted(range(len(self.documents)), key=lambda i: len(self.documents[i]))
-            size = self.hparams.document_batch_size
-            out = None
-            for start in tqdm(range(0, len(order), size), desc="document responses", leave=False):
-                ids = order[start : start + size]
-                rows = self.reader([self.documents[i] for i in ids], probes, as_prompt=False)
-                out = rows.new_empty(len(order), *rows.shape[1:]) if out is None else out
-                out[torch.tensor(ids, device=rows.device)] = rows
-            self._doc_cache = out
-        return self._doc_cache
 
     def score(self, prompts: Sequence[str]) -> Float[Tensor, "b n"]:
         """Influence scores of every training document for each query prompt (higher = more influential)."""
         probes = self.generator()
         queries = self.reader(prompts, probes)
         if self.head.uses_documents:
-            return self.head(queries, self._document_responses(probes))
+            return self.head(queries, self.documents.responses(self.reader, self.generator, probes))
         return self.head(queries)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -222,7 +152,7 @@ class ProbeModule(L.LightningModule):
         relevant = batch["relevant"]
         if self.head.uses_documents:
             ids = self.head.sample_documents(relevant)
-            docs = self.reader([self.documents[i] for i in ids.tolist()], probes, as_prompt=False)
+            docs = self.reader(self.documents[ids.tolist()], probes, as_prompt=False)
             loss = self.head.loss(self.head(queries, docs), relevant[:, ids])
         else:
             loss = self.head.loss(self.head(queries), relevant)
@@ -232,12 +162,6 @@ class ProbeModule(L.LightningModule):
         norms = self.generator.raw().detach().norm(dim=-1).mean(-1)  # per probe, before the norm scaling
         self.log_dict({f"probes/norm_{i}": v for i, v in enumerate(norms)}, on_epoch=True, **sync)
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self._doc_cache = None
-
-    def on_validation_epoch_start(self) -> None:
-        self._doc_cache = None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.val_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
@@ -251,9 +175,6 @@ class ProbeModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_metrics = metrics
 
-    def on_test_epoch_start(self) -> None:
-        self._doc_cache = None
-
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
 
@@ -261,9 +182,6 @@ class ProbeModule(L.LightningModule):
         self.test_metrics = self.test_retrieval.compute()
         self.test_retrieval.reset()
         self.log_dict(headline(self.test_metrics), sync_dist=True)
-
-    def on_predict_epoch_start(self) -> None:
-        self._doc_cache = None
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         return {"query_ids": batch["query_ids"], "scores": self.score(batch["prompts"])}

@@ -10,7 +10,9 @@ import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from probes.errors import UserError, refuse_pickle
 from probes.lm.cache import content_hash, weights_hash
@@ -102,3 +104,17 @@ def stamp(path: str | Path, corpus: str | None = None) -> dict:
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return checkpoint[KEY]
+
+
+class TrainedOn(Callback):
+    """Writes what a fit trained on into each checkpoint (`record`), and under a Trainer that resumes or
+    evaluates a checkpoint (``ckpt_path``) refuses other documents or another f_new (`check`)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[KEY] = record(pl_module.documents.texts, pl_module.reader.lm)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        recorded = checkpoint.get(KEY)
+        if recorded is not None and pl_module.documents is not None:
+            where = f"checkpoint {trainer.ckpt_path or ''}".rstrip()
+            check(recorded, pl_module.documents.texts, pl_module.reader.lm, where, pl_module.hparams.model)

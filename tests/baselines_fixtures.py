@@ -1,9 +1,8 @@
-"""Shared builders for the baselines tests (micro corpus, queries, contexts); tests of the method registry."""
+"""Shared builders for the baselines tests: micro corpus, queries, contexts, reference gradients."""
 
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, make_micro_pair, micro_rows
 
-import baselines
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import Query, make_queries, relevance
 from probes.lm.load import load_pair
-from probes.methods import BUILTIN, AttributionContext, Method, build_method, method_class, method_names
+from probes.methods import AttributionContext
 
 # baselines/ modules that hold shared parts, not a method
 HELPER_MODULES = {"__init__", "feature_method", "influence_data", "layers", "queries"}
@@ -71,44 +69,6 @@ def make_ctx(corpus, queries, pair=None, features=None, val_ids=(0, 1)) -> Attri
         val_ids=val_ids,
         val_relevant=relevance(corpus, [queries[i] for i in val_ids.tolist()]),
     )
-
-
-def test_every_method_module_is_builtin_and_registers_its_name():
-    # a method module missing from BUILTIN (or listed under a wrong name) would be unbuildable by name
-    modules = {p.stem for p in (Path(baselines.__file__).parent).glob("*.py")} - HELPER_MODULES
-    assert {f"baselines.{m}" for m in modules} | {"probes.models.method"} == set(BUILTIN.values())
-    for name, module in BUILTIN.items():
-        cls = method_class(name)
-        assert cls.__module__ == module and cls.name == name and name in method_names()
-        assert issubclass(cls, Method) and not inspect.isabstract(cls)
-
-
-@pytest.mark.parametrize(
-    ("name", "options", "needle"),
-    [
-        ("no_such_method", {}, "no_such_method"),
-        ("repsim", {"no_such_option": 1}, "no_such_option"),
-        ("delta_h", {"normalize": "sphere"}, "normalize='sphere'"),
-        ("act_grad", {"loss": "mse"}, "loss='mse'"),
-        ("repsim", {"preset": "reference", "layers": [0, 1]}, "layers"),
-        ("delta_h", {"preset": "paper"}, "preset='paper'"),
-        ("bm25", {"variant": "bm99"}, "bm99"),
-        ("edit_distance", {"metric": "hamming"}, "hamming"),
-        ("repsim", {"aggregate": "median"}, "median"),
-    ],
-)
-def test_unknown_name_or_option_is_named(name, options, needle):
-    with pytest.raises(ValueError, match=needle):
-        build_method(name, **options)
-
-
-def test_bad_layer_is_named_at_prepare():
-    corpus = micro_corpus()
-    queries = make_queries(corpus, inputs=[1, 2])
-    method = build_method("repsim", layers=[7])
-    method.features = lambda ctx: (torch.zeros(len(corpus), 3, 4), torch.zeros(len(queries), 3, 4))
-    with pytest.raises(ValueError, match="index 7"):
-        method.prepare(make_ctx(corpus, queries))
 
 
 def reference_gradients(
