@@ -5,8 +5,8 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.feature_method import FeatureMethod, apply_preset
-from baselines.queries import QUERY_LOSSES
+from baselines.ops.feature_method import FeatureMethod, apply_preset
+from baselines.ops.queries import QUERY_LOSSES
 from probes.methods import AttributionContext, check_choice, register
 
 
@@ -21,7 +21,7 @@ class ActGrad(FeatureMethod):
         loss: the query loss: "ce" (cross-entropy of the answer) or "margin" (minus the correct-logit margin
             against the other candidate answers).
         preset: None (use the knobs) or "seed" (the seed plan's literal setting, documents' gradients at
-            their second-to-last token; see `baselines.feature_method.presets`).
+            their second-to-last token; see `baselines.ops.feature_method.presets`).
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...).
     """
 

@@ -7,10 +7,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from baselines.delta_h import delta_hidden
-from baselines.feature_method import FeatureMethod, apply_preset
-from baselines.queries import QUERY_LOSSES
-from probes.lm.features import query_inputs
-from probes.lm.interpolate import integrated_gradients
+from baselines.ops.feature_method import FeatureMethod, apply_preset
+from baselines.ops.interpolate import integrated_gradients
+from baselines.ops.queries import QUERY_LOSSES
+from probes.features.extract import query_inputs
 from probes.lm.layer_ids import hidden_state_ids
 from probes.methods import AttributionContext, check_choice, register
 
@@ -36,7 +36,7 @@ class AttrWeighted(FeatureMethod):
         ig_steps: 0 for the plain gradient, else the number of integrated-gradient steps K.
         ig_batch_size: texts per integrated-gradient pass (each runs all K steps at once: K x texts rows).
         preset: None (use the knobs) or "seed" (product of means, last-token pooling; documents at their
-            second-to-last token; see `baselines.feature_method.presets`).
+            second-to-last token; see `baselines.ops.feature_method.presets`).
         **knobs: FeatureMethod's (pooling, layers, similarity, normalize, aggregate, ...);
             query_pooling="span" and doc_pooling="last" are refused (zero gradients there).
     """
@@ -103,7 +103,7 @@ class AttrWeighted(FeatureMethod):
         return out[0], out[1]
 
     def _path(self, ctx, texts, targets, loss, pooling, per_position, options) -> Tensor:
-        """Integrated gradients of ``texts`` at the selected layers (see `probes.lm.interpolate`)."""
+        """Integrated gradients of ``texts`` at the selected layers (see `baselines.ops.interpolate`)."""
         pair = ctx.require("pair", self.name)
         return integrated_gradients(
             pair.old,

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from baselines.queries import QUERY_TEXTS, query_texts, text_token_ids
+from baselines.ops.queries import QUERY_TEXTS, query_texts, text_token_ids
 from probes.methods import AttributionContext, Method, check_choice, register
 
 VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")

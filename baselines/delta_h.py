@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from baselines.feature_method import HiddenStateMethod
+from baselines.ops.feature_method import HiddenStateMethod
 from probes.methods import register
 
 
@@ -21,7 +21,7 @@ class DeltaH(HiddenStateMethod):
     With ``f_old == f_new`` every Δh is zero and every score 0 (never NaN); ties are left to the metrics
     (document index order). ``normalize="center"`` removes Δh's context-independent part (its mean over the
     documents, resp. over all queries) before the cosine. Options: see
-    `baselines.feature_method.HiddenStateMethod` ("reference" preset: the reference Δh-similarity script).
+    `baselines.ops.feature_method.HiddenStateMethod` ("reference" preset: the reference Δh-similarity script).
     """
 
     def hidden(self, store, side: str, pooling: str) -> Float[Tensor, "b l d"]:

@@ -8,7 +8,7 @@ from rapidfuzz.distance import Indel, Levenshtein
 from rapidfuzz.process import cdist
 from torch import Tensor
 
-from baselines.queries import QUERY_TEXTS, query_texts, text_token_ids
+from baselines.ops.queries import QUERY_TEXTS, query_texts, text_token_ids
 from probes.methods import AttributionContext, Method, check_choice, register
 
 SCORERS = {"levenshtein": Levenshtein.normalized_distance, "indel": Indel.normalized_distance}

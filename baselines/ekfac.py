@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from baselines.influence_data import Texts, check_common, require_library, tracked_linears
+from baselines.ops.influence_data import Texts, check_common, require_library, tracked_linears
 from probes.methods import AttributionContext, Method, check_choice, register
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")  # kronfluence's; "identity" = the plain gradient dot
@@ -30,8 +30,8 @@ class EKFAC(Method):
     factors live in a temporary folder and are shared (``ctx.memo``) by every instance on the same context
     that fits the same ones, so a tuning grid over ``damping`` fits them once. kronfluence has no per-text
     loss of its own, no padding-aware length batching and no sampled-label loss for a language model: those
-    are this project's (`baselines.influence_data`). Each ``score`` call runs one pass of document gradients
-    per ``query_batch_size`` queries.
+    are this project's (`baselines.ops.influence_data`). Each ``score`` call runs one pass of document
+    gradients per ``query_batch_size`` queries.
 
     Args:
         strategy: kronfluence's Hessian approximation: "ekfac" (default), "kfac", "diagonal" or "identity".

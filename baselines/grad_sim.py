@@ -10,9 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from baselines.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
-from baselines.queries import QUERY_LOSSES
-from probes.lm.example_grads import (
+from baselines.ops.example_grads import (
     GROUPS,
     KroneckerProjection,
     batch_example_gradients,
@@ -21,8 +19,10 @@ from probes.lm.example_grads import (
     select_parameters,
     with_rule,
 )
-from probes.lm.features import query_inputs
-from probes.lm.projections import PROJECTIONS, BlockProjection, RandomProjection, allocate_dims
+from baselines.ops.layers import NORMALISATIONS, SIMILARITIES, LayerScorer
+from baselines.ops.projections import PROJECTIONS, BlockProjection, RandomProjection, allocate_dims
+from baselines.ops.queries import QUERY_LOSSES
+from probes.features.extract import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 from probes.methods import AttributionContext, Method, check_choice, register
 
@@ -53,7 +53,7 @@ class GradSim(Method):
     Args:
         preset: None (use the options) or "seed": the seed plan's literal setting, the whole concatenated
             gradient count-sketched to 256 numbers (projection_dim 256, sparse, blocks "whole", params all).
-        params: "all" or a list of parameter groups (`probes.lm.example_grads.PARAM_GROUPS`: embed, attn,
+        params: "all" or a list of parameter groups (`baselines.ops.example_grads.PARAM_GROUPS`: embed, attn,
             mlp, norm, head, other), resolved from parameter names (Llama, OLMo2, GPT-style HF models).
         param_filter: regular expression; of those, only parameters whose name it matches (re.search).
         projection_dim: numbers per block, i.e. per parameter tensor (the total is ~ this x the number of

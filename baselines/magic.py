@@ -10,27 +10,27 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.lm.integrity import file_sha256
-from probes.lm.metagrad import Metagradients, answer_logprobs
-from probes.lm.recipe import pair_recipe, recipe_autocast
-from probes.lm.replay import Replay
+from baselines.ops.metagrad import Metagradients, answer_logprobs
+from probes.hashing import file_sha256
 from probes.lm.scoring import answer_token_ids, tokenize
-from probes.lm.train_lm import encode_texts
 from probes.methods import AttributionContext, Method, register
+from probes.pairs.recipe import pair_recipe, recipe_autocast
+from probes.pairs.replay import Replay
+from probes.pairs.train import encode_texts
 
 
 @register("magic")
 class Magic(Method):
     """``score[q, d] = d log p_fnew(answer_q | prompt_q) / d w_d`` at w = 1, where w_d weights document d's
-    loss in every batch that holds it (`probes.lm.train_lm.token_loss`: ``sum_d w_d sum_t ce_dt / N``, N the
+    loss in every batch that holds it (`probes.pairs.train.token_loss`: ``sum_d w_d sum_t ce_dt / N``, N the
     batch's labelled tokens counted unweighted, so w_d = 0 drops d in place, as the fixed-order regime of
     ``python -m probes.counterfactual build`` does). Higher = the document helps the answer: dropping it
     changes the answer's log-probability by about ``-score`` (to first order; Adam's first steps make the
     run far from linear in w, so a whole drop is only approximated).
 
     The fine-tune is replayed from f_old with the recipe in the pair's build manifest (its batches for the
-    seed, schedule, clipping, AdamW groups; `probes.lm.replay`) and differentiated in reverse through every
-    step, checkpointing every ``every`` steps and recomputing in between (`probes.lm.metagrad`), several
+    seed, schedule, clipping, AdamW groups; `probes.pairs.replay`) and differentiated in reverse through every
+    step, checkpointing every ``every`` steps and recomputing in between (`baselines.ops.metagrad`), several
     queries per reverse pass. Not ``bergson.magic``: its trainer draws fixed-size batches of consecutive
     rows (the recipe's length-bucketed batches vary in size), uses torchopt's AdamW with one weight decay for
     every parameter (the recipe exempts embeddings and norms) and no autocast, and takes one output per

@@ -9,9 +9,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from baselines.feature_method import apply_preset
-from probes.lm.losses import answer_margin
-from probes.lm.patch import make_patcher
+from baselines.ops.feature_method import apply_preset
+from baselines.ops.patch import make_patcher
+from probes.features.losses import answer_margin
 from probes.lm.scoring import answer_token_ids, to_device
 from probes.methods import AttributionContext, Method, check_choice, register
 
@@ -62,7 +62,7 @@ class Patching(Method):
                 all real tokens of a document; "last" is refused, the gradient there is zero).
             gate: "per_position" (pooled Δh_t ⊙ g_t) or "of_means" (Δh̄ ⊙ ḡ).
             preset: None or "seed" (middle layer, 10%, mean pooling, gate of means; see
-                `baselines.feature_method.presets`).
+                `baselines.ops.feature_method.presets`).
             batch_size: (query, document) candidates pushed through the remaining blocks at once (16384:
                 241k candidates/s at OLMo2-1B's middle layer on an H100, against 160k at 4096).
             prefix_batch_size: queries run through f_old at once to build their prefix caches.

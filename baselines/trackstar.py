@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from baselines.influence_data import Texts, check_common, require_library, tracked_linears
+from baselines.ops.influence_data import Texts, check_common, require_library, tracked_linears
 from probes.methods import AttributionContext, Method, register
 
 EPS = 1e-8  # bergson's AdamNormalizer epsilon, added to the second moment's square root

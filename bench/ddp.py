@@ -27,7 +27,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from archs import build_model, non_embedding_params  # noqa: E402
 from measure import add_model_arguments, bench_inputs, count_tokens, timed  # noqa: E402
 
-from probes.lm.features import FeatureSpec, compute_features  # noqa: E402
+from probes.features.extract import FeatureSpec, compute_features  # noqa: E402
 from probes.lm.ranks import global_rank, rank_device  # noqa: E402
 
 

@@ -25,13 +25,20 @@ from scipy.stats import spearmanr
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
+from baselines.ops.example_grads import GROUPS, batch_example_gradients, owners, param_group  # noqa: E402
 from probes.data.hops import HopsData  # noqa: E402
-from probes.lm import answer_token_ids, load_pair, query_inputs  # noqa: E402
-from probes.lm.default import ensure_default_pair  # noqa: E402
-from probes.lm.example_grads import GROUPS, batch_example_gradients, owners, param_group  # noqa: E402
-from probes.lm.scoring import collate, length_batches, pad_id, tokenize  # noqa: E402
+from probes.features.extract import query_inputs  # noqa: E402
+from probes.lm.load import load_pair  # noqa: E402
+from probes.lm.scoring import (  # noqa: E402
+    answer_token_ids,  # noqa: E402
+    collate,
+    length_batches,
+    pad_id,
+    tokenize,
+)
 from probes.methods import AttributionContext, build_method  # noqa: E402
 from probes.metrics import per_query_metrics  # noqa: E402
+from probes.pairs.default import ensure_default_pair  # noqa: E402
 
 GROUP_SETS = (("all",), ("embed",), ("head",), ("attn", "mlp"), ("norm",))
 LINEAR = (("attn", "mlp", "head"), ("attn", "mlp"))  # what the Kronecker projection covers on Llama

@@ -34,8 +34,8 @@ from probes.data.hops import HopsData  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
 from probes.lm.load import ModelPair  # noqa: E402
 from probes.lm.scoring import answer_token_ids  # noqa: E402
-from probes.lm.tokenizer import train_tokenizer  # noqa: E402
 from probes.methods import AttributionContext, build_method, query_batches  # noqa: E402
+from probes.pairs.tokenizer import train_tokenizer  # noqa: E402
 
 # 1B settings: kronfluence keeps each query's gradient at rank 32 per module (exact ones would be ~5 GB a
 # query; a 10-token query's gradient has rank <= 10, so nothing is lost), one document pass per 256 queries

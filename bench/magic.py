@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.compare_config import add_study_arguments  # noqa: E402
+from probes.compare.config import add_study_arguments  # noqa: E402
 from probes.counterfactual.oracle import load_oracle  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from archs import ARCHS, dtype_for
 
 from probes.data.corpus import Corpus, load_corpus
 from probes.data.queries import Query, make_queries
-from probes.lm.features import query_inputs
-from probes.lm.tokenizer import train_tokenizer
+from probes.features.extract import query_inputs
+from probes.pairs.tokenizer import train_tokenizer
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, arch: str) -> None:

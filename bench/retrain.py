@@ -31,17 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probes.counterfactual.jobs import Job, Runner, run_plan  # noqa: E402
 from probes.counterfactual.regimes import stochastic  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
-from probes.lm.integrity import file_sha256  # noqa: E402
-from probes.lm.recipe import pair_recipe  # noqa: E402
-from probes.lm.train_lm import schedule  # noqa: E402
+from probes.hashing import file_sha256  # noqa: E402
+from probes.pairs.recipe import pair_recipe  # noqa: E402
+from probes.pairs.train import schedule  # noqa: E402
 
 
 def random_pair(preset: str, corpus_path: str, folder: Path) -> tuple[str, object]:
     """Save a random model of ``preset`` with a tokenizer trained on the corpus; (its folder, the recipe)."""
     from transformers import LlamaForCausalLM
 
-    from probes.lm.presets import get_preset
-    from probes.lm.tokenizer import train_tokenizer
+    from probes.pairs.presets import get_preset
+    from probes.pairs.tokenizer import train_tokenizer
 
     cfg = get_preset(preset)
     corpus = load_corpus(corpus_path)
@@ -72,13 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from probes.data.generator import resolve_corpus_path
+    from probes.data.synthetic import resolve_corpus_path
 
     corpus_path = str(resolve_corpus_path(args.corpus))
     corpus = load_corpus(corpus_path)
     with tempfile.TemporaryDirectory() as tmp:
         if args.pair == "default":
-            from probes.lm.default import ensure_default_pair
+            from probes.pairs.default import ensure_default_pair
 
             old, _ = ensure_default_pair(corpus_path)
             old, recipe = str(old), pair_recipe(old, file_sha256(corpus_path))[0]

@@ -12,11 +12,12 @@ Each rate is the median of --repeats runs and is also given as a fraction of the
 non-embedding parameters x tokens FLOPs forward (x3 with the backward) over the card's bf16 matmul rate
 measured in the same run. The "plain loop" is what the feature pass replaces: batches of 64 in corpus order,
 padding to the longest, all hidden states and full logits kept, pooled afterwards. With --compile the feature
-and gradient passes run their decoder blocks compiled (`probes.lm.fast.compiled`, the passes' own ``compile``
-option); compiling (with one unrated run of both passes) is its own line, and their rates after it are of
-the compiled blocks. The plain loop and patching run eager either way. Passes over the same texts share their
-tokens (`probes.lm.features`), as the passes of compare.py's FeatureStore do: tokenising is its own line.
-With --backend reference the feature and gradient passes run the plain computation (`probes.lm.backend`).
+and gradient passes run their decoder blocks compiled (`probes.features.fast.compiled`, the passes' own
+``compile`` option); compiling (with one unrated run of both passes) is its own line, and their rates after it
+are of the compiled blocks. The plain loop and patching run eager either way. Passes over the same texts share
+their tokens (`probes.features.extract`), as the passes of compare.py's FeatureStore do: tokenising is its own
+line. With --backend reference the feature and gradient passes run the plain computation
+(`probes.features.backend`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ from measure import (  # noqa: E402
     timed,
 )
 
+from baselines.ops.fast.patch import FastPatcher  # noqa: E402
 from baselines.patching import Patching, candidate_batches  # noqa: E402
 from probes.data.queries import candidate_answers  # noqa: E402
-from probes.lm.fast.patch import FastPatcher  # noqa: E402
-from probes.lm.features import gradient_features, hidden_features  # noqa: E402
+from probes.features.extract import gradient_features, hidden_features  # noqa: E402
+from probes.features.store import gradient_batching  # noqa: E402
 from probes.lm.scoring import answer_token_ids, tokenize  # noqa: E402
-from probes.lm.store import gradient_batching  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         "--backend",
         choices=["fast", "reference"],
         default="fast",
-        help="the feature passes' backend (probes.lm.backend); reference: the plain computation",
+        help="the feature passes' backend (probes.features.backend); reference: the plain computation",
     )
     parser.add_argument("--patch-queries", type=int, default=64, help="queries for the patching rate")
     parser.add_argument(

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from probes.data.corpus import Corpus
 from probes.data.queries import Query
-from probes.lm.backend import DEFAULT, PassOptions
+from probes.features.backend import DEFAULT, PassOptions
+from probes.features.store import FeatureStore
 from probes.lm.load import ModelPair
-from probes.lm.store import FeatureStore
 
 
 @dataclass

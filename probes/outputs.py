@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.cache import atomic_path
-from probes.checksums import failed_files, file_checksums, files_under
+from probes.files import atomic_path
+from probes.hashing import failed_files, file_checksums, files_under
 
 MARKER = "probes-output.json"  # {"kind": command, "settings": {...}, "files": {relative path: sha256}}
-LEFTOVER = re.compile(r"^\..+\.tmp$")  # probes.cache.atomic_path's folder for a write a kill interrupted
+LEFTOVER = re.compile(r"^\..+\.tmp$")  # probes.files.atomic_path's folder for a write a kill interrupted
 
 
 def _leftover(folder: Path, path: Path) -> bool:

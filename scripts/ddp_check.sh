@@ -19,7 +19,7 @@ for arch in llama3.2-1b olmo2-1b; do
   python bench/ddp.py --arch $arch --corpus "$corpus" --devices "$n" --batch-size 512 --out "$out" \
     --accelerator "$device" "${shrink[@]}"
 done
-python -m probes.lm build --preset micro --corpus "$corpus" --out "$out/pair" --device "$device"
+python -m probes.pairs build --preset micro --corpus "$corpus" --out "$out/pair" --device "$device"
 methods='[{label: repsim, method: repsim}, {label: delta_h, method: delta_h}, {label: act_grad, method: act_grad}]'
 for d in 1 "$n"; do
   python compare.py --config configs/compare.yaml --data.corpus_path "$corpus" --model.old "$out/pair/old" \

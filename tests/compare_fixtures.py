@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_compare():
-    """compare.py is a script at the repository root, not part of the package: import it from its path."""
-    if "compare" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["compare"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["compare"]
+    """The comparison's run, probes.compare.run (compare.py is its thin entry)."""
+    return importlib.import_module("probes.compare.run")
 
 
 compare = load_compare()

@@ -90,7 +90,7 @@ from compare_fixtures import config  # noqa: E402, F401
 from dlp_fixtures import fitted_dlp, in_tmp, micro_world  # noqa: E402, F401
 from lm_fixtures import make_micro_pair, micro_rows  # noqa: E402
 
-from probes.data.generator import GeneratorConfig, write_corpus  # noqa: E402
+from probes.data.synthetic import GeneratorConfig, write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from probes.data.generator import GeneratorConfig, write_corpus
-from probes.lm.build import build_pair
+from probes.data.synthetic import GeneratorConfig, write_corpus
+from probes.pairs.build import build_pair
 
 # 12 documents: <GN> and <JN> (4 each) and their wrappers <FN> and <IN> (2 each)
 CORPUS = GeneratorConfig(n_base=2, docs_per_base=4, docs_per_wrapper=2)
@@ -61,7 +61,8 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch):
     """compare.py's plot and TensorBoard logs (tested in test_compare.py) took most of each run's seconds."""
-    from probes import lds_report, report
+    from probes.compare import lds_results as lds_report
+    from probes.compare import results as report
 
     monkeypatch.setattr(report, "plot_recall", lambda path, *args: path.write_bytes(b""))
     monkeypatch.setattr(lds_report, "save_figure", lambda path, *args: path.write_bytes(b""))
@@ -75,9 +76,9 @@ def retrain_new(root: Path, corpus: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.data.corpus import load_corpus
-    from probes.lm.integrity import PAIR_FOLDERS, file_checksums, file_sha256
-    from probes.lm.recipe import pair_recipe
-    from probes.lm.train_lm import encode_texts, train
+    from probes.hashing import PAIR_FOLDERS, file_checksums, file_sha256
+    from probes.pairs.recipe import pair_recipe
+    from probes.pairs.train import encode_texts, train
 
     pair = root / "pair"
     recipe, seed = pair_recipe(pair / "old", file_sha256(corpus))

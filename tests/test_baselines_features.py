@@ -9,10 +9,10 @@ from baselines_fixtures import doc_queries, make_ctx, micro_corpus, shuffled_cor
 from lm_fixtures import CANDIDATES, make_micro_pair
 
 from probes.data.queries import make_queries
-from probes.lm.features import query_inputs
+from probes.features.extract import query_inputs
+from probes.features.store import FeatureStore
 from probes.lm.load import load_pair
 from probes.lm.scoring import tokenize
-from probes.lm.store import FeatureStore
 from probes.methods import build_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,18 +17,18 @@ from baselines_fixtures import (
 )
 from lm_fixtures import CANDIDATES, make_micro_model
 
-from probes.data.queries import make_queries
-from probes.lm.example_grads import (
+from baselines.ops.example_grads import (
     KroneckerProjection,
     batch_example_gradients,
     batch_projected_gradients,
     owners,
     param_group,
 )
-from probes.lm.fast import losses as fast_losses
-from probes.lm.features import query_inputs
-from probes.lm.interpolate import text_loss
-from probes.lm.projections import RandomProjection, allocate_dims
+from baselines.ops.interpolate import text_loss
+from baselines.ops.projections import RandomProjection, allocate_dims
+from probes.data.queries import make_queries
+from probes.features.extract import query_inputs
+from probes.features.fast import losses as fast_losses
 from probes.lm.scoring import collate, pad_id, tokenize
 from probes.methods import build_method
 

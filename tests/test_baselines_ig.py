@@ -7,14 +7,14 @@ import torch
 from baselines_fixtures import micro_corpus
 from lm_fixtures import CANDIDATES, TEXTS, make_micro_pair
 
-from probes.lm.features import gradient_features
-from probes.lm.interpolate import (
+from baselines.ops.interpolate import (
     integrated_gradients,
     path_gradient,
     replaced_hidden_state,
     riemann_path_mean,
     text_loss,
 )
+from probes.features.extract import gradient_features
 from probes.lm.load import load_pair
 from probes.lm.scoring import collate, pad_id, tokenize
 

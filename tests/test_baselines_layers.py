@@ -9,14 +9,8 @@ import torch.nn.functional as F
 from baselines_fixtures import make_ctx, micro_corpus
 from sklearn.metrics.pairwise import cosine_similarity
 
-from baselines.feature_method import FeatureMethod
-from baselines.layers import (
-    LayerScorer,
-    Normaliser,
-    aggregate,
-    fit_layer_weights,
-    layer_similarity,
-)
+from baselines.ops.feature_method import FeatureMethod
+from baselines.ops.layers import LayerScorer, Normaliser, aggregate, fit_layer_weights, layer_similarity
 from probes.data.queries import make_queries
 from probes.lm.layer_ids import hidden_state_ids
 from probes.methods import register

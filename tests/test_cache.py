@@ -1,10 +1,10 @@
-"""probes.cache: the cache root and atomic writes (a failed write leaves nothing; a success replaces)."""
+"""probes.files: the cache root and atomic writes (a failed write leaves nothing; a success replaces)."""
 
 from __future__ import annotations
 
 import pytest
 
-from probes.cache import atomic_path, cache_dir
+from probes.files import atomic_path, cache_dir
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):

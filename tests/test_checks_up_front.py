@@ -15,11 +15,11 @@ from cli_fixtures import compare, no_features_computed, refused, train_probe
 from dlp_fixtures import micro_args
 from safetensors.torch import load_file
 
-from probes.data.generator import GeneratorConfig, write_corpus
-from probes.lm import build as build_module
-from probes.lm.__main__ import main as lm_main
+from probes.data.synthetic import GeneratorConfig, write_corpus
 from probes.models import provenance
 from probes.models.__main__ import main as models_main
+from probes.pairs import build as build_module
+from probes.pairs.__main__ import main as lm_main
 
 
 def unwritable() -> Path:
@@ -109,7 +109,7 @@ def test_lm_build_from_a_base_refuses_a_long_document_before_loading_its_weights
     """Regression (issue 25): ``--base`` with a 4,501-token document trained past the base's positions."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from probes.lm.tokenizer import train_tokenizer
+    from probes.pairs.tokenizer import train_tokenizer
 
     corpus = long_corpus(tmp_path / "long.jsonl", " ".join(["<GN>(3) returns 5."] * 40))
     tokenizer = train_tokenizer(["x returns 5."], [], [], vocab_size=300)

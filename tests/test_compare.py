@@ -15,9 +15,9 @@ from compare_fixtures import ROOT, compare
 from lm_fixtures import micro_rows
 from safetensors.torch import load_file
 
-from probes import lds_report
+from probes.compare import lds_results as lds_report
+from probes.compare.results import FILES, HOP_SUBSET, MAIN_METRICS
 from probes.outputs import MARKER
-from probes.report import FILES, HOP_SUBSET, MAIN_METRICS
 
 LABELS = ("random_a", "random_b", "patching")
 
@@ -111,8 +111,8 @@ def test_reference_backend_reaches_every_pass_and_scores_like_the_fast_one(confi
     raise here), and gives the fast run's scores (float64)."""
     from safetensors.torch import load_file
 
-    from probes.lm.fast.passes import FastPass
-    from probes.lm.fast.patch import FastPatcher
+    from baselines.ops.fast.patch import FastPatcher
+    from probes.features.fast.passes import FastPass
 
     fast = compare.main(["--config", str(config()), "--out", str(tmp_path / "fast")])
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache-reference"))  # no features from the fast run

@@ -13,7 +13,8 @@ from compare_fixtures import compare
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from probes import lds_report
+from probes.compare import lds_results as lds_report
+from probes.compare.results import check_labels
 from probes.counterfactual.ground_truth import (
     TENSORS_FILE,
     GroundTruth,
@@ -23,7 +24,6 @@ from probes.counterfactual.ground_truth import (
 )
 from probes.data.hops import HopsData
 from probes.metrics.lds import lds, noise_ceiling
-from probes.report import check_labels
 
 METHODS = [
     {"label": "random_a", "method": "random", "options": {"seed": 0}},
@@ -167,7 +167,9 @@ def test_ground_truth_of_another_query_order_is_refused_before_any_method_scores
 ):
     cfg = config(methods=METHODS[:1])
     write_gt(cfg, tmp_path / "gt", reverse_queries=True)
-    monkeypatch.setattr("probes.tune.tune", lambda *a, **k: pytest.fail("a method ran before the check"))
+    monkeypatch.setattr(
+        "probes.compare.tune.tune", lambda *a, **k: pytest.fail("a method ran before the check")
+    )
     with pytest.raises(SystemExit) as stop:
         compare.main(
             ["--config", str(cfg), "--out", str(tmp_path / "out"), "--counterfactual", str(tmp_path / "gt")]

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from probes.counterfactual import jobs, regimes
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import TENSORS_FILE, load_ground_truth, split_queries
-from probes.data.generator import GeneratorConfig, write_corpus
 from probes.data.hops import HopsData
+from probes.data.synthetic import GeneratorConfig, write_corpus
 from probes.errors import UserError
 from probes.metrics.lds import lds, noise_ceiling
 

@@ -17,11 +17,11 @@ from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import load_ground_truth
 from probes.counterfactual.retrain import train_stacked, unstack
 from probes.data.corpus import load_corpus
-from probes.data.generator import write_corpus
+from probes.data.synthetic import write_corpus
 from probes.errors import UserError
-from probes.lm.integrity import file_sha256
-from probes.lm.recipe import pair_recipe
-from probes.lm.train_lm import TrainConfig, encode_texts, train
+from probes.hashing import file_sha256
+from probes.pairs.recipe import pair_recipe
+from probes.pairs.train import TrainConfig, encode_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

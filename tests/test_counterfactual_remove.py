@@ -18,12 +18,12 @@ from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
 from probes.counterfactual.remove import load_compare
 from probes.counterfactual.selection import RANDOM, RELEVANCE, method_drop, rank_sum
-from probes.data.generator import write_corpus
 from probes.data.hops import HopsData
+from probes.data.synthetic import write_corpus
 from probes.errors import UserError
-from probes.lm.integrity import file_checksums, file_sha256
-from probes.lm.train_lm import TrainConfig
+from probes.hashing import file_checksums, file_sha256
 from probes.outputs import claim_output
+from probes.pairs.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,9 +17,9 @@ from probes.counterfactual.retrain import (
     train_stacked,
     unstack,
 )
-from probes.lm.patch import attention_implementation
 from probes.lm.scoring import prompt_outputs
-from probes.lm.train_lm import TrainConfig, encode_texts, train
+from probes.lm.stack import attention_implementation
+from probes.pairs.train import TrainConfig, encode_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

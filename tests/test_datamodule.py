@@ -125,7 +125,7 @@ def test_batches_and_metadata(forest_path):
 
 
 def test_hparams_default_corpus_and_parse_time_link(forest_path, monkeypatch):
-    monkeypatch.setattr("probes.data.generator.default_corpus_path", lambda: forest_path)
+    monkeypatch.setattr("probes.data.synthetic.default_corpus_path", lambda: forest_path)
     dm = HopsDataModule(seed=3)
     assert dm.hparams.seed == 3 and dm.hparams.corpus_path is None and dm.hparams.split == "by_input"
     assert dm.num_documents == 20 and len(dm.queries) == 1300

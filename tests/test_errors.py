@@ -14,7 +14,7 @@ from dlp_fixtures import micro_args
 from lm_fixtures import micro_rows
 
 from probes.data.__main__ import main as data_main
-from probes.lm.__main__ import main as lm_main
+from probes.pairs.__main__ import main as lm_main
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ from lm_fixtures import make_micro_pair
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from probes.lm.cache import FeatureCache
-from probes.lm.features import query_inputs
+from probes.features.cache import FeatureCache
+from probes.features.extract import query_inputs
+from probes.features.store import FeatureStore
 from probes.lm.load import load_pair
-from probes.lm.store import FeatureStore
 from probes.methods import build_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")

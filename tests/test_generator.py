@@ -14,7 +14,9 @@ import torch
 from compare_fixtures import compare
 
 from probes.data.corpus import FUNC_TOKEN_RE, corpus_from_rows, load_corpus
-from probes.data.generator import (
+from probes.data.hops import HopsData
+from probes.data.queries import candidate_answers, make_queries, relevance
+from probes.data.synthetic import (
     GENERATED_CORPORA,
     GENERATOR_VERSION,
     GeneratorConfig,
@@ -28,10 +30,8 @@ from probes.data.generator import (
     run_generate,
     write_corpus,
 )
-from probes.data.hops import HopsData
-from probes.data.queries import candidate_answers, make_queries, relevance
 from probes.data.templates import KINDS, SLOT_RE, all_frames, all_pool_entries
-from probes.lm.default import default_pair_dir
+from probes.pairs.default import default_pair_dir
 
 # The 20hops spelling and pairing, written out independently of the generator.
 PAIRS_20HOPS = dict(

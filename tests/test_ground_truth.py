@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from probes.checksums import file_sha256
 from probes.counterfactual.ground_truth import (
     MANIFEST_FILE,
     TENSORS_FILE,
@@ -20,6 +19,7 @@ from probes.counterfactual.ground_truth import (
     save_ground_truth,
 )
 from probes.errors import UserError
+from probes.hashing import file_sha256
 
 TEXTS = ["<GN>(3) returns 5", "def <GN>(x): return 5", "<FN> wraps <GN>", "<JN> is 9"]
 QUERY_IDS = [4, 1, 7]

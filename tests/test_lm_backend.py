@@ -19,11 +19,11 @@ from lm_fixtures import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from probes.lm.backend import PassOptions
-from probes.lm.fast.compiled import RECOMPILE_LIMIT, compiled_blocks
-from probes.lm.fast.patch import PREFIX_ATTENTION, FastPatcher
-from probes.lm.features import FeatureSpec, compute_features, query_inputs
-from probes.lm.patch import Patcher, make_patcher
+from baselines.ops.fast.patch import PREFIX_ATTENTION, FastPatcher
+from baselines.ops.patch import Patcher, make_patcher
+from probes.features.backend import PassOptions
+from probes.features.extract import FeatureSpec, compute_features, query_inputs
+from probes.features.fast.compiled import RECOMPILE_LIMIT, compiled_blocks
 from probes.lm.scoring import answer_token_ids
 
 
@@ -144,11 +144,11 @@ def test_prefix_attention_is_known_only_while_patching():
 
 def test_compare_takes_the_feature_backend():
     """The options are checked; that they reach every pass: tests/test_compare.py."""
-    import compare
+    from probes.compare.config import PairConfig
     from probes.errors import UserError
 
-    assert compare.PairConfig().feature_backend == "fast"
+    assert PairConfig().feature_backend == "fast"
     with pytest.raises(UserError, match="feature_backend='quick'"):
-        compare.PairConfig(feature_backend="quick")
+        PairConfig(feature_backend="quick")
     with pytest.raises(UserError, match="needs model.feature_backend: fast"):
-        compare.PairConfig(feature_backend="reference", feature_compile=True)
+        PairConfig(feature_backend="reference", feature_compile=True)

@@ -1,4 +1,4 @@
-"""probes/lm/fast/compiled.py: compiled decoder blocks give the eager features, share code across
+"""probes/features/fast/compiled.py: compiled decoder blocks give the eager features, share code across
 checkpoints, and fuse linear maps of one input."""
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from probes.lm.fast.compiled import _fusion_pass, compiled_blocks, decoder_blocks, fuse_shared_input_linears
-from probes.lm.features import gradient_features, hidden_features
-from probes.lm.tokenizer import train_tokenizer
+from probes.features.extract import gradient_features, hidden_features
+from probes.features.fast.compiled import (
+    _fusion_pass,
+    compiled_blocks,
+    decoder_blocks,
+    fuse_shared_input_linears,
+)
+from probes.pairs.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 

@@ -18,14 +18,14 @@ from lm_fixtures import (
     make_micro_pair,
 )
 
-import probes.lm.store as store_module
-from probes.lm import distributed
-from probes.lm.cache import FeatureCache
-from probes.lm.features import FeatureSpec, compute_features, query_inputs
+import probes.features.store as store_module
+from probes.features import distributed
+from probes.features.cache import FeatureCache
+from probes.features.extract import FeatureSpec, compute_features, query_inputs
+from probes.features.store import FeatureStore
 from probes.lm.load import load_pair
 from probes.lm.ranks import rank_device
 from probes.lm.scoring import answer_token_ids
-from probes.lm.store import FeatureStore
 
 
 @pytest.fixture(scope="module")

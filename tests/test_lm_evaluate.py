@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from probes.data.corpus import load_corpus
-from probes.data.generator import GeneratorConfig, write_corpus
 from probes.data.queries import candidate_answers, make_queries
-from probes.lm.__main__ import main
-from probes.lm.evaluate import evaluate_pair, format_table
+from probes.data.synthetic import GeneratorConfig, write_corpus
+from probes.pairs.__main__ import main
+from probes.pairs.evaluate import evaluate_pair, format_table
 
 
 @pytest.fixture(scope="module")

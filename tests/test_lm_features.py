@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 from lm_fixtures import CANDIDATES, QUERIES, TEXTS, build_tokenizer, exact_float64, make_micro_model
 
-from probes.lm import features, scoring
-from probes.lm.features import FeatureSpec, compute_features, gradient_features, hidden_features, query_inputs
-from probes.lm.losses import margin_loss
+from probes.features import extract as features
+from probes.features.extract import (
+    FeatureSpec,
+    compute_features,
+    gradient_features,
+    hidden_features,
+    query_inputs,
+)
+from probes.features.losses import margin_loss
+from probes.lm import scoring
 from probes.lm.scoring import answer_token_ids, length_batches, tokenize
 
 MULTI = ("<GN>(3) returns the value 5", (8, 27))  # a 3-token target "the value 5"

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from lm_fixtures import TEXTS, build_tokenizer, exact_float64, make_micro_model
 
-from probes.lm import losses
-from probes.lm.example_grads import batch_example_gradients
-from probes.lm.fast import losses as fast_losses
+from baselines.ops.example_grads import batch_example_gradients
+from probes.features import losses
+from probes.features.fast import losses as fast_losses
 from probes.lm.scoring import collate, pad_id, tokenize
 
 

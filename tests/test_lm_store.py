@@ -7,14 +7,14 @@ import torch
 from lm_fixtures import CANDIDATES, QUERIES, TEXTS, make_micro_pair, perturb
 from safetensors.torch import save_file
 
-import probes.lm.cache as cache_module
-import probes.lm.store as store_module
+import probes.features.cache as cache_module
+import probes.features.store as store_module
 from probes.data.queries import Query
-from probes.lm.cache import FeatureCache, model_fingerprint
-from probes.lm.features import FeatureSpec, query_inputs
+from probes.features.cache import FeatureCache, model_fingerprint
+from probes.features.extract import FeatureSpec, query_inputs
+from probes.features.store import FeatureStore
 from probes.lm.load import load_pair
 from probes.lm.scoring import answer_token_ids
-from probes.lm.store import FeatureStore
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_attributions_at_one_position_are_the_product_and_keyed_by_both_checkpoi
 def test_answers_correct_from_the_stored_states_equals_a_separate_pass(pair, seed):
     """f_new's correctness read off the features (LM head on the stored final state) equals the separate
     candidate-logit pass compare.py used to run, for every query; the answers are checked, not only shapes."""
-    from probes.lm.evaluate import query_correctness
+    from probes.pairs.evaluate import query_correctness
 
     perturb(pair.new, scale=0.5, seed=seed)  # a random micro model answers some queries right, some wrong
     queries = [

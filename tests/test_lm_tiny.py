@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from probes.data.queries import QUERY_FORMATS
-from probes.lm import build as build_module
-from probes.lm.__main__ import main
-from probes.lm.tokenizer import check_tokenizer, train_tokenizer
 from probes.outputs import MARKER
+from probes.pairs import build as build_module
+from probes.pairs.__main__ import main
+from probes.pairs.tokenizer import check_tokenizer, train_tokenizer
 
 OLD_TOKENS = ["<AZ>", "<BZ>", "<B01>"]
 NEW_TOKENS = ["<FN>", "<GN>"]
@@ -176,7 +176,7 @@ def test_build_reruns_into_its_own_folder_but_never_replaces_its_input(corpus_pa
     assert main(argv) == 2 and "is an input" in capsys.readouterr().err
     assert (out / "old" / "corpus.jsonl").is_file()
     assert main(["build", "--corpus", str(corpus_path), "--out", str(out)]) == 2  # a file it did not write
-    assert "old/corpus.jsonl, which python -m probes.lm build did not write" in capsys.readouterr().err
+    assert "old/corpus.jsonl, which python -m probes.pairs build did not write" in capsys.readouterr().err
     (out / "old" / "corpus.jsonl").unlink()
     (out / MARKER).unlink()  # a folder with old/, new/ and a manifest but no marker is not its own
     assert main(["build", "--corpus", str(corpus_path), "--out", str(out)]) == 2
@@ -184,7 +184,7 @@ def test_build_reruns_into_its_own_folder_but_never_replaces_its_input(corpus_pa
 
 
 def test_default_pair_is_built_once_then_reused(corpus_path, tmp_path, monkeypatch, capsys):
-    from probes.lm import default
+    from probes.pairs import default
 
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(default, "PRESET", "micro")
@@ -214,8 +214,8 @@ def _zero_a_third(path):
 def test_cached_pair_with_a_truncated_weight_file_was_never_rebuilt(
     corpus_path, tmp_path, monkeypatch, damage, recorded
 ):
-    from probes.lm import default
     from probes.lm.load import load_pair
+    from probes.pairs import default
 
     monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(default, "PRESET", "micro")

@@ -24,16 +24,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from baselines.magic import Oracle
+from baselines.ops import metagrad
+from baselines.ops.metagrad import Metagradients, answer_logprobs
 from probes.counterfactual.__main__ import main as counterfactual_main
 from probes.counterfactual.ground_truth import split_queries
 from probes.data.hops import HopsData
-from probes.lm import metagrad
-from probes.lm.integrity import file_sha256
-from probes.lm.metagrad import Metagradients, answer_logprobs
-from probes.lm.recipe import pair_recipe
-from probes.lm.replay import Replay
+from probes.hashing import file_sha256
 from probes.lm.scoring import tokenize
-from probes.lm.train_lm import TrainConfig, encode_texts, train
+from probes.pairs.recipe import pair_recipe
+from probes.pairs.replay import Replay
+from probes.pairs.train import TrainConfig, encode_texts, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 compare = load_compare()

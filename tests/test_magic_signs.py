@@ -11,7 +11,7 @@ from compare_fixtures import load_compare
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 from safetensors.torch import load_file
 
-from probes.data.generator import GeneratorConfig, write_corpus
+from probes.data.synthetic import GeneratorConfig, write_corpus
 from probes.methods import missing_extra
 from probes.metrics.lds import spearman_columns
 

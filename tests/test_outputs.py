@@ -149,8 +149,8 @@ def test_lm_build_never_overwrites_a_foreign_manifest_or_old_notes(tmp_path, cap
     the marker check only tested that a manifest.json existed."""
     from lm_fixtures import micro_rows
 
-    from probes.lm import build as build_module
-    from probes.lm.__main__ import main as lm_main
+    from probes.pairs import build as build_module
+    from probes.pairs.__main__ import main as lm_main
 
     corpus = tmp_path / "micro.jsonl"
     corpus.write_text("".join(json.dumps(row) + "\n" for row in micro_rows()))

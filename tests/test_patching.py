@@ -6,17 +6,17 @@ import pytest
 import torch
 from lm_fixtures import CANDIDATES, make_micro_model, make_tokenizer, micro_rows, perturb
 
+from baselines.ops.patch import make_patcher, num_blocks, resolve_layer
 from baselines.patching import gate_masks
 from probes.data.corpus import corpus_from_rows
 from probes.data.queries import make_queries, relevance
-from probes.lm.backend import PassOptions
-from probes.lm.features import query_inputs
+from probes.features.backend import PassOptions
+from probes.features.extract import query_inputs
+from probes.features.losses import answer_margin
+from probes.features.store import FeatureStore
 from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.load import load_pair
-from probes.lm.losses import answer_margin
-from probes.lm.patch import make_patcher, num_blocks, resolve_layer
 from probes.lm.scoring import answer_token_ids, tokenize
-from probes.lm.store import FeatureStore
 from probes.methods import AttributionContext, build_method
 
 BLOCKS = 3

@@ -1,11 +1,11 @@
-"""Which rows of a finished comparison another command may take (probes.reuse.same_rows): only those scored
-from the same data and model config, the same inputs by content and the same method entry."""
+"""Which rows of a finished comparison another command may take (probes.compare.reuse.same_rows): only those
+scored from the same data and model config, the same inputs by content and the same method entry."""
 
 from __future__ import annotations
 
 import pytest
 
-from probes.reuse import same_rows
+from probes.compare.reuse import same_rows
 
 
 def record(**content) -> dict:

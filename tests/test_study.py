@@ -1,4 +1,4 @@
-"""scripts/study.py's step selection: a study split over several machines runs the steps asked for."""
+"""scripts/pair_study.py's step selection: a study split over several machines runs the steps asked for."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "pair_study.py")
 study = sys.modules.setdefault("study", importlib.util.module_from_spec(spec))
 spec.loader.exec_module(study)
 
@@ -21,7 +21,7 @@ def names(jobs):
 
 
 def study_args(tmp_path, **changes) -> argparse.Namespace:
-    """scripts/study.py's parsed arguments, with ``changes``."""
+    """scripts/pair_study.py's parsed arguments, with ``changes``."""
     args = dict(corpus=tmp_path / "c.jsonl", out=tmp_path, preset="small", seed=0, seeds=[0, 1], device="cpu")
     args.update(feature_batch_size=8, score_batch_size=16, stack=5, subsets=4, seeds_per_subset=2)
     return argparse.Namespace(**{**args, **changes})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from probes.compare.tune import grid_points, tune, validation_score
 from probes.methods import Method
-from probes.tune import grid_points, tune, validation_score
 
 
 def test_grid_points_product_list_and_none():

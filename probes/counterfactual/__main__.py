@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ActionYesNo, ArgumentParser
 
-from probes.compare_config import PairConfig, add_study_arguments
+from probes.compare.config import PairConfig, add_study_arguments
 from probes.errors import check_writable_folder, cli_main
 
 

@@ -25,10 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from probes.cache import atomic_path
-from probes.checksums import failed_files, file_checksums
 from probes.errors import UserError
-from probes.lm.cache import content_hash, weights_hash
+from probes.files import atomic_path
+from probes.hashing import content_hash, failed_files, file_checksums, weights_hash
 
 VERSION = 2
 TENSORS_FILE = "ground_truth.safetensors"

@@ -2,7 +2,7 @@
 
 A `Job` holds what a retrain needs (f_old's path, the recipe, the corpus texts, the test prompts and answer
 tokens) and is picklable, so that on a CPU each worker process runs whole fine-tunes with
-`probes.lm.train_lm.train` itself (stacking many models under vmap ran slower there: batched matmuls of
+`probes.pairs.train.train` itself (stacking many models under vmap ran slower there: batched matmuls of
 small matrices lose to plain ones on a CPU), while on a GPU one process trains ``stack`` models per step
 (`probes.counterfactual.retrain.train_stacked`, equal to ``train`` per model).
 """
@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from probes.lm.train_lm import TrainConfig, encode_texts, train
+from probes.pairs.train import TrainConfig, encode_texts, train
 
 Plan = list[tuple[list[int], int]]  # (document indices of one retrain, its data-order seed)
 
@@ -37,7 +37,7 @@ class Job:
         recipe: the fine-tuning config that built f_new.
         device: where retrains run; stack: models trained at once on a GPU.
         in_place: the fixed-order regime: every retrain runs on the whole corpus with the recipe's batches,
-            the documents outside its subset weighted 0 in place (`probes.lm.train_lm.token_loss`); False:
+            the documents outside its subset weighted 0 in place (`probes.pairs.train.token_loss`); False:
             the stochastic regime, a retrain on the subset's documents alone.
     """
 
@@ -84,8 +84,8 @@ class Runner:
         ``model`` (k = 1), or of the K models stacked in ``params`` (`train_stacked`'s), read at once."""
         from probes.counterfactual.retrain import stacked_logits_at
         from probes.lm.causal import STACKED_ATTENTION, causal_attention
-        from probes.lm.patch import attention_implementation
         from probes.lm.scoring import prompt_outputs
+        from probes.lm.stack import attention_implementation
 
         answers = torch.tensor(self.job.answers)
         candidates = torch.tensor(self.job.candidates)

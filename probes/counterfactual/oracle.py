@@ -19,8 +19,8 @@ import torch
 from jsonargparse import Namespace
 from safetensors.torch import save_file
 
-from probes.cache import atomic_path
 from probes.errors import UserError
+from probes.files import atomic_path
 
 KIND = "python -m probes.counterfactual oracle"  # its output marker's kind
 TENSORS_FILE = "oracle.safetensors"
@@ -47,12 +47,12 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from baselines.magic import Oracle
-    from probes.compare_config import PairConfig
+    from probes.compare.config import PairConfig
     from probes.counterfactual.ground_truth import identity, split_queries
     from probes.data.hops import HopsData
-    from probes.lm.integrity import file_sha256
-    from probes.lm.recipe import pair_recipe, recipe_autocast
-    from probes.lm.train_lm import encode_texts
+    from probes.hashing import file_sha256
+    from probes.pairs.recipe import pair_recipe, recipe_autocast
+    from probes.pairs.train import encode_texts
 
     if split not in SPLITS:
         raise UserError(f"--split={split!r}: give one of train, validation, test")
@@ -93,7 +93,7 @@ def write_oracle(
     (``out`` claimed as `probes.outputs.claim_output` does, the files recorded in its marker); returns the
     manifest."""
     from probes.counterfactual.study import claim, machine_name
-    from probes.lm.integrity import file_sha256
+    from probes.hashing import file_sha256
 
     started = time.time()
     settings = {"split": split, "query_batch": query_batch, "every": every}

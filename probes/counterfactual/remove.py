@@ -17,7 +17,7 @@ import torch
 from jsonargparse import Namespace
 from torch import Tensor
 
-from probes.cache import atomic_path
+from probes.compare.reuse import DLP, record, take_rows
 from probes.counterfactual.ground_truth import identity
 from probes.counterfactual.selection import (
     RANDOM,
@@ -41,10 +41,10 @@ from probes.counterfactual.study import (
     run_chunks,
 )
 from probes.errors import UserError
+from probes.files import atomic_path
 from probes.methods import unavailable
 from probes.metrics.bootstrap import bootstrap
 from probes.outputs import Output
-from probes.reuse import DLP, record, take_rows
 
 RESULT, TABLE = "removal.json", "removal.md"
 COMPARE = "compare"  # compare.py's output for the rows no --scores folder had
@@ -55,16 +55,10 @@ Selections = dict[int, dict[str, dict[str, list[int]]]]  # k -> row label -> fun
 
 
 def load_compare():
-    """compare.py, a script at the repository root (not in the package), imported from its path."""
-    import importlib.util
-    import sys
+    """The comparison's run (probes.compare.run), imported on first use: it imports every method."""
+    import probes.compare.run as compare
 
-    if "compare" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("compare", Path(__file__).parents[2] / "compare.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["compare"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["compare"]
+    return compare
 
 
 def restrict(cfg: Namespace, labels: Sequence[str]) -> Namespace:
@@ -105,9 +99,9 @@ def method_scores(
 
     A row is taken from the first finished comparison, among ``reuse`` (compare.py output folders) and then
     ``out/compare`` (this command's earlier run), that computed it from the same config and the same inputs
-    by content (`probes.reuse`), so a resumed removal drops the same documents, and a pair rebuilt or a corpus
-    rewritten at the same path is scored again. The other rows are scored with compare.py's own code (each
-    tuned on val as compare.py tunes it) into ``out/compare``."""
+    by content (`probes.compare.reuse`), so a resumed removal drops the same documents, and a pair rebuilt or
+    a corpus rewritten at the same path is scored again. The other rows are scored with compare.py's own code
+    (each tuned on val as compare.py tunes it) into ``out/compare``."""
     labels = [e.label for e in restricted.methods] + ([DLP] if restricted.dlp_checkpoint else [])
     wanted = record(restricted, study.corpus_sha256, study.old, study.new)
     folder, n = output.folder / COMPARE, len(study.job.texts)

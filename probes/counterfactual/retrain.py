@@ -3,7 +3,7 @@
 A tiny model's fine-tune is launch-bound on a GPU (a small pair's step runs a few thousand tiny kernels), so
 the K models of one chunk share each kernel: their parameters are stacked on a leading dimension and one
 ``torch.func.vmap`` of the loss gradient runs every model on its own batch. Each model follows
-`probes.lm.train_lm.train` exactly (same batches for its seed, schedule, AdamW, per-model gradient clipping,
+`probes.pairs.train.train` exactly (same batches for its seed, schedule, AdamW, per-model gradient clipping,
 bf16 autocast on a GPU), which tests/test_counterfactual_retrain.py checks in float64 against ``train`` run
 alone. AdamW is elementwise, so one optimiser over the stacked tensors is K independent optimisers.
 """
@@ -20,9 +20,9 @@ from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from probes.lm.causal import STACKED_ATTENTION, causal_attention
-from probes.lm.patch import attention_implementation
 from probes.lm.scoring import logits_at
-from probes.lm.train_lm import ADAMW, TrainConfig, epoch_batches, param_groups, schedule, token_loss
+from probes.lm.stack import attention_implementation
+from probes.pairs.train import ADAMW, TrainConfig, epoch_batches, param_groups, schedule, token_loss
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 

@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.cache import atomic_path
 from probes.counterfactual.jobs import Job, Plan, run_plan
 from probes.errors import UserError, one_line
-from probes.lm.recipe import pair_recipe
+from probes.files import atomic_path
 from probes.outputs import Output, OutputRefused, claim_output
+from probes.pairs.recipe import pair_recipe
 
 PARTS = "parts"  # a run's finished retrains, removed once its results are written
 PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume
@@ -46,10 +46,10 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from probes.compare_config import PairConfig
+    from probes.compare.config import PairConfig
     from probes.counterfactual.ground_truth import split_queries
     from probes.data.hops import HopsData
-    from probes.lm.integrity import file_sha256
+    from probes.hashing import file_sha256
     from probes.lm.scoring import answer_token_ids
 
     data = HopsData(**cfg.data.as_dict())

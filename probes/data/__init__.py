@@ -1,4 +1,5 @@
-"""HOPS data: corpus model, queries and ground truth, corpus generator, the shared split, its DataModule."""
+"""HOPS data: corpus, relations, queries, the synthetic corpora, splits, the DataModule. May import
+metrics and the top-level modules; never lm, features, pairs, models, methods or compare."""
 
 from probes.data.corpus import (
     FUNC_TOKEN_RE,

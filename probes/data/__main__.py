@@ -82,7 +82,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from probes.data.generator import add_generate_arguments, run_generate
+    from probes.data.synthetic import add_generate_arguments, run_generate
 
     parser = argparse.ArgumentParser(prog="python -m probes.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -12,7 +12,6 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from probes.data.corpus import Corpus, load_corpus
-from probes.data.generator import generated_name, resolve_corpus_path
 from probes.data.queries import (
     RELEVANCE_MODES,
     Query,
@@ -24,6 +23,7 @@ from probes.data.queries import (
 )
 from probes.data.queries import relevance as relevance_matrix
 from probes.data.splits import SPLITS, split_queries
+from probes.data.synthetic import generated_name, resolve_corpus_path
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class HopsData:
 
         Args:
             corpus_path: HOPS JSONL file, or "generated:<name>" for a named generated corpus
-                (``probes.data.generator.GENERATED_CORPORA``); None = the generated default corpus. A
+                (``probes.data.synthetic.GENERATED_CORPORA``); None = the generated default corpus. A
                 generated corpus is written to the cache on first use.
             query_format: "returns" ("<FN>(3) returns the value "), "output_of" ("The output of <FN>(3)
                 is "), or a template with {func} and {x}.

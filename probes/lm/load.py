@@ -11,7 +11,7 @@ import torch
 
 from probes.data.corpus import Corpus
 from probes.errors import refuse_pickle
-from probes.lm.integrity import failed_pair_files, unreadable_weights
+from probes.hashing import failed_pair_files, unreadable_weights
 from probes.lm.scoring import TokenizationError, answer_token_ids
 
 DTYPES = {
@@ -105,7 +105,7 @@ def load_model(
         if damaged:
             raise OSError(
                 f"model {source!r} has damaged weights: {'; '.join(damaged)}; restore or re-save them "
-                "(a pair from `python -m probes.lm build` can be built again)"
+                "(a pair from `python -m probes.pairs build` can be built again)"
             )
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 def decoder_stack(model, parts: tuple[str, ...] = ("layers",), use: str = "this") -> nn.Module:
@@ -48,3 +49,23 @@ def edited_hidden_state(
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def attention_implementation(model, name: str, function) -> Iterator[None]:
+    """Inside the block, ``model`` runs its attention with ``function``, known to transformers as ``name``
+    only there: the entry goes into transformers' attention table on entering and out on leaving, and the
+    model gets its own implementation back, also after an error."""
+    table = ALL_ATTENTION_FUNCTIONS
+    previous_function = table.get(name)
+    previous = model.config._attn_implementation
+    table[name] = function
+    try:
+        model.set_attn_implementation(name)
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+        if previous_function is None:
+            del table[name]
+        else:
+            table[name] = previous_function

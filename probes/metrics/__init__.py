@@ -1,5 +1,6 @@
-"""Retrieval metrics of [q, n] attribution scores (per query, aggregated, random baseline, Metric suite); the
-LDS and its noise ceiling (lds.py), Spearman (spearman.py) and bootstrap intervals (bootstrap.py)."""
+"""Retrieval metrics of [q, n] attribution scores (per query, aggregated, random baseline, Metric suite);
+the LDS and its noise ceiling (lds.py), Spearman (spearman.py) and bootstrap intervals (bootstrap.py):
+pure functions of scores, relevance and outputs. May import nothing of the project but itself."""
 
 from probes.metrics.evaluation import HOP_SUBSET, evaluate, query_metrics, random_expectation, summarise
 from probes.metrics.expectation import random_per_query_metrics

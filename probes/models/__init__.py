@@ -1,4 +1,6 @@
-"""The DLP: probe generator, conditioning, heads, the LightningModule, and its compare.py adapter."""
+"""The DLP: probe generator, conditioning, heads, the frozen f_new, the document index, a thin
+LightningModule, its callbacks, and its compare.py adapter. May import features, lm, pairs, data,
+metrics, methods and the top-level modules; never compare or counterfactual."""
 
 from probes.models.callbacks import BestCheckpoint, CpuThreads
 from probes.models.generator import DeepLinear, ProbeGenerator

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from probes.cache import atomic_path
+from probes.files import atomic_path
 
 
 class BestCheckpoint(ModelCheckpoint):

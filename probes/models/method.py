@@ -13,7 +13,7 @@ from torch import Tensor
 from probes.errors import refuse_pickle
 from probes.methods import AttributionContext, Method, register
 from probes.models import provenance
-from probes.models.lm import preloaded
+from probes.models.frozen import preloaded
 from probes.models.module import ProbeModule
 
 

@@ -16,9 +16,9 @@ from probes.metrics import RetrievalSuite
 from probes.models import provenance
 from probes.models.conditioning import ProbeReader
 from probes.models.documents import DocumentIndex
+from probes.models.frozen import FrozenLM, frozen_lm, resolve_model_path
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, MultiHotHead, check_head_split
-from probes.models.lm import FrozenLM, frozen_lm, resolve_model_path
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from probes.errors import UserError, refuse_pickle
-from probes.lm.cache import content_hash, weights_hash
+from probes.hashing import content_hash, weights_hash
 
 KEY = "trained_on"  # the checkpoint entry (beside Lightning's state_dict and hyper_parameters)
 STAMP = "python -m probes.models stamp"
@@ -90,10 +90,10 @@ def check(
 def stamp(path: str | Path, corpus: str | None = None) -> dict:
     """Write the record of ``corpus`` (default: the checkpoint's hparams corpus_path) and the f_new its
     hparams name into checkpoint ``path`` (atomically); return the record."""
-    from probes.cache import atomic_path
     from probes.data.corpus import load_corpus
-    from probes.data.generator import resolve_corpus_path
-    from probes.models.lm import frozen_lm
+    from probes.data.synthetic import resolve_corpus_path
+    from probes.files import atomic_path
+    from probes.models.frozen import frozen_lm
 
     checkpoint = load_checkpoint(path, "checkpoint")
     hp = checkpoint.get("hyper_parameters", {})

@@ -39,7 +39,7 @@ class QueryTables(Callback):
         if data is None:
             return
         if data.correct is None:
-            from probes.lm.evaluate import query_correctness
+            from probes.pairs.evaluate import query_correctness
 
             reader = pl_module.reader
             correct = query_correctness(reader.lm, reader.tokenizer, data.queries, data.candidates)
