@@ -14,15 +14,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-__all__ = [
-    "failed_files",
-    "failed_pair_files",
-    "file_checksums",
-    "file_sha256",
-    "tensor_sha256",
-    "unreadable_weights",
-]
-
 PAIR_FOLDERS = ("old", "new")
 
 
