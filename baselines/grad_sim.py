@@ -113,29 +113,7 @@ class GradSim(Method):
                 allocation=allocation,
             ),
         )
-        groups = [knobs["params"]] if isinstance(knobs["params"], str) else list(knobs["params"])
-        for option, value, choices in (
-            ("projection", knobs["projection"], (*PROJECTIONS, "kronecker")),
-            ("blocks", knobs["blocks"], BLOCKS),
-            ("allocation", knobs["allocation"], ALLOCATIONS),
-            ("loss", loss, QUERY_LOSSES),
-            ("similarity", similarity, SIMILARITIES),
-            ("normalize", normalize, NORMALISATIONS),
-            *(("params", group, ("all", *GROUPS)) for group in groups),
-        ):
-            check_choice("grad_sim", option, value, choices)
-        groups = list(GROUPS) if "all" in groups else groups
-        dim = knobs["projection_dim"] or 0
-        if dim < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
-            raise ValueError(
-                f"method 'grad_sim': projection_dim ({dim}) must be >= 0 (0/None = exact), "
-                f"batch_size ({batch_size}) >= 1 and max_tokens ({max_tokens}) >= 1 or None"
-            )
-        if knobs["projection"] == "kronecker" and (not dim or knobs["blocks"] != "parameter"):
-            raise ValueError(
-                "method 'grad_sim': projection 'kronecker' gives each Linear weight its own k x k block: "
-                f"it needs a projection_dim (got {dim}) and blocks='parameter' (not {knobs['blocks']!r})"
-            )
+        groups, dim = _checked(knobs, loss, similarity, normalize, batch_size, max_tokens)
         unsplit = knobs["projection"] == "kronecker" or knobs["blocks"] == "whole" or not dim
         super().__init__(
             preset=str(preset),
@@ -278,6 +256,34 @@ class GradSim(Method):
                 store.setdefault(block, {}).update(zip(new, rows, strict=True))
         queries = torch.stack([torch.cat([store[b][i] for b in self.blocks]) for i in ids])
         return self.scorer.score(queries[:, None])
+
+
+def _checked(knobs: dict, loss: str, similarity: str, normalize: str, batch_size: int, max_tokens) -> tuple:
+    """The parameter groups and projection dimension of valid settings; an error names a bad one."""
+    groups = [knobs["params"]] if isinstance(knobs["params"], str) else list(knobs["params"])
+    for option, value, choices in (
+        ("projection", knobs["projection"], (*PROJECTIONS, "kronecker")),
+        ("blocks", knobs["blocks"], BLOCKS),
+        ("allocation", knobs["allocation"], ALLOCATIONS),
+        ("loss", loss, QUERY_LOSSES),
+        ("similarity", similarity, SIMILARITIES),
+        ("normalize", normalize, NORMALISATIONS),
+        *(("params", group, ("all", *GROUPS)) for group in groups),
+    ):
+        check_choice("grad_sim", option, value, choices)
+    groups = list(GROUPS) if "all" in groups else groups
+    dim = knobs["projection_dim"] or 0
+    if dim < 0 or batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(
+            f"method 'grad_sim': projection_dim ({dim}) must be >= 0 (0/None = exact), "
+            f"batch_size ({batch_size}) >= 1 and max_tokens ({max_tokens}) >= 1 or None"
+        )
+    if knobs["projection"] == "kronecker" and (not dim or knobs["blocks"] != "parameter"):
+        raise ValueError(
+            "method 'grad_sim': projection 'kronecker' gives each Linear weight its own k x k block: "
+            f"it needs a projection_dim (got {dim}) and blocks='parameter' (not {knobs['blocks']!r})"
+        )
+    return groups, dim
 
 
 def seed_preset(preset: str | None, knobs: dict) -> dict:

@@ -79,9 +79,8 @@ class HopsData:
         options = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         super().__init__()
         if generated_name(corpus_path) is None and not Path(corpus_path).is_file():
-            path = repr(str(corpus_path))
             raise ValueError(
-                f"corpus_path {path} is not a file; pass a HOPS JSONL path, generated:NAME or None"
+                f"corpus_path {str(corpus_path)!r} is not a file; give a HOPS JSONL, generated:NAME or None"
             )
         query_template(query_format)
         check_inputs(range(1, 101) if inputs is None else inputs)
