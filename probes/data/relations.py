@@ -85,6 +85,15 @@ def resolve_functions(
             target[name] = base_field[name]
         else:  # no direct target given (a base_func naming the chain's base is checked below)
             target[name] = _infer_target(name, depth[name], rows[name], depth, where)
+    _check_chains(rows, target, depth, const, base_field, bad)
+    order = sorted(rows, key=lambda n: (depth[n], n))
+    return {
+        n: Function(n, role[n], depth[n], target[n], const[n], tuple(d.index for d in rows[n])) for n in order
+    }
+
+
+def _check_chains(rows: dict, target: dict, depth: dict, const: dict, base_field: dict, bad) -> None:
+    """Every wrap chain ends at a base, one hop_depth a step, and returns its base's constant."""
     for name in rows:  # cycles first: along a cycle the depth check below would report a less useful error
         path = [name]
         while (nxt := target[path[-1]]) is not None:
@@ -106,7 +115,3 @@ def resolve_functions(
                 name, "constant", f"{name} has two constants: its rows say {const[name]} but its base {base} "
                 f"returns {const[base]} ({_lines(d.line for d in rows[base])}); a wrapper returns its base's",
             )  # fmt: skip
-    order = sorted(rows, key=lambda n: (depth[n], n))
-    return {
-        n: Function(n, role[n], depth[n], target[n], const[n], tuple(d.index for d in rows[n])) for n in order
-    }
