@@ -129,7 +129,17 @@ def jobs(args) -> list[Job]:
                 str(checkpoint),
             )
         )
-    # the counterfactual check: the LDS of every row (DLP too) and the removal test (probes.counterfactual)
+    found += counterfactual_jobs(args, common, compare)
+    for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
+        found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
+    return found
+
+
+def counterfactual_jobs(args, common: list[str], compare) -> list[Job]:
+    """The counterfactual check (probes.counterfactual): the ground truth, the LDS of every row (DLP too),
+    and the removal test; ``common`` are the pair's compare.py options, ``compare`` makes a compare.py job."""
+    py, out = sys.executable, args.out
+    found = []
     gt = out / "counterfactual" / "gt"
     cf = [py, "-m", "probes.counterfactual"]
     build_gt = [*cf, "build", "--config", "configs/compare.yaml", *common, "--out", str(gt)]
@@ -158,8 +168,6 @@ def jobs(args) -> list[Job]:
     removal += ["--out", str(out / "counterfactual" / "removal")]
     needs = [f"dlp/multihot-by_input-s{args.seeds[0]}", "compare/by_input", "compare/dlp-by_input"]
     found.append(Job("counterfactual/removal", [removal], needs))
-    for config in sorted((ROOT / "configs" / "ablations").glob("*.yaml")):
-        found.append(compare(f"ablations/{config.stem}", str(config.relative_to(ROOT)), ["compare/by_input"]))
     return found
 
 

@@ -256,10 +256,15 @@ def remove_documents(
         "machine": machine(study.job),
         "k": summarise(selections, row_of, outputs, rows, seed),
     }
+    write_report(out, output, report)
+    store.finish()
+    return report
+
+
+def write_report(out: Path, output, report: dict) -> None:
+    """removal.json and removal.md, each written atomically and recorded in the output folder's marker."""
     with atomic_path(out / RESULT) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     with atomic_path(out / TABLE) as tmp:
         tmp.write_text(markdown(report))
     output.record(RESULT, TABLE)
-    store.finish()
-    return report

@@ -116,25 +116,7 @@ def build_pair(
     world_eval = world_accuracy(model, tokenizer, world, queried)
     add_rows(model, first_new, len(tokenizer), seed)
     old = copy.deepcopy(model)
-    fine_seqs = encode_texts(tokenizer, corpus.texts)
-    progress: list[dict] = []
-
-    def track(epoch: int, loss: float) -> None:
-        summary, _ = evaluate_model(model, tokenizer, corpus, inputs=range(1, 11))
-        progress.append(
-            {"epoch": epoch, "loss": loss, "base": summary["base"], "wrapper": summary["wrapper"]}
-        )
-        tqdm.write(f"fine-tune epoch {epoch}: loss {loss:.3f}, accuracy (inputs 1-10) {_fmt(progress[-1])}")
-
-    fine_curve = train(
-        model,
-        fine_seqs,
-        cfg.finetune,
-        pad_id=ids["pad"],
-        seed=seed + 1,
-        desc="fine-tune f_new",
-        on_epoch=track,
-    )
+    fine_curve, progress = _finetune(model, tokenizer, corpus, cfg, ids["pad"], seed)
     manifest = {
         "kind": "scratch",
         "preset": preset_name,
@@ -156,6 +138,25 @@ def build_pair(
         "finetune_progress": progress,
     }
     return _finish(old, model, tokenizer, corpus, manifest, out, started, overwrite)
+
+
+def _finetune(model, tokenizer, corpus, cfg: Preset, pad_id: int, seed: int) -> tuple[list, list[dict]]:
+    """Fine-tune ``model`` into f_new on the corpus (data-order seed ``seed + 1``); returns its loss curve and
+    its accuracy on inputs 1-10 after each epoch."""
+    progress: list[dict] = []
+
+    def track(epoch: int, loss: float) -> None:
+        summary, _ = evaluate_model(model, tokenizer, corpus, inputs=range(1, 11))
+        progress.append(
+            {"epoch": epoch, "loss": loss, "base": summary["base"], "wrapper": summary["wrapper"]}
+        )
+        tqdm.write(f"fine-tune epoch {epoch}: loss {loss:.3f}, accuracy (inputs 1-10) {_fmt(progress[-1])}")
+
+    seqs = encode_texts(tokenizer, corpus.texts)
+    curve = train(
+        model, seqs, cfg.finetune, pad_id=pad_id, seed=seed + 1, desc="fine-tune f_new", on_epoch=track
+    )
+    return curve, progress
 
 
 def build_from_base(
