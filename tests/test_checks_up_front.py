@@ -1,6 +1,6 @@
 """Every check that can fail runs before the expensive work, and says what to do (issue 25): layer options
-against the pair, DLP provenance, writable folders, document lengths in ``lm build``, equal f_old and f_new,
-pickled files; and the weights of a pair ``lm build`` wrote are checked by content on every load."""
+against the pair, DLP provenance, writable folders, document lengths in ``pairs build``, equal f_old and
+f_new, pickled files; and the weights of a pair ``pairs build`` wrote are checked by content on every load."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def long_corpus(path: Path, text: str) -> Path:
 def test_lm_build_refuses_a_document_longer_than_its_positions_before_training(
     tmp_path, capsys, monkeypatch, text
 ):
-    """Regression (issue 25): ``lm build --preset micro`` trained on a document longer than its positions
+    """Regression (issue 25): ``pairs build --preset micro`` trained on a document longer than its positions
     (rc 0), and a 1M-word document asked for 9 TB and died with a traceback."""
     corpus = long_corpus(tmp_path / "long.jsonl", text)
     monkeypatch.setattr(build_module, "train", lambda *a, **k: pytest.fail("trained before refusing"))
@@ -138,7 +138,7 @@ def test_lm_build_from_a_base_refuses_a_long_document_before_loading_its_weights
 
 
 def test_a_pair_built_by_lm_build_is_checked_by_content_on_load(corpus_path, tmp_path):
-    """Regression (issue 25): a same-size corrupt model.safetensors of a pair from ``lm build`` was used
+    """Regression (issue 25): a same-size corrupt model.safetensors of a pair from ``pairs build`` was used
     silently: its manifest had no file checksums (the default pair's had)."""
     from probes.lm.load import load_pair
 

@@ -145,7 +145,7 @@ def test_compare_scores_reversed_row_or_row_of_wrong_shape_is_refused(cfg, tmp_p
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
 def test_lm_build_never_overwrites_a_foreign_manifest_or_old_notes(tmp_path, capsys, monkeypatch, overwrite):
-    """Regression (issue 25): ``lm build --out`` with a foreign manifest.json and old/notes overwrote both:
+    """Regression (issue 25): ``pairs build --out`` with a foreign manifest.json and old/notes overwrote both:
     the marker check only tested that a manifest.json existed."""
     from lm_fixtures import micro_rows
 
