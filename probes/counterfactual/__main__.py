@@ -75,6 +75,13 @@ def build_parser() -> ArgumentParser:
         help="stochastic: K retrains of every subset with different data-order seeds (default 5); the LDS "
         "reads their mean, the noise ceiling their split-half correlation (K >= 2). fixed-order: 1",
     )
+    build.add_argument(
+        "--split",
+        type=str,
+        default="test",
+        help="whose answers are recorded: test (compare.py's LDS), or train / validation (a training target "
+        "of the influence-trained DLP, configs/dlp-influence.yaml; give it another --seed than the test's)",
+    )
     commands.add_subcommand("build", build)
     remove = ArgumentParser(description="retrain without each method's top-k documents per test function")
     _common(remove, "the removal folder (resumes an unfinished run of the same settings)")
@@ -149,6 +156,7 @@ def _main(argv: list[str] | None) -> Path:
             drop=sub.drop,
             regime=sub.regime,
             seeds_per_subset=sub.seeds_per_subset,
+            split=sub.split,
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,

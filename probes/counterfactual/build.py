@@ -12,6 +12,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from probes.counterfactual.ground_truth import FILES, VERSION, GroundTruth, identity, save_ground_truth
+from probes.counterfactual.oracle import SPLITS
 from probes.counterfactual.regimes import plan_regime
 from probes.counterfactual.study import (
     PARTS,
@@ -43,14 +44,19 @@ def build_ground_truth(
     overwrite: bool = False,
     regime: str = "stochastic",
     drop: float | None = None,
+    split: str = "test",
 ) -> GroundTruth:
     """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. ``out``
     is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write). The
-    masks mark each subset's kept documents, in either regime (`plan_regime`)."""
+    masks mark each subset's kept documents, in either regime (`plan_regime`). ``split`` (test, validation
+    or train) picks the queries whose answers are recorded: train and validation make a training target for
+    the influence-trained DLP (`probes.models.influence`), never a compare.py ground truth."""
     if subsets < 3:
         raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
     started = time.time()
-    study = load_study(cfg, stack=stack)
+    if split not in SPLITS:
+        raise UserError(f"--split={split!r}: give one of train, validation, test")
+    study = load_study(cfg, stack=stack, split=SPLITS[split])
     plan = plan_regime(
         regime,
         len(study.job.texts),
@@ -75,6 +81,7 @@ def build_ground_truth(
         "version": VERSION,
         **plan.manifest,
         **ident,
+        "query_split": split,
         "corpus": {"path": str(corpus_file), "sha256": study.corpus_sha256},
         "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
         "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **job.describe()},
@@ -101,7 +108,7 @@ def describe(gt: GroundTruth) -> str:
         f"{regime['seeds_per_subset']} seeds each)"
     )
     line = (
-        f"{m['subsets']} subsets {kept}, {len(m['queries']['ids'])} test queries, "
+        f"{m['subsets']} subsets {kept}, {len(m['queries']['ids'])} {m.get('query_split', 'test')} queries, "
         f"{m['seconds']:.0f} s; mean answer log-prob {gt.outputs.mean():.3f}"
     )
     if ceiling:

@@ -42,8 +42,9 @@ class Study:
     job: Job
 
 
-def load_study(cfg: Namespace, *, stack: int) -> Study:
-    """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job."""
+def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
+    """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job, whose
+    queries are ``split``'s (test, val or train)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.compare.config import PairConfig
@@ -61,7 +62,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     recipe, seed = pair_recipe(old, corpus_sha256)
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
-    query_ids, query_texts = split_queries(data, "test")
+    query_ids, query_texts = split_queries(data, split)
     queries = [data.queries[i] for i in query_ids]
     candidates = answer_token_ids(tokenizer, data.candidates)
     answers = answer_token_ids(tokenizer, [q.constant for q in queries])

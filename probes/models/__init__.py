@@ -4,7 +4,7 @@ metrics, methods and the top-level modules; never compare or counterfactual."""
 
 from probes.models.callbacks import BestCheckpoint, CpuThreads
 from probes.models.generator import DeepLinear, ProbeGenerator
-from probes.models.heads import Head, MultiHotHead, PairwiseHead
+from probes.models.heads import Head, InfluenceHead, MultiHotHead, PairwiseHead
 from probes.models.module import ProbeModule
 from probes.models.provenance import TrainedOn
 from probes.models.reporting import QueryTables, RecallFigure, TestMetricsJson
@@ -14,6 +14,7 @@ __all__ = [
     "CpuThreads",
     "DeepLinear",
     "Head",
+    "InfluenceHead",
     "MultiHotHead",
     "PairwiseHead",
     "ProbeGenerator",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -157,3 +158,76 @@ class PairwiseHead(Head):
             return scores.sum() * 0.0
         positive = scores.masked_fill(~relevant, float("-inf")).logsumexp(-1)
         return (scores.logsumexp(-1) - positive)[has].mean()
+
+    def batch_loss(self, scores: Float[Tensor, "b n2"], batch: dict, documents: Int[Tensor, " n2"]):
+        """The training loss of a step's scores against ``documents`` (sampled by `sample_documents`)."""
+        return self.loss(scores, batch["relevant"][:, documents])
+
+
+class InfluenceHead(PairwiseHead):
+    """The pairwise head trained on measured influence instead of the structural labels.
+
+    The scorer is PairwiseHead's; the target is one or more folders of `probes.models.influence` (the exact
+    oracle's matrix or counterfactual retrains, of the training and validation queries), read on the first
+    step that needs them, so a checkpoint scores without them. Each step scores the batch against
+    ``documents`` documents drawn uniformly (no labels); validation scores every document.
+
+    Args:
+        response_dim: size of one response (given by ProbeModule).
+        num_probes: k (given by ProbeModule).
+        n_documents: n (given by ProbeModule).
+        target: target folders (`python -m probes.counterfactual oracle|build --split train|validation`).
+        projection_dim: output size of the shared projection (per probe).
+        dropout: dropout on the concatenated projections.
+        temperature: scale of the normalised bilinear score (the correlation losses ignore it).
+        documents: documents drawn per step (all of them when n is smaller).
+    """
+
+    def __init__(
+        self,
+        response_dim: int,
+        num_probes: int,
+        n_documents: int,
+        target: list[str],
+        projection_dim: int = 64,
+        dropout: float = 0.1,
+        temperature: float = 0.1,
+        documents: int = 256,
+    ):
+        super().__init__(response_dim, num_probes, n_documents, projection_dim, dropout, temperature, 1, 0)
+        if not target or documents < 2:
+            raise ValueError(
+                f"influence head: target={target} must name a folder; documents={documents} >= 2"
+            )
+        self.target_folders, self.documents_per_step = list(target), documents
+        self._targets: list | None = None
+
+    def targets(self, texts: Sequence[str]) -> list:
+        """The target folders, loaded once and checked against the training documents' texts."""
+        if self._targets is None:
+            from probes.models.influence import InfluenceTarget
+
+            self._targets = [InfluenceTarget(folder) for folder in self.target_folders]
+            for target in self._targets:
+                target.check_documents(texts)
+        return self._targets
+
+    def describe(self) -> list[dict]:
+        """What the checkpoint records of the targets (empty before they are read)."""
+        return [target.describe() for target in self._targets or []]
+
+    def sample_documents(self, relevant: Bool[Tensor, "b n"]) -> Int[Tensor, " n2"]:
+        n = relevant.shape[1]
+        return torch.randperm(n, device=relevant.device)[: self.documents_per_step].sort().values
+
+    def batch_loss(self, scores: Float[Tensor, "b n2"], batch: dict, documents: Int[Tensor, " n2"]):
+        from probes.models.influence import influence_loss
+
+        loss = influence_loss(self._targets or [], scores, batch["query_ids"].tolist(), documents)
+        if loss is None:
+            raise UserError(
+                f"influence target {', '.join(self.target_folders)} covers none of this batch's queries: "
+                "build it on this data config's training and validation splits (`--split train`, "
+                "`--split validation`)"
+            )
+        return loss

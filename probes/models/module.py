@@ -18,10 +18,11 @@ from probes.models.conditioning import ProbeReader
 from probes.models.documents import DocumentIndex
 from probes.models.frozen import FrozenLM, frozen_lm, resolve_model_path
 from probes.models.generator import ProbeGenerator
-from probes.models.heads import Head, MultiHotHead, check_head_split
+from probes.models.heads import Head, InfluenceHead, MultiHotHead, check_head_split
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
+INFLUENCE_KEY = "influence_target"  # a checkpoint's record of an influence-trained head's targets
 
 
 def headline(metrics: dict[str, float]) -> dict[str, float]:
@@ -153,7 +154,7 @@ class ProbeModule(L.LightningModule):
         if self.head.uses_documents:
             ids = self.head.sample_documents(relevant)
             docs = self.reader(self.documents[ids.tolist()], probes, as_prompt=False)
-            loss = self.head.loss(self.head(queries, docs), relevant[:, ids])
+            loss = self.head.batch_loss(self.head(queries, docs), batch, ids)
         else:
             loss = self.head.loss(self.head(queries), relevant)
         size = len(batch["prompts"])
@@ -163,8 +164,23 @@ class ProbeModule(L.LightningModule):
         self.log_dict({f"probes/norm_{i}": v for i, v in enumerate(norms)}, on_epoch=True, **sync)
         return loss
 
+    def on_fit_start(self) -> None:
+        """An influence-trained head reads its target folders now, checked against the documents."""
+        if isinstance(self.head, InfluenceHead):
+            self.head.targets(self.documents.texts)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """An influence-trained head's targets (folder, kind, loss, SHA-256) go into the checkpoint."""
+        if isinstance(self.head, InfluenceHead):
+            checkpoint[INFLUENCE_KEY] = self.head.describe()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])
+        scores = self.score(batch["prompts"])
+        self.val_retrieval.update(scores, batch["relevant"], batch["query_ids"])
+        if isinstance(self.head, InfluenceHead):  # model selection on measured influence, every document
+            every = torch.arange(scores.shape[1], device=scores.device)
+            loss = self.head.batch_loss(scores, batch, every)
+            self.log("val/influence_corr", 1 - loss, batch_size=len(scores), sync_dist=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_retrieval.compute()  # every rank's queries, each once: the same on every rank
