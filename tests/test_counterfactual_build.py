@@ -189,3 +189,46 @@ def test_a_file_put_into_parts_during_the_build_is_kept(counterfactual_world, tm
     assert (out / "parts" / "notes.txt").read_text() == "precious"
     assert not list((out / "parts").glob("row-*")) and not (out / "plan.json").exists()
     load_ground_truth(out)
+
+
+def test_a_training_split_build_records_the_training_queries_and_is_no_test_ground_truth(
+    counterfactual_world, tmp_path
+):
+    from probes.models.influence import InfluenceTarget
+
+    config = counterfactual_world["config"]
+    build(
+        config,
+        tmp_path / "train",
+        "--subsets",
+        "3",
+        "--seeds-per-subset",
+        "1",
+        "--split",
+        "train",
+        "--seed",
+        "1",
+    )
+    data = HopsData(
+        corpus_path=str(counterfactual_world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4
+    ).prepare()
+    gt = load_ground_truth(tmp_path / "train")
+    assert gt.manifest["query_split"] == "train" and gt.manifest["seeds"]["subsets"] == 1
+    assert gt.manifest["queries"]["ids"] == split_queries(data, "train")[0] != split_queries(data, "test")[0]
+    target = InfluenceTarget(tmp_path / "train")  # the influence-trained DLP's target
+    assert sorted(target.rows) == sorted(split_queries(data, "train")[0])
+    target.check_documents(data.corpus.texts)
+    with pytest.raises(UserError, match="does not belong to this run"):
+        load_compare().main(
+            [
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--counterfactual",
+                str(tmp_path / "train"),
+                "--debug",
+            ]
+        )
+    with pytest.raises(UserError, match="--split='dev'"):
+        build(config, tmp_path / "dev", "--subsets", "3", "--split", "dev")
