@@ -48,11 +48,8 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
     )
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m probes.counterfactual", description=__doc__, default_meta=False)
-    commands = parser.add_subcommands(dest="command")
-    build = ArgumentParser(description="retrain on random subsets: the LDS ground truth")
-    _common(build, "the ground-truth folder (resumes an unfinished build of the same settings)")
+def _build_options(build: ArgumentParser) -> None:
+    """build's subsets, regime, kept share, seeds per subset and query split."""
     build.add_argument("--subsets", type=int, default=32, help="M: random subsets, one retrain each")
     build.add_argument(
         "--regime",
@@ -82,6 +79,14 @@ def build_parser() -> ArgumentParser:
         help="whose answers are recorded: test (compare.py's LDS), or train / validation (a training target "
         "of the influence-trained DLP, configs/dlp-influence.yaml; give it another --seed than the test's)",
     )
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m probes.counterfactual", description=__doc__, default_meta=False)
+    commands = parser.add_subcommands(dest="command")
+    build = ArgumentParser(description="retrain on random subsets: the LDS ground truth")
+    _common(build, "the ground-truth folder (resumes an unfinished build of the same settings)")
+    _build_options(build)
     commands.add_subcommand("build", build)
     remove = ArgumentParser(description="retrain without each method's top-k documents per test function")
     _common(remove, "the removal folder (resumes an unfinished run of the same settings)")

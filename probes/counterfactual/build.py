@@ -12,7 +12,6 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from probes.counterfactual.ground_truth import FILES, VERSION, GroundTruth, identity, save_ground_truth
-from probes.counterfactual.oracle import SPLITS
 from probes.counterfactual.regimes import plan_regime
 from probes.counterfactual.study import (
     PARTS,
@@ -48,15 +47,12 @@ def build_ground_truth(
 ) -> GroundTruth:
     """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. ``out``
     is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write). The
-    masks mark each subset's kept documents, in either regime (`plan_regime`). ``split`` (test, validation
-    or train) picks the queries whose answers are recorded: train and validation make a training target for
-    the influence-trained DLP (`probes.models.influence`), never a compare.py ground truth."""
+    masks mark each subset's kept documents, in either regime (`plan_regime`). ``split``: whose answers
+    are recorded (test; train or validation: a target of the influence-trained DLP's head)."""
     if subsets < 3:
         raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
     started = time.time()
-    if split not in SPLITS:
-        raise UserError(f"--split={split!r}: give one of train, validation, test")
-    study = load_study(cfg, stack=stack, split=SPLITS[split])
+    study = load_study(cfg, stack=stack, split=split)
     plan = plan_regime(
         regime,
         len(study.job.texts),

@@ -44,11 +44,12 @@ class Study:
 
 def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
     """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job, whose
-    queries are ``split``'s (test, val or train)."""
+    queries are ``split``'s (test, validation or train)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.compare.config import PairConfig
     from probes.counterfactual.ground_truth import split_queries
+    from probes.counterfactual.oracle import SPLITS
     from probes.data.hops import HopsData
     from probes.hashing import file_sha256
     from probes.lm.scoring import answer_token_ids
@@ -62,7 +63,9 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
     recipe, seed = pair_recipe(old, corpus_sha256)
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
-    query_ids, query_texts = split_queries(data, split)
+    if split not in SPLITS:
+        raise UserError(f"--split={split!r}: give one of train, validation, test")
+    query_ids, query_texts = split_queries(data, SPLITS[split])
     queries = [data.queries[i] for i in query_ids]
     candidates = answer_token_ids(tokenizer, data.candidates)
     answers = answer_token_ids(tokenizer, [q.constant for q in queries])
