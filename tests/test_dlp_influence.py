@@ -10,6 +10,7 @@ import pytest
 import torch
 from dlp_fixtures import run_cli
 from safetensors.torch import save_file
+from test_dlp_method import check_method_scores_match_the_module
 
 from probes.counterfactual.ground_truth import GroundTruth, save_ground_truth
 from probes.errors import UserError
@@ -146,7 +147,8 @@ def test_influence_trained_dlp_recovers_a_synthetic_influence_on_held_out_functi
         "--trainer.check_val_every_n_epoch=20",
     )
     cli = run_cli(micro_world, "fit", target, *args, config=CONFIG)
-    checkpoint = torch.load(in_tmp / "lightning_logs" / "dlp-influence" / "best.ckpt", weights_only=False)
+    best = in_tmp / "lightning_logs" / "dlp-influence" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=False)
     assert [t["kind"] for t in checkpoint["influence_target"]] == ["counterfactual", "counterfactual"]
     assert checkpoint["hyper_parameters"]["head"]["class_path"].endswith("InfluenceHead")
     _, masks, outputs, ids = gts["test"]
@@ -155,6 +157,7 @@ def test_influence_trained_dlp_recovers_a_synthetic_influence_on_held_out_functi
     with torch.no_grad():
         predicted = student.score([dm.queries[i].prompt for i in ids])
     assert lds_per_query(predicted, masks, outputs).nanmean() >= 0.9
+    check_method_scores_match_the_module(cli, best, micro_world)  # compare.py's dlp row scores it alike
     # an untrained DLP of another seed reaches ~0.7 (documents' responses share structure across probes), not
     # 0.9: the fit, not the architecture alone, recovers the target
     assert lds_per_query(untrained_scores(micro_world, 7)[1][ids], masks, outputs).nanmean() < 0.8
