@@ -213,7 +213,21 @@ def test_a_training_split_build_records_the_training_queries_and_is_no_test_grou
         corpus_path=str(counterfactual_world["corpus"]), inputs=[1, 2, 3], test_fraction=0.4
     ).prepare()
     gt = load_ground_truth(tmp_path / "train")
-    assert gt.manifest["query_split"] == "train" and gt.manifest["seeds"]["subsets"] == 1
+    assert gt.manifest["query_split"] == "train"
+    # never the retrains of a test ground truth: other subsets (seed 1 moved), other data orders
+    test_plan = regimes.plan_regime(
+        "stochastic",
+        gt.masks.shape[1],
+        subsets=3,
+        fraction=0.5,
+        drop=None,
+        seeds_per_subset=1,
+        seed=1,
+        recipe_seed=gt.manifest["seeds"]["data_order"][0] - 500,
+    )
+    assert gt.manifest["seeds"]["subsets"] == 1 + 2 * regimes.SPLIT_SEED_OFFSET
+    assert not torch.equal(gt.masks, test_plan.masks)
+    assert gt.manifest["seeds"]["data_order"] != test_plan.manifest["seeds"]["data_order"]
     assert gt.manifest["queries"]["ids"] == split_queries(data, "train")[0] != split_queries(data, "test")[0]
     target = InfluenceTarget(tmp_path / "train")  # the influence-trained DLP's target
     assert sorted(target.rows) == sorted(split_queries(data, "train")[0])

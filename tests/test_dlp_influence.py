@@ -158,6 +158,11 @@ def test_influence_trained_dlp_recovers_a_synthetic_influence_on_held_out_functi
         predicted = student.score([dm.queries[i].prompt for i in ids])
     assert lds_per_query(predicted, masks, outputs).nanmean() >= 0.9
     check_method_scores_match_the_module(cli, best, micro_world)  # compare.py's dlp row scores it alike
+    validated = run_cli(micro_world, "validate", target, f"--ckpt_path={best}", config=CONFIG)
+    # validate reads the targets outside fit too, and the best checkpoint scores what selected it
+    (selected,) = [v["best_model_score"] for v in checkpoint["callbacks"].values() if "best_model_score" in v]
+    got = validated.trainer.callback_metrics["val/influence_corr"]
+    assert got == pytest.approx(float(selected), abs=1e-5)
     # an untrained DLP of another seed reaches ~0.7 (documents' responses share structure across probes), not
     # 0.9: the fit, not the architecture alone, recovers the target
     assert lds_per_query(untrained_scores(micro_world, 7)[1][ids], masks, outputs).nanmean() < 0.8

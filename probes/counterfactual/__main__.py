@@ -77,7 +77,8 @@ def _build_options(build: ArgumentParser) -> None:
         type=str,
         default="test",
         help="whose answers are recorded: test (compare.py's LDS), or train / validation (a training target "
-        "of the influence-trained DLP, configs/dlp-influence.yaml; give it another --seed than the test's)",
+        "of the influence-trained DLP, configs/dlp-influence.yaml; its subsets and data orders are never "
+        "a test build's)",
     )
 
 

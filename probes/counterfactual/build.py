@@ -12,7 +12,8 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from probes.counterfactual.ground_truth import FILES, VERSION, GroundTruth, identity, save_ground_truth
-from probes.counterfactual.regimes import plan_regime
+from probes.counterfactual.oracle import SPLITS
+from probes.counterfactual.regimes import plan_regime, split_seeds
 from probes.counterfactual.study import (
     PARTS,
     PLAN,
@@ -60,8 +61,7 @@ def build_ground_truth(
         fraction=fraction,
         drop=drop,
         seeds_per_subset=seeds_per_subset,
-        seed=seed,
-        recipe_seed=study.recipe_seed,
+        **split_seeds(SPLITS[split], regime, seed, study.recipe_seed),
     )
     ident = identity(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new

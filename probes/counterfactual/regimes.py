@@ -22,6 +22,10 @@ DEFAULT_FRACTION = 0.5  # the stochastic regime's kept share when --fraction is 
 DEFAULT_SEEDS = 5  # the stochastic regime's K when --seeds-per-subset is not given
 # the data-order seed of a subset's k-th retrain: the recipe's seed + k * this (k = 0: f_new's own order)
 SEED_STRIDE = 1000
+# a build recording the train or validation queries (an influence-trained DLP's target) never retrains what
+# a test ground truth of the same --seed retrains: its subsets' seed moves by this times the split's index,
+# and in the stochastic regime its data orders by SEED_STRIDE // 4 times it (between the test's, never on one)
+SPLIT_INDEX, SPLIT_SEED_OFFSET = {"test": 0, "val": 1, "train": 2}, 1_000_000
 
 
 @dataclass
@@ -35,6 +39,14 @@ class RegimePlan:
     seeds_per_subset: int
     manifest: dict
     in_place: bool = False
+
+
+def split_seeds(split: str, regime: str, seed: int, recipe_seed: int) -> dict:
+    """`plan_regime`'s ``seed`` and ``recipe_seed`` for a build that records ``split``'s queries (test, val or
+    train): the test's own, the others offset so that their retrains are never the test's."""
+    k = SPLIT_INDEX[split]
+    orders = recipe_seed + (k * SEED_STRIDE // 4 if regime == "stochastic" else 0)  # fixed-order: f_new's own
+    return {"seed": seed + k * SPLIT_SEED_OFFSET, "recipe_seed": orders}
 
 
 def _subsets(n: int, subsets: int, fraction: float, seed: int, option: str) -> tuple[list, int]:

@@ -165,9 +165,12 @@ class ProbeModule(L.LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
-        """An influence-trained head reads its target folders now, checked against the documents."""
+        """An influence-trained head reads its target folders now (fit or validate), checked against the
+        documents."""
         if isinstance(self.head, InfluenceHead):
             self.head.targets(self.documents.texts)
+
+    on_validation_start = on_fit_start
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """An influence-trained head's targets (folder, kind, loss, SHA-256) go into the checkpoint."""
