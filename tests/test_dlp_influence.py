@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from dlp_fixtures import run_cli
 from safetensors.torch import save_file
 from test_dlp_method import check_method_scores_match_the_module
@@ -151,6 +152,11 @@ def test_influence_trained_dlp_recovers_a_synthetic_influence_on_held_out_functi
     checkpoint = torch.load(best, weights_only=False)
     assert [t["kind"] for t in checkpoint["influence_target"]] == ["counterfactual", "counterfactual"]
     assert checkpoint["hyper_parameters"]["head"]["class_path"].endswith("InfluenceHead")
+    logged = yaml.safe_load(
+        next((in_tmp / "lightning_logs" / "dlp-influence").glob("version_*/hparams.yaml")).read_text()
+    )
+    assert logged["influence_target/0/kind"] == "counterfactual"
+    assert logged["influence_target/1/folder"] == str(gts["val"][0])
     _, masks, outputs, ids = gts["test"]
     assert not set(ids) & set(dm.split_ids["train"].tolist())  # held-out functions
     student = cli.model.eval()

@@ -169,6 +169,12 @@ class ProbeModule(L.LightningModule):
         documents."""
         if isinstance(self.head, InfluenceHead):
             self.head.targets(self.documents.texts)
+            if self.logger is not None and self.trainer.state.fn == "fit":  # the run's hparams name them too
+                described = enumerate(self.head.describe())
+                keys = ("folder", "kind", "loss", "sha256")
+                self.logger.log_hyperparams(
+                    {f"{INFLUENCE_KEY}/{i}/{k}": d[k] for i, d in described for k in keys}
+                )
 
     on_validation_start = on_fit_start
 
