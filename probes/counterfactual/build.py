@@ -47,9 +47,8 @@ def build_ground_truth(
     split: str = "test",
 ) -> GroundTruth:
     """Retrain, then write ``out/ground_truth.safetensors`` and ``out/manifest.json``; resumable. ``out``
-    is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write). The
-    masks mark each subset's kept documents, in either regime (`plan_regime`). ``split``: whose answers
-    are recorded (test; train or validation: a target of the influence-trained DLP's head)."""
+    is claimed as `probes.outputs.claim_output` does (``overwrite``: beside files it did not write). Masks:
+    the kept documents, either regime. ``split``: whose answers are recorded (train, validation: DLP use)."""
     if subsets < 3:
         raise UserError(f"--subsets={subsets}: the LDS is a rank correlation over subsets; give at least 3")
     started = time.time()
