@@ -14,6 +14,7 @@ from jsonargparse import ActionYesNo, ArgumentParser
 
 from probes.compare.config import PairConfig, add_study_arguments
 from probes.errors import check_writable_folder, cli_main
+from probes.pairs.overlay import expand
 
 
 def _base(parser: ArgumentParser, out_help: str) -> None:
@@ -25,6 +26,13 @@ def _base(parser: ArgumentParser, out_help: str) -> None:
         action=ActionYesNo,
         default=False,
         help="write beside other files in the output folder (kept: only files its marker records go)",
+    )
+    parser.add_argument(
+        "--recipe",
+        type=str | None,
+        default=None,
+        help="a recipe YAML (e.g. configs/recipes/hops-upstream.yaml) for a pair this project did not build "
+        "(default: the pair's build manifest)",
     )
 
 
@@ -119,7 +127,7 @@ def _main(argv: list[str] | None) -> Path:
     from probes.counterfactual import build, ground_truth, oracle, remove
     from probes.counterfactual.study import claim
 
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser().parse_args(expand(argv, "counterfactual"))  # a pair overlay: these keys
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)

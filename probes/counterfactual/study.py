@@ -58,7 +58,7 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
     old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
     corpus_sha256 = file_sha256(corpus_file)
-    recipe, seed = pair_recipe(old, corpus_sha256)
+    recipe, seed = pair_recipe(old, corpus_sha256, cfg.get("recipe"))
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, "test")
