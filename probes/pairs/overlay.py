@@ -13,11 +13,10 @@ import yaml
 
 from probes.errors import UserError
 
-ENTRIES = ("train_probe", "compare", "counterfactual")
 KEYS = {"pair", "dlp", "methods", "recipe"}  # an overlay's top-level keys; "pair" marks a file as one
 PAIR_KEYS = {
     "f_old", "f_new", "corpus_path", "dtype", "device",  # the pair and the corpus it was fine-tuned on
-    "feature_batch_size", "feature_max_tokens", "score_batch_size",  # compare.py's and counterfactual's model.*
+    "feature_batch_size", "feature_max_tokens", "score_batch_size",  # compare's and counterfactual's model.*
     "document_batch_size",  # the DLP's model.document_batch_size
 }  # fmt: skip
 COMPARE_MODEL = {"f_old": "old", "f_new": "new", "dtype": "dtype", "device": "device"} | {
@@ -26,7 +25,7 @@ COMPARE_MODEL = {"f_old": "old", "f_new": "new", "dtype": "dtype", "device": "de
 
 
 def read(path: str) -> dict[str, Any] | None:
-    """The overlay at ``path``, checked; None when ``path`` is not a YAML file whose top level has ``pair``."""
+    """The overlay at ``path``, checked; None unless ``path`` is a YAML file whose top level has ``pair``."""
     file = Path(path)
     if not file.is_file() or file.suffix not in (".yaml", ".yml"):
         return None
@@ -108,8 +107,8 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 def expand(argv: list[str] | None, entry: str) -> list[str] | None:
     """``argv`` with each ``--config OVERLAY`` replaced by the overlay translated for ``entry`` (as YAML
     text, which ``--config`` accepts); plain configs pass unchanged, their ``methods`` are what a later
-    overlay's label-keyed overrides apply to, and a flag after the overlay overrides it. ``argv`` None: ``sys.argv`` is rewritten in place (LightningCLI
-    warns when given both) and None returned."""
+    overlay's label-keyed overrides apply to, and a flag after the overlay overrides it. ``argv`` None:
+    ``sys.argv`` is rewritten in place (LightningCLI warns when given both) and None returned."""
     args = list(sys.argv[1:] if argv is None else argv)
     methods: list[dict] = []
     after = "compare"  # the last plain config's name
