@@ -54,6 +54,19 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         default=None,
         help="processes sharing the retrains on a CPU (default: one per core, one thread each)",
     )
+    parser.add_argument(
+        "--executor",
+        type=str,
+        default="local",
+        help="local: here (--workers processes on a CPU); ray: each chunk of retrains a Ray task holding "
+        "one GPU (one CPU on a CPU) on a local Ray or --ray-address's cluster (pip install 'probes[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        type=str | None,
+        default=None,
+        help="an existing Ray cluster's address (default: start a Ray of this machine for the run)",
+    )
 
 
 def build_parser() -> ArgumentParser:
@@ -125,6 +138,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _main(argv: list[str] | None) -> Path:
     from probes.counterfactual import build, ground_truth, oracle, remove
+    from probes.counterfactual.executors import LOCAL, Executor
     from probes.counterfactual.study import claim
 
     cfg = build_parser().parse_args(expand(argv, "counterfactual"))  # a pair overlay: these keys
@@ -138,6 +152,7 @@ def _main(argv: list[str] | None) -> Path:
         "oracle": (oracle.KIND, oracle.FILES),
     }[cfg.command]
     claim(sub, out, kind, own, overwrite=sub.overwrite, settings={}, write=False)  # the marker: later
+    executor = Executor(sub.executor, sub.ray_address) if cfg.command != "oracle" else LOCAL
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
     if cfg.command == "oracle":
@@ -161,6 +176,7 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
             overwrite=sub.overwrite,
+            executor=executor,
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
@@ -173,6 +189,7 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
+            executor=executor,
             reuse=sub.scores,
             overwrite=sub.overwrite,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from probes.counterfactual.executors import LOCAL, Executor
 from probes.counterfactual.ground_truth import FILES, VERSION, GroundTruth, identity, save_ground_truth
 from probes.counterfactual.regimes import plan_regime
 from probes.counterfactual.study import (
@@ -40,6 +41,7 @@ def build_ground_truth(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    executor: Executor = LOCAL,
     overwrite: bool = False,
     regime: str = "stochastic",
     drop: float | None = None,
@@ -68,7 +70,7 @@ def build_ground_truth(
     store = ChunkStore(output, {**plan.manifest, **ident})
     workers = default_workers(study.job.device, workers)
     job = dataclasses.replace(study.job, in_place=plan.in_place)
-    outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth")
+    outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth", executor=executor)
     logp = outputs[:, 0].reshape(subsets, plan.seeds_per_subset, -1).float()
     corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
     manifest = {

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.counterfactual.jobs import Job, Plan, run_plan
+from probes.counterfactual.executors import LOCAL, Executor, execute
+from probes.counterfactual.jobs import Job, Plan
 from probes.errors import UserError, one_line
 from probes.files import atomic_path
 from probes.outputs import Output, OutputRefused, claim_output
@@ -146,10 +147,12 @@ class ChunkStore:
             print(f"probes: kept {', '.join(kept)} (not written by this run)")
 
 
-def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str) -> torch.Tensor:
+def run_chunks(
+    store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str, executor: Executor = LOCAL
+) -> torch.Tensor:
     """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: finished ones read back, the others run
-    (up to ``job.chunk`` retrains at a time, each chunk's subsets of one size, as stacking needs) and each
-    saved as its chunk finishes."""
+    on ``executor`` (up to ``job.chunk`` retrains at a time, each chunk's subsets of one size, as stacking
+    needs) and each saved as its chunk finishes."""
     done = store.done()
     by_size: dict[int, list[int]] = {}
     for row in range(len(plan)):
@@ -159,7 +162,7 @@ def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: s
     runs = {rows[i]: rows[i : i + chunk] for rows in by_size.values() for i in range(0, len(rows), chunk)}
     chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
     with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
-        for first, outputs in run_plan(job, chunks, workers=workers):
+        for first, outputs in execute(job, chunks, workers=workers, executor=executor):
             rows = runs[first]
             for row, output in zip(rows, outputs, strict=True):
                 store.save(row, output)
