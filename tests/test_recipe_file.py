@@ -96,3 +96,24 @@ def test_the_schedule_warms_up_holds_then_decays_and_the_default_is_unchanged():
     total, lr_at = schedule(default, 40)
     reference = [1.0] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 19)) for s in range(1, 20)]
     assert total == 20 and [lr_at(s) for s in range(20)] == pytest.approx(reference, abs=1e-12)
+
+
+def test_an_unfinished_build_resumes_only_with_its_recipe_file(counterfactual_world, tmp_path, monkeypatch):
+    from probes.counterfactual import jobs
+
+    run = jobs.Runner.run
+
+    def killed_after_one(self, plan, progress=False):
+        if list((tmp_path / "gt" / "parts").glob("row-*")):
+            raise KeyboardInterrupt  # the build killed between two retrains
+        return run(self, plan, progress)
+
+    monkeypatch.setattr(jobs.Runner, "run", killed_after_one)
+    same = restated(counterfactual_world, tmp_path / "same.yaml")
+    with pytest.raises(KeyboardInterrupt):
+        build(counterfactual_world["config"], tmp_path / "gt", "--recipe", str(same))
+    monkeypatch.setattr(jobs.Runner, "run", run)
+    other = restated(counterfactual_world, tmp_path / "other.yaml", lr=0.5)
+    with pytest.raises(UserError, match=r"other settings \(recipe_file differ\)"):
+        build(counterfactual_world["config"], tmp_path / "gt", "--recipe", str(other))
+    build(counterfactual_world["config"], tmp_path / "gt", "--recipe", str(same))  # its own file resumes

@@ -67,7 +67,7 @@ def build_ground_truth(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
     )
     output = claim(cfg, out, KIND, OWN, overwrite=overwrite, settings=plan.manifest)
-    store = ChunkStore(output, {**plan.manifest, **ident})
+    store = ChunkStore(output, {**plan.manifest, **ident, **study.recipe_file})
     workers = default_workers(study.job.device, workers)
     job = dataclasses.replace(study.job, in_place=plan.in_place)
     outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth", executor=executor)

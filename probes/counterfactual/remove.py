@@ -241,7 +241,7 @@ def remove_documents(
     plan, row_of = retrain_plan(selections, n, study.recipe_seed)
     plan_hash = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
-    store = ChunkStore(output, {**settings, "plan": plan_hash, **ident})
+    store = ChunkStore(output, {**settings, "plan": plan_hash, **ident, **study.recipe_file})
     workers = default_workers(study.job.device, workers)
     outputs = run_chunks(store, study.job, plan, workers=workers, desc="removal", executor=executor)
     report = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +41,9 @@ class Study:
     functions: list[str]
     recipe_seed: int
     job: Job
+    # a recipe file's settings, in every run's plan.json so that another file's retrains are never mixed in
+    # (a pair's own recipe is pinned by f_old's hash already)
+    recipe_file: dict = field(default_factory=dict)
 
 
 def load_study(cfg: Namespace, *, stack: int) -> Study:
@@ -77,7 +80,10 @@ def load_study(cfg: Namespace, *, stack: int) -> Study:
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
-    return Study(data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job)
+    pinned = {"recipe_file": {"seed": seed, **asdict(recipe)}} if cfg.get("recipe") else {}
+    return Study(
+        data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job, pinned
+    )
 
 
 def claim(cfg: Namespace, out: Path, kind: str, own, *, overwrite: bool, settings: dict, write: bool = True):
