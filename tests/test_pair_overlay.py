@@ -42,7 +42,8 @@ def test_compare_reads_the_pair_and_overrides_rows_by_label(overlay):
     rows = {m.label: m for m in cfg.methods}
     plain = {m.label: m for m in build_parser().parse_args(compare_args(overlay)[:2]).methods}
     assert rows["grad_sim"].options["projection"] == "kronecker"
-    assert rows["grad_sim"].tune == plain["grad_sim"].tune  # only the options the overlay names change
+    assert rows["grad_sim"].tune == data["methods"]["grad_sim"]["tune"] != plain["grad_sim"].tune  # replaced
+    assert rows["ekfac"].tune == plain["ekfac"].tune  # kept: the overlay names ekfac's options alone
     assert rows["ekfac"].options["lambda_examples"] == 128
     assert "grad_sim_seed" not in rows and "grad_sim_seed" in plain  # dropped at 1B (the overlay says why)
     assert [label for label in plain if label != "grad_sim_seed"] == list(rows)  # table order kept
