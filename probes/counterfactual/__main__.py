@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _main(argv: list[str] | None) -> Path:
     from probes.counterfactual import build, ground_truth, oracle, remove
-    from probes.counterfactual.executors import LOCAL, Executor
+    from probes.counterfactual.executors import Executor
     from probes.counterfactual.study import claim
 
     cfg = build_parser().parse_args(expand(argv, "counterfactual"))  # a pair overlay: these keys
@@ -152,7 +152,6 @@ def _main(argv: list[str] | None) -> Path:
         "oracle": (oracle.KIND, oracle.FILES),
     }[cfg.command]
     claim(sub, out, kind, own, overwrite=sub.overwrite, settings={}, write=False)  # the marker: later
-    executor = Executor(sub.executor, sub.ray_address) if cfg.command != "oracle" else LOCAL
     if sub.model.threads and sub.model.device == "cpu":
         torch.set_num_threads(sub.model.threads)
     if cfg.command == "oracle":
@@ -176,7 +175,7 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
             overwrite=sub.overwrite,
-            executor=executor,
+            executor=Executor(sub.executor, sub.ray_address),
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
@@ -189,7 +188,7 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
-            executor=executor,
+            executor=Executor(sub.executor, sub.ray_address),
             reuse=sub.scores,
             overwrite=sub.overwrite,
         )
