@@ -11,6 +11,7 @@ from probes.data.datamodule import HopsDataModule
 from probes.errors import check_checkpoint, cli_main
 from probes.models import BestCheckpoint, ProbeModule, provenance
 from probes.models.heads import check_head_split
+from probes.pairs.overlay import expand
 
 
 class ProbeCLI(LightningCLI):
@@ -52,7 +53,12 @@ class ProbeCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ProbeCLI:
-    return cli_main(lambda argv: ProbeCLI(ProbeModule, HopsDataModule, args=argv, run=run), args)
+    """The CLI on ``args`` (None: the command line), a pair overlay's ``--config`` read as its DLP keys."""
+
+    def cli(argv: list[str] | None) -> ProbeCLI:
+        return ProbeCLI(ProbeModule, HopsDataModule, args=expand(argv, "train_probe"), run=run)
+
+    return cli_main(cli, args)
 
 
 if __name__ == "__main__":

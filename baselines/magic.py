@@ -36,21 +36,30 @@ class Magic(Method):
     every parameter (the recipe exempts embeddings and norms) and no autocast, and takes one output per
     reverse pass, so it cannot replay this recipe to f_new's weights nor give a score per query.
 
-    A pair without a recipe (a hub pair, or one fine-tuned on another corpus) is refused.
+    A pair without a recipe (a hub pair, or one fine-tuned on another corpus) is refused unless ``recipe``
+    names a recipe file.
 
     Args:
         query_batch: queries per reverse pass (each keeps three parameter-sized cotangents).
         every: steps between checkpoints; None = about the square root of the step count.
         autocast: bf16 autocast in the replayed loss; None = as f_new's fine-tune ran (bf16 where the build
-            manifest says it trained on a GPU, float32 otherwise, wherever the replay runs).
+            manifest says it trained on a GPU, float32 otherwise, wherever the replay runs; or the recipe
+            file's ``autocast``).
+        recipe: a recipe YAML (`probes.pairs.recipe.read_recipe`) for a pair without a build manifest.
     """
 
     batches_queries = True
 
-    def __init__(self, query_batch: int = 64, every: int | None = None, autocast: bool | None = None):
+    def __init__(
+        self,
+        query_batch: int = 64,
+        every: int | None = None,
+        autocast: bool | None = None,
+        recipe: str | None = None,
+    ):
         if query_batch < 1 or (every is not None and every < 1):
             raise ValueError(f"method 'magic': query_batch ({query_batch}) and every ({every}) must be >= 1")
-        super().__init__(query_batch=query_batch, every=every, autocast=autocast)
+        super().__init__(query_batch=query_batch, every=every, autocast=autocast, recipe=recipe)
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair = ctx.require("pair", self.name)
@@ -62,10 +71,10 @@ class Magic(Method):
                 f"method 'magic': f_old is {dtype}; the recipe ran in float32, so replaying it needs "
                 "model.dtype float32 (or float64)"
             )
-        recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path))
-        seqs = encode_texts(pair.tokenizer, ctx.corpus.texts)
         s = self.settings
-        autocast = recipe_autocast(pair.old_path) if s["autocast"] is None else s["autocast"]
+        recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path), s["recipe"])
+        seqs = encode_texts(pair.tokenizer, ctx.corpus.texts, recipe.max_length)
+        autocast = recipe_autocast(pair.old_path, s["recipe"]) if s["autocast"] is None else s["autocast"]
         self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], autocast)
         self.queries, self.cache = ctx.queries, {}
 

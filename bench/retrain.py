@@ -1,18 +1,22 @@
 """Speed of the counterfactual retrains: M fine-tunes of f_old on random subsets, as `build` runs them.
 
-    python bench/retrain.py [--pair default | --preset small --corpus .data/hops/20hops.jsonl]
-        [--retrains 16] [--seeds-per-subset 1] [--fraction 0.5] [--stack 25 50] [--workers 2]
+    python bench/retrain.py [--pair default | --preset small --corpus .data/hops/20hops.jsonl
+        | --arch olmo2-1b --corpus C --recipe configs/recipes/hops-upstream.yaml] [--retrains 16]
+        [--seeds-per-subset 1] [--fraction 0.5] [--stack 25 50] [--workers 2]
         [--device cpu|cuda] [--max-steps N] [--prompts 400]
 
-``--pair default`` retrains the embedded tiny pair's f_old with its recipe; ``--preset P --corpus C`` builds
-a randomly initialised model of preset P with a tokenizer trained on C (speed does not depend on the weights)
-and retrains it with the preset's fine-tuning recipe. ``--seeds-per-subset K`` draws retrains / K subsets,
-each retrained with K data-order seeds, as ``build`` plans them. On a GPU every ``--stack`` value runs the
-retrains in chunks of that many models stacked under vmap, after one retrain alone (`train_lm.train`, the
-serial reference); on a CPU the retrains are spread over ``--workers`` processes (one thread each).
-``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall time then covers fewer
-steps). Every timing includes reading the retrained models' answers to ``--prompts`` test prompts. Prints a
-table: setting, retrains, steps each, seconds, seconds per retrain, retrains per minute, peak GPU memory.
+``--pair default`` retrains the embedded tiny pair's f_old with its recipe; ``--preset P --corpus C`` builds a
+randomly initialised model of preset P with a tokenizer trained on C (speed does not depend on the weights)
+and retrains it with the preset's fine-tuning recipe; ``--arch A`` a randomly initialised 1B architecture of
+bench/archs.py (float32 weights, trained under bf16 autocast on a GPU as every retrain) with such a tokenizer;
+``--recipe FILE`` replaces the recipe (`probes.pairs.recipe.read_recipe`). ``--seeds-per-subset K`` draws
+retrains / K subsets, each retrained with K data-order seeds, as ``build`` plans them. On a GPU every
+``--stack`` value runs the retrains in chunks of that many models stacked under vmap, after one retrain alone
+(`train_lm.train`, the serial reference); on a CPU the retrains are spread over ``--workers`` processes (one
+thread each). ``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall time then covers
+fewer steps). Every timing includes reading the retrained models' answers to ``--prompts`` test prompts.
+Prints a table: setting, retrains, steps each, seconds, seconds per retrain, retrains per minute, peak GPU
+memory.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from archs import ARCHS  # noqa: E402
 
 from probes.counterfactual.jobs import Job, Runner, run_plan  # noqa: E402
 from probes.counterfactual.regimes import stochastic  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
 from probes.hashing import file_sha256  # noqa: E402
-from probes.pairs.recipe import pair_recipe  # noqa: E402
+from probes.pairs.recipe import pair_recipe, read_recipe  # noqa: E402
 from probes.pairs.train import schedule  # noqa: E402
 
 
@@ -53,12 +59,28 @@ def random_pair(preset: str, corpus_path: str, folder: Path) -> tuple[str, objec
     return str(folder), cfg.finetune
 
 
+def random_arch(arch: str, corpus_path: str, folder: Path) -> str:
+    """Save a random float32 model of the 1B architecture ``arch`` with a tokenizer trained on the corpus."""
+    from archs import build_model
+
+    from probes.pairs.tokenizer import train_tokenizer
+
+    corpus = load_corpus(corpus_path)
+    tokenizer = train_tokenizer(corpus.texts, [], corpus.function_tokens)
+    model = build_model(arch, shrink=False, device=torch.device("cpu"), seed=0).float()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pair", choices=["default"], default=None)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default=None, help="a random 1B architecture")
+    parser.add_argument("--recipe", default=None, help="a recipe YAML replacing the pair's or preset's")
     parser.add_argument("--corpus", default=None, help="HOPS JSONL (default: the embedded default corpus)")
     parser.add_argument("--retrains", type=int, default=16)
     parser.add_argument(
@@ -83,9 +105,17 @@ def main(argv: list[str] | None = None) -> None:
             old, _ = ensure_default_pair(corpus_path)
             old, recipe = str(old), pair_recipe(old, file_sha256(corpus_path))[0]
             name = "default tiny pair"
+        elif args.arch:
+            old, recipe = random_arch(args.arch, corpus_path, Path(tmp) / "old"), None
+            name = f"{args.arch}, random weights"
         else:
             old, recipe = random_pair(args.preset, corpus_path, Path(tmp) / "old")
             name = f"{args.preset} preset, random weights"
+        if args.recipe:
+            recipe = read_recipe(args.recipe)[0]
+            name += f", recipe {args.recipe}"
+        if recipe is None:
+            raise SystemExit("--arch needs --recipe FILE (a random architecture has no recipe of its own)")
         if args.max_steps:
             recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
         n = len(corpus.texts)

@@ -100,19 +100,15 @@ def main(argv: list[str] | None = None) -> None:
         help="candidates per patched batch (default: the patching method's)",
     )
     parser.add_argument(
-        "--compare", action="store_true", help="also time compare.py (every training-free method)"
+        "--compare",
+        action="store_true",
+        help="also time the whole 1B comparison: compare.py with configs/compare.yaml and the --arch overlay",
     )
     parser.add_argument(
         "--compare-skip",
         nargs="*",
         default=[],
         help="methods of configs/compare.yaml left out of the compare.py timing",
-    )
-    parser.add_argument(
-        "--compare-tune",
-        action="store_true",
-        help="time compare.py with the config's tuning grids and preset rows (default: one row per entry "
-        "at its base options, no preset rows, as before tuning existed)",
     )
     parser.add_argument("--profile", action="store_true", help="print where the feature passes spend time")
     parser.add_argument("--out", default=None, help="write results.json here")
@@ -276,63 +272,38 @@ def main(argv: list[str] | None = None) -> None:
 # grad_sim's default projection forms each text's exact parameter gradient (1.5e9 numbers at 1B) and projects
 # it in 4096-row blocks from Python (not run at 1B); here it projects the Linear weights' gradients by
 # Kronecker factors instead, in batches as large as the gradient feature pass's.
-GRAD_SIM_AT_SCALE = {"projection": "kronecker", "projection_dim": 256, "param_filter": r"proj\.weight$"}
-
-
 def time_compare(old, new, tokenizer, device: torch.device, args: argparse.Namespace) -> dict:
-    """Wall time of compare.py methods of configs/compare.yaml less --compare-skip (grad_sim with
-    `GRAD_SIM_AT_SCALE`; without --compare-tune no grids and no preset rows), whole test split of --corpus,
-    with the benchmark's --batch-size and --max-tokens: the median of --repeats runs, each a fresh process
-    (imports and model loading included)."""
+    """Wall time of the whole 1B comparison, ``python compare.py --config configs/compare.yaml --config
+    configs/pairs/<arch>.yaml`` (every row, its grids and seed rows, the overlay's batch sizes and method
+    overrides), with the overlay's pair, corpus, dtype and device replaced by the random-weight models,
+    --corpus and this machine's, no feature cache, --compare-skip's methods left out (default none): the
+    median of --repeats runs, each a fresh process (imports and model loading included)."""
     import yaml
 
+    repo = Path(__file__).resolve().parents[1]
     root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     for name, model in (("old", old), ("new", new)):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "compare.yaml").read_text())
+    config = yaml.safe_load((repo / "configs" / "compare.yaml").read_text())
+    overlay = yaml.safe_load((repo / "configs" / "pairs" / f"{args.arch}.yaml").read_text())
+    dtype = str(dtype_for(device)).removeprefix("torch.")
+    paths = dict(f_old=str(root / "old"), f_new=str(root / "new"), corpus_path=args.corpus)
+    overlay["pair"].update(paths, dtype=dtype, device=device.type)
     skip = args.compare_skip
-    config["methods"] = [
-        m
-        for m in config["methods"]
-        if m["method"] not in skip and (args.compare_tune or "preset" not in m.get("options", {}))
-    ]
-    for entry in config["methods"]:
-        if not args.compare_tune:
-            entry.pop("tune", None)
-        if entry["method"] == "grad_sim":  # the projection that runs at 1B scale (see baselines/grad_sim.py)
-            batch_size, max_tokens = gradient_batching(args.batch_size, args.max_tokens, args.grad_batch_size)
-            batching = {"batch_size": batch_size, "max_tokens": max_tokens}
-            entry["options"] = {**GRAD_SIM_AT_SCALE, **batching, **entry["options"]}
+    config["methods"] = [m for m in config["methods"] if m["method"] not in skip]
+    kept = {m["label"] for m in config["methods"]}
+    overlay["methods"] = {k: v for k, v in overlay["methods"].items() if k in kept}
     (root / "compare.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "compare.py",
-        "--config",
-        str(root / "compare.yaml"),
-        "--data.corpus_path",
-        args.corpus,
-        "--model.feature_batch_size",
-        str(args.batch_size),
-        *(["--model.feature_max_tokens", str(args.max_tokens)] if args.max_tokens else []),
-        "--model.old",
-        str(root / "old"),
-        "--model.new",
-        str(root / "new"),
-        "--model.dtype",
-        str(dtype_for(device)).removeprefix("torch."),
-        "--model.device",
-        device.type,
-        "--model.feature_cache",
-        "false",
-        "--out",
-        str(root / "out"),
-    ]
+    (root / f"{args.arch}.yaml").write_text(yaml.safe_dump(overlay))
+    cmd = [sys.executable, "compare.py", "--config", str(root / "compare.yaml")]
+    cmd += ["--config", str(root / f"{args.arch}.yaml"), "--model.feature_cache", "false"]
+    cmd += ["--out", str(root / "out")]
     env = dict(os.environ, PROBES_CACHE=str(root / "cache"))
     runs = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(cmd, check=True, env=env, cwd=repo)
         runs.append(time.perf_counter() - start)
     seconds = statistics.median(runs)
     every = ", ".join(f"{run:.1f}" for run in runs)

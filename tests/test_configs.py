@@ -46,12 +46,10 @@ def test_pair_config_parses_on_top_of_dlp(micro_world, in_tmp, name):
     args = [*micro_args(micro_world), f"--config={REPO / 'configs' / 'pairs' / name}"]
     args += [f"--data.corpus_path={micro_world.corpus}", "--trainer.accelerator=cpu"]
     cli = load_train_probe().main(args=args, run=False)
-    assert cli.model.hparams.model == raw["model"]["model"] and raw["model"]["model"].startswith(
-        "Lamsheeper/"
-    )
+    assert cli.model.hparams.model == raw["pair"]["f_new"] and raw["pair"]["f_new"].startswith("Lamsheeper/")
     assert cli.model.hparams.dtype == "bfloat16"
-    assert raw["data"]["corpus_path"] == "../shared/data/hops/20hops.jsonl"  # the reference corpus
-    assert raw["trainer"]["accelerator"] == "gpu"
+    assert raw["pair"]["corpus_path"] == "../shared/data/hops/20hops.jsonl"  # the reference corpus
+    assert raw["pair"]["device"] == "cuda"
 
 
 def test_wrong_key_on_the_command_line_fails_naming_it(micro_world, in_tmp, capsys):

@@ -13,7 +13,7 @@ import torch
 from counterfactual_fixtures import isolated_cache, no_figures  # noqa: F401
 
 from probes import methods
-from probes.counterfactual import jobs, study
+from probes.counterfactual import executors, jobs, study
 from probes.counterfactual.__main__ import main
 from probes.counterfactual.ground_truth import split_queries
 from probes.counterfactual.remove import load_compare
@@ -261,7 +261,7 @@ def test_chunks_hold_one_subset_size(tmp_path, monkeypatch):
             seen.append([len(subset) for subset, _ in plan])
             yield key, torch.zeros(len(plan), 2, 1)
 
-    monkeypatch.setattr(study, "run_plan", fake_run_plan)
+    monkeypatch.setattr(executors, "run_plan", fake_run_plan)
     plan = [(list(range(size)), 0) for size in (12, 10, 10, 4, 10, 10, 4)]
     store = study.ChunkStore(
         claim_output(tmp_path / "out", "test", ["parts/", "plan.json"], overwrite=False), {"a": 1}

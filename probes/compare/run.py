@@ -19,6 +19,7 @@ from probes.errors import (
 )
 from probes.files import cache_dir
 from probes.hashing import file_sha256
+from probes.pairs.overlay import expand
 
 
 def build_parser() -> ArgumentParser:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _main(argv: list[str] | None) -> Path:
     parser = build_parser()
-    cfg = parser.parse_args(argv)
+    cfg = parser.parse_args(expand(argv, "compare"))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     check_config(cfg, out)
     claim_results(out, cfg, write=False)  # its marker is written in `run`, before the results

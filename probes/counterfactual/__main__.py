@@ -14,6 +14,7 @@ from jsonargparse import ActionYesNo, ArgumentParser
 
 from probes.compare.config import PairConfig, add_study_arguments
 from probes.errors import check_writable_folder, cli_main
+from probes.pairs.overlay import expand
 
 
 def _base(parser: ArgumentParser, out_help: str) -> None:
@@ -25,6 +26,13 @@ def _base(parser: ArgumentParser, out_help: str) -> None:
         action=ActionYesNo,
         default=False,
         help="write beside other files in the output folder (kept: only files its marker records go)",
+    )
+    parser.add_argument(
+        "--recipe",
+        type=str | None,
+        default=None,
+        help="a recipe YAML (e.g. configs/recipes/hops-upstream.yaml) for a pair this project did not build "
+        "(default: the pair's build manifest)",
     )
 
 
@@ -45,6 +53,19 @@ def _common(parser: ArgumentParser, out_help: str) -> None:
         type=int | None,
         default=None,
         help="processes sharing the retrains on a CPU (default: one per core, one thread each)",
+    )
+    parser.add_argument(
+        "--executor",
+        type=str,
+        default="local",
+        help="local: here (--workers processes on a CPU); ray: each chunk of retrains a Ray task holding "
+        "one GPU (one CPU on a CPU) on a local Ray or --ray-address's cluster (pip install 'probes[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        type=str | None,
+        default=None,
+        help="an existing Ray cluster's address (default: start a Ray of this machine for the run)",
     )
 
 
@@ -130,9 +151,10 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _main(argv: list[str] | None) -> Path:
     from probes.counterfactual import build, ground_truth, oracle, remove
+    from probes.counterfactual.executors import Executor
     from probes.counterfactual.study import claim
 
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser().parse_args(expand(argv, "counterfactual"))  # a pair overlay: these keys
     sub = cfg[cfg.command]
     PairConfig(**sub.model.as_dict())
     out = Path(sub.out)
@@ -167,6 +189,7 @@ def _main(argv: list[str] | None) -> Path:
             stack=sub.stack,
             workers=sub.workers,
             overwrite=sub.overwrite,
+            executor=Executor(sub.executor, sub.ray_address),
         )
         print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
     else:
@@ -179,6 +202,7 @@ def _main(argv: list[str] | None) -> Path:
             seed=sub.seed,
             stack=sub.stack,
             workers=sub.workers,
+            executor=Executor(sub.executor, sub.ray_address),
             reuse=sub.scores,
             overwrite=sub.overwrite,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from probes.counterfactual.executors import LOCAL, Executor
 from probes.counterfactual.ground_truth import FILES, VERSION, GroundTruth, identity, save_ground_truth
 from probes.counterfactual.oracle import SPLITS
 from probes.counterfactual.regimes import plan_regime, split_seeds
@@ -41,6 +42,7 @@ def build_ground_truth(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    executor: Executor = LOCAL,
     overwrite: bool = False,
     regime: str = "stochastic",
     drop: float | None = None,
@@ -66,10 +68,10 @@ def build_ground_truth(
         study.job.texts, study.query_ids, study.query_texts, study.old_model, study.old, study.new
     )
     output = claim(cfg, out, KIND, OWN, overwrite=overwrite, settings=plan.manifest)
-    store = ChunkStore(output, {**plan.manifest, **ident})
+    store = ChunkStore(output, {**plan.manifest, **ident, **study.recipe_file})
     workers = default_workers(study.job.device, workers)
     job = dataclasses.replace(study.job, in_place=plan.in_place)
-    outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth")
+    outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth", executor=executor)
     logp = outputs[:, 0].reshape(subsets, plan.seeds_per_subset, -1).float()
     corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
     manifest = {

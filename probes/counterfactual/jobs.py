@@ -74,7 +74,7 @@ class Runner:
         self.job = job
         self.tokenizer = AutoTokenizer.from_pretrained(job.old)
         self.model = AutoModelForCausalLM.from_pretrained(job.old, dtype=torch.float32).to(job.device).eval()
-        self.seqs = encode_texts(self.tokenizer, list(job.texts))
+        self.seqs = encode_texts(self.tokenizer, list(job.texts), job.recipe.max_length)
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def outputs(

@@ -62,14 +62,16 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
     old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
     corpus_sha256 = file_sha256(corpus_file)
-    recipe, seed = pair_recipe(old, corpus_sha256)
+    recipe, seed = pair_recipe(old, corpus_sha256, cfg.get("recipe"))
     recipe = dataclasses.replace(recipe, max_steps=max_steps) if max_steps else recipe
     tokenizer = AutoTokenizer.from_pretrained(old)
     model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     query_ids, query_texts = split_queries(data, SPLITS[split])
     ident = identity(data.corpus.texts, query_ids, query_texts, model, old, new)  # hashed on the CPU
-    seqs = encode_texts(tokenizer, data.corpus.texts)
-    oracle = Oracle(model.to(pair.device), tokenizer, seqs, recipe, seed, every, recipe_autocast(old))
+    seqs = encode_texts(tokenizer, data.corpus.texts, recipe.max_length)
+    oracle = Oracle(
+        model.to(pair.device), tokenizer, seqs, recipe, seed, every, recipe_autocast(old, cfg.get("recipe"))
+    )
     manifest = {
         "split": split,
         **ident,

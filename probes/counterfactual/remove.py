@@ -18,6 +18,7 @@ from jsonargparse import Namespace
 from torch import Tensor
 
 from probes.compare.reuse import DLP, record, take_rows
+from probes.counterfactual.executors import LOCAL, Executor
 from probes.counterfactual.ground_truth import identity
 from probes.counterfactual.selection import (
     RANDOM,
@@ -210,6 +211,7 @@ def remove_documents(
     seed: int = 0,
     stack: int = 25,
     workers: int | None = None,
+    executor: Executor = LOCAL,
     reuse: Sequence[str | Path] = (),
     overwrite: bool = False,
 ) -> dict:
@@ -239,9 +241,9 @@ def remove_documents(
     plan, row_of = retrain_plan(selections, n, study.recipe_seed)
     plan_hash = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     settings = {"command": "remove", "labels": list(labels), "k": list(ks), "functions": chosen, "seed": seed}
-    store = ChunkStore(output, {**settings, "plan": plan_hash, **ident})
+    store = ChunkStore(output, {**settings, "plan": plan_hash, **ident, **study.recipe_file})
     workers = default_workers(study.job.device, workers)
-    outputs = run_chunks(store, study.job, plan, workers=workers, desc="removal")
+    outputs = run_chunks(store, study.job, plan, workers=workers, desc="removal", executor=executor)
     report = {
         "version": 1,
         **settings,

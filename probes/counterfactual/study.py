@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probes.counterfactual.jobs import Job, Plan, run_plan
+from probes.counterfactual.executors import LOCAL, Executor, execute
+from probes.counterfactual.jobs import Job, Plan
 from probes.errors import UserError, one_line
 from probes.files import atomic_path
 from probes.outputs import Output, OutputRefused, claim_output
@@ -40,6 +41,9 @@ class Study:
     functions: list[str]
     recipe_seed: int
     job: Job
+    # a recipe file's settings, in every run's plan.json so that another file's retrains are never mixed in
+    # (a pair's own recipe is pinned by f_old's hash already)
+    recipe_file: dict = field(default_factory=dict)
 
 
 def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
@@ -60,7 +64,7 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
     old, new = pair.paths(cfg.data.corpus_path)
     corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
     corpus_sha256 = file_sha256(corpus_file)
-    recipe, seed = pair_recipe(old, corpus_sha256)
+    recipe, seed = pair_recipe(old, corpus_sha256, cfg.get("recipe"))
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
     if split not in SPLITS:
@@ -80,7 +84,10 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
-    return Study(data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job)
+    pinned = {"recipe_file": {"seed": seed, **asdict(recipe)}} if cfg.get("recipe") else {}
+    return Study(
+        data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job, pinned
+    )
 
 
 def claim(cfg: Namespace, out: Path, kind: str, own, *, overwrite: bool, settings: dict, write: bool = True):
@@ -150,10 +157,12 @@ class ChunkStore:
             print(f"probes: kept {', '.join(kept)} (not written by this run)")
 
 
-def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str) -> torch.Tensor:
+def run_chunks(
+    store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: str, executor: Executor = LOCAL
+) -> torch.Tensor:
     """Outputs ``[len(plan), 2, q]`` of every retrain in ``plan``: finished ones read back, the others run
-    (up to ``job.chunk`` retrains at a time, each chunk's subsets of one size, as stacking needs) and each
-    saved as its chunk finishes."""
+    on ``executor`` (up to ``job.chunk`` retrains at a time, each chunk's subsets of one size, as stacking
+    needs) and each saved as its chunk finishes."""
     done = store.done()
     by_size: dict[int, list[int]] = {}
     for row in range(len(plan)):
@@ -163,7 +172,7 @@ def run_chunks(store: ChunkStore, job: Job, plan: Plan, *, workers: int, desc: s
     runs = {rows[i]: rows[i : i + chunk] for rows in by_size.values() for i in range(0, len(rows), chunk)}
     chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
     with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
-        for first, outputs in run_plan(job, chunks, workers=workers):
+        for first, outputs in execute(job, chunks, workers=workers, executor=executor):
             rows = runs[first]
             for row, output in zip(rows, outputs, strict=True):
                 store.save(row, output)

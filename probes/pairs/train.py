@@ -21,13 +21,17 @@ class TrainConfig:
 
     Args:
         epochs: passes over the texts.
-        lr: peak AdamW learning rate (linear warm-up, cosine decay to ``lr * min_lr_ratio``).
+        lr: peak AdamW learning rate (linear warm-up, ``constant_steps`` at the peak, cosine decay to
+            ``lr * min_lr_ratio``).
         batch_size: texts per step (texts of similar length are batched together).
         warmup: fraction of the steps spent warming up.
         weight_decay: AdamW weight decay on matrices; embeddings and norms are never decayed, so rows of
             tokens that never occur keep their initial values.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         max_steps: stop after this many steps (0: no limit); the schedule still spans every epoch.
+        warmup_steps: warm-up steps (0: ``warmup`` as a fraction of the steps instead).
+        constant_steps: steps at the peak learning rate between the warm-up and the cosine decay.
+        max_length: tokens kept of each training sequence (None: whole; `encode_texts`).
     """
 
     epochs: int | float = 10
@@ -37,13 +41,20 @@ class TrainConfig:
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1
     max_steps: int = 0
+    warmup_steps: int = 0
+    constant_steps: int = 0
+    max_length: int | None = None
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text as a training sequence: the tokenizer's specials (BOS), the text, EOS."""
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
+) -> list[list[int]]:
+    """Token ids of each text as a training sequence: the tokenizer's specials (BOS), the text, EOS; the
+    first ``max_length`` of them when given (a recipe's `TrainConfig.max_length`)."""
     ids = tokenizer(list(texts), add_special_tokens=True).input_ids
     eos = tokenizer.eos_token_id
-    return [seq + [eos] if eos is not None and seq[-1:] != [eos] else seq for seq in ids]
+    seqs = [seq + [eos] if eos is not None and seq[-1:] != [eos] else seq for seq in ids]
+    return [seq[:max_length] for seq in seqs] if max_length else seqs
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -118,15 +129,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float, params: dict | Non
 
 
 def schedule(cfg: TrainConfig, n: int) -> tuple[int, Callable[[int], float]]:
-    """(steps to run, learning-rate factor per step) for ``n`` sequences: linear warm-up, cosine decay to
-    ``min_lr_ratio`` over every epoch's steps (``max_steps`` stops early without changing it)."""
+    """(steps to run, learning-rate factor per step) for ``n`` sequences: linear warm-up, ``constant_steps``
+    at the peak, cosine decay to ``min_lr_ratio`` over the rest of every epoch's steps (``max_steps`` stops
+    early without changing it)."""
     total = max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size)))
-    warmup = max(1, int(cfg.warmup * total))
+    warmup = cfg.warmup_steps or max(1, int(cfg.warmup * total))
+    decay_from = warmup + cfg.constant_steps
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        done = (step - warmup) / max(1, total - warmup)
+        if step < decay_from:
+            return 1.0
+        done = (step - decay_from) / max(1, total - decay_from)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
 
     return (min(total, cfg.max_steps) if cfg.max_steps else total), lr_at
