@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from dlp_fixtures import FAST, REPO, micro_args, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -46,6 +47,7 @@ def test_test_of_a_fits_checkpoint_logs_into_that_fits_run(micro_world, in_tmp):
     assert (in_tmp / "lightning_logs/dlp/version_0/config_test.yaml").is_file()
 
 
+@pytest.mark.slow  # a subprocess run
 def test_progress_bars_write_few_updates_into_a_file(micro_world, tmp_path):
     """Regression (issue 30): thousands of carriage-return updates in a non-interactive log."""
     args = [a for a in micro_args(micro_world) if "enable_progress_bar" not in a]
