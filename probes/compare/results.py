@@ -36,9 +36,7 @@ MAIN_METRICS = (
 )
 TABLE_SUBSETS = ("base", "wrapper")
 HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
-# the comparison's own TensorBoard run (its figures, the LDS by kept fraction of every method), beside one run
-# per method named by its label
-COMPARISON_RUN = "comparison"
+COMPARISON_RUN = "comparison"  # TensorBoard run of the figures and every row's LDS; each row has a run of its own
 # output keys (scores.safetensors' "relevant", metrics.json's entries), the --counterfactual row's label, runs
 RESERVED_LABELS = ("relevant", "random_expectation", "relevance", "counterfactual", COMPARISON_RUN)
 FILES = (
@@ -229,8 +227,7 @@ def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual
 
 def plot_recall(path: Path, tensorboard: Path, results: Sequence[MethodResult], random: dict) -> None:
     """Macro recall@k against k for all / base / wrapper queries (and wrapper queries against the documents
-    below them, when reported): every method and the random expectation; a PNG at ``path`` and the figure
-    ``test/recall_at_k`` in the TensorBoard run ``tensorboard``."""
+    below them, when reported) of every method and the random expectation: ``path`` and TensorBoard."""
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
