@@ -36,7 +36,7 @@ MAIN_METRICS = (
 )
 TABLE_SUBSETS = ("base", "wrapper")
 HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
-COMPARISON_RUN = "comparison"  # TensorBoard run of the figures and every row's LDS; each row has a run of its own
+COMPARISON_RUN = "comparison"  # TensorBoard run of the figures and the LDS by fraction; a row: a run each
 # output keys (scores.safetensors' "relevant", metrics.json's entries), the --counterfactual row's label, runs
 RESERVED_LABELS = ("relevant", "random_expectation", "relevance", "counterfactual", COMPARISON_RUN)
 FILES = (
