@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from baselines.ops.example_grads import (
     GROUPS,
@@ -25,6 +24,7 @@ from baselines.ops.queries import QUERY_LOSSES
 from probes.features.extract import query_inputs
 from probes.lm.scoring import collate, length_batches, pad_id, tokenize
 from probes.methods import AttributionContext, Method, check_choice, register
+from probes.progress import progress_bar
 
 BLOCKS = ("parameter", "whole")
 ALLOCATIONS = ("energy", "equal")
@@ -224,7 +224,7 @@ class GradSim(Method):
         items = tokenize(pair.tokenizer, texts, targets)
         out: dict[str, Tensor] = {}
         batches = length_batches([len(i.ids) for i in items], s["batch_size"], s["max_tokens"])
-        for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
+        for index in progress_bar(batches, desc=desc, leave=False, disable=len(batches) < 4):
             chunk = [items[i] for i in index]
             batch = collate(chunk, pad_id(pair.tokenizer), "right", self.device)
             if kind == "kronecker":

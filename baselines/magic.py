@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from baselines.ops.metagrad import Metagradients, answer_logprobs
 from probes.hashing import file_sha256
@@ -17,6 +16,7 @@ from probes.methods import AttributionContext, Method, register
 from probes.pairs.recipe import pair_recipe, recipe_autocast
 from probes.pairs.replay import Replay
 from probes.pairs.train import encode_texts
+from probes.progress import progress_bar
 
 
 @register("magic")
@@ -101,7 +101,7 @@ class Oracle:
         answers = answer_token_ids(self.tokenizer, [q.constant for q in queries]).tolist()
         rows = []
         chunks = range(0, len(queries), query_batch)
-        for start in tqdm(chunks, desc="magic queries", disable=len(chunks) < 2):
+        for start in progress_bar(chunks, desc="magic queries", disable=len(chunks) < 2):
             end = min(start + query_batch, len(queries))
             outputs = answer_logprobs(self.replay, prompts[start:end], answers[start:end])
             rows.append(self.metagradients(outputs, end - start).cpu())

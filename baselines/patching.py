@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from baselines.ops.feature_method import apply_preset
 from baselines.ops.patch import make_patcher
 from probes.features.losses import answer_margin
 from probes.lm.scoring import answer_token_ids, to_device
 from probes.methods import AttributionContext, Method, check_choice, register
+from probes.progress import progress_bar
 
 # a document's last token predicts nothing, so its LM-loss gradient there is zero: "last" would gate on noise
 DOC_POOLINGS = ("mean", "span")
@@ -118,7 +118,7 @@ class Patching(Method):
             [self.ctx.queries[int(i)].prompt for i in query_ids], self.prefix_batch_size
         )
         total = len(query_ids) * n
-        bar = tqdm(total=total, desc="patching", unit="cand", leave=False, disable=total < 1e5)
+        bar = progress_bar(total=total, desc="patching", unit="cand", leave=False, disable=total < 1e5)
         for prefix in prefixes:
             ids = query_ids[prefix.rows]
             answer = self.answers[ids].to(device)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from baselines.ops.influence_data import Texts, check_common, require_library, tracked_linears
 from probes.methods import AttributionContext, Method, register
+from probes.progress import progress_bar
 
 EPS = 1e-8  # bergson's AdamNormalizer epsilon, added to the second moment's square root
 
@@ -118,7 +118,7 @@ class TrackStar(Method):
         ``collector.rows`` receives the batch's rows first."""
         s = self.settings
         batches = self.texts.batches(list(rows), s["batch_size"], s["max_tokens"])
-        for index in tqdm(batches, desc=desc, leave=False, disable=len(batches) < 4):
+        for index in progress_bar(batches, desc=desc, leave=False, disable=len(batches) < 4):
             batch = self.texts.batch(index, self.device)
             collector.rows = index
             with collector, input_gradient(self.model) as root:

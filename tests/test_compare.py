@@ -14,6 +14,7 @@ import torch
 from compare_fixtures import ROOT, compare
 from lm_fixtures import micro_rows
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from probes.compare import lds_results as lds_report
 from probes.compare.results import FILES, HOP_SUBSET, MAIN_METRICS
@@ -69,7 +70,11 @@ def test_end_to_end_writes_every_file(config, tmp_path, capsys):
     assert "wrapper→base mAP" in table
     assert (out / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
-    assert {p.relative_to(out / "tensorboard").parts[0] for p in events} == {*LABELS, "random_expectation"}
+    runs = {p.relative_to(out / "tensorboard").parts[0] for p in events}
+    assert runs == {*LABELS, "random_expectation", "comparison"}  # one run per method, and the comparison's
+    comparison = EventAccumulator(str(out / "tensorboard" / "comparison"))
+    comparison.Reload()
+    assert comparison.Tags()["images"] == ["test/recall_at_k"]
     assert not list(out.glob(".*.tmp"))
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from compare_fixtures import compare
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
 from probes.compare import lds_results as lds_report
@@ -126,7 +127,12 @@ def test_the_figure_draws_every_row_and_the_ceiling_per_regime(tmp_path):
     assert points(fixed) == {"bm25": 1, "noise ceiling": 1}
     lds_report.save_figure(tmp_path / lds_report.FIGURE, tmp_path / "tb", rows, entry)
     assert (tmp_path / lds_report.FIGURE).stat().st_size > 0
-    assert list((tmp_path / "tb" / "counterfactual").iterdir())
+    run = EventAccumulator(str(tmp_path / "tb"))
+    run.Reload()
+    assert run.Tags()["images"] == ["test/lds_by_fraction"]  # in the comparison's run, with method names:
+    assert {"test/lds_by_fraction/stochastic/bm25", "test/lds_by_fraction/stochastic/random"} <= set(
+        run.Tags()["scalars"]
+    )
 
 
 def test_the_note_says_why_a_ground_truth_has_no_ceiling():

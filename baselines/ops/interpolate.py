@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from probes.features.backend import DEFAULT, PassOptions, pass_for
 from probes.features.pooling import Pooler
 from probes.lm.scoring import Tokenized, collate, length_batches, pad_id, tokenize
 from probes.lm.stack import edited_hidden_state
+from probes.progress import progress_bar
 
 
 def riemann_path_mean(
@@ -119,7 +119,9 @@ def integrated_gradients(
     out_dtype = torch.float64 if next(new.parameters()).dtype == torch.float64 else torch.float32
     out = torch.empty(len(texts), len(layers), new.config.hidden_size, dtype=out_dtype)
     batches = length_batches([len(item.ids) for item in items], batch_size)
-    for index in tqdm(batches, desc=f"integrated gradients (K={steps})", disable=not progress, leave=False):
+    for index in progress_bar(
+        batches, desc=f"integrated gradients (K={steps})", disable=not progress, leave=False
+    ):
         chunk = [items[i] for i in index]
         batch = collate(chunk, pad_id(tokenizer), "right", device)
         kwargs = dict(

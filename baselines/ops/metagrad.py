@@ -18,9 +18,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from torch.func import functional_call, vjp, vmap
-from tqdm.auto import tqdm
 
 from probes.pairs.replay import Replay, State
+from probes.progress import progress_bar
 
 JACOBIAN_CHUNK = 16  # outputs differentiated at once at the final parameters
 # the outputs at the final parameters: params -> [q] (one scalar per output)
@@ -71,7 +71,7 @@ class Metagradients:
         with replay.attention():
             cotangent = output_cotangents(outputs, self.final[0], q)
         scores = torch.zeros(q, len(replay.seqs), dtype=torch.float64, device=replay.device)
-        bar = tqdm(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
+        bar = progress_bar(total=replay.steps, desc="metagradients", unit="step", disable=not progress)
         for start in sorted(self.saved, reverse=True):
             stop = min(start + every, replay.steps)
             first = self.saved[start]

@@ -148,15 +148,16 @@ def _bars(points: list[tuple[float, dict]]) -> tuple[list[float], list[float], l
 def save_figure(
     path: Path, tensorboard: Path, rows: Sequence[tuple[str, dict]], counterfactual: dict
 ) -> None:
-    """Write the figure to ``path`` and log it (and each row's LDS by kept fraction) under ``tensorboard``."""
+    """Write the figure to ``path`` and log it (and each row's LDS by kept fraction, tagged with the row's
+    label) in the TensorBoard run ``tensorboard`` (the comparison's own)."""
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
     fig = figure(rows, counterfactual)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    with SummaryWriter(str(tensorboard / "counterfactual")) as writer:  # a reserved label: no row's folder
-        writer.add_figure("test/lds_by_fraction", fig)
+    with SummaryWriter(str(tensorboard)) as writer:
+        writer.add_figure("test/lds_by_fraction", fig, close=False)
         for label, summaries in rows:
             for name, summary in summaries.items():
                 truth = counterfactual[name]

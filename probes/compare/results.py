@@ -36,8 +36,9 @@ MAIN_METRICS = (
 )
 TABLE_SUBSETS = ("base", "wrapper")
 HOP_METRICS = (("map", "mAP"), ("recall@10", "R@10"))
-# output keys (scores.safetensors' "relevant", metrics.json's entries) and the --counterfactual row's label
-RESERVED_LABELS = ("relevant", "random_expectation", "relevance", "counterfactual")
+COMPARISON_RUN = "comparison"  # TensorBoard run of the figures and the LDS by fraction; a row: a run each
+# output keys (scores.safetensors' "relevant", metrics.json's entries), the --counterfactual row's label, runs
+RESERVED_LABELS = ("relevant", "random_expectation", "relevance", "counterfactual", COMPARISON_RUN)
 FILES = (
     "metrics.json",
     "scores.safetensors",
@@ -114,10 +115,10 @@ def write_results(
     table = markdown_table(results, random, counterfactual)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
-    plot_recall(out / "recall_at_k.png", results, random)
     with atomic_path(out / "tensorboard") as tmp:
+        plot_recall(out / "recall_at_k.png", tmp / COMPARISON_RUN, results, random)
         write_tensorboard(tmp, results, random)
-        _lds_figure(out, tmp, results, counterfactual)
+        _lds_figure(out, tmp / COMPARISON_RUN, results, counterfactual)
     metrics = {
         r.label: {
             "method": r.hparams.get("method", ""),
@@ -224,10 +225,11 @@ def markdown_table(results: Sequence[MethodResult], random: dict, counterfactual
     return "\n".join(lines)
 
 
-def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> None:
+def plot_recall(path: Path, tensorboard: Path, results: Sequence[MethodResult], random: dict) -> None:
     """Macro recall@k against k for all / base / wrapper queries (and wrapper queries against the documents
-    below them, when reported): every method and the random expectation."""
+    below them, when reported) of every method and the random expectation: ``path`` and TensorBoard."""
     import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
 
     subsets = (*TABLE_SUBSETS, *([HOP_SUBSET] if HOP_SUBSET in random["subsets"] else []))
     groups = (("all", lambda r: r), *((s, lambda r, s=s: r["subsets"].get(s, {})) for s in subsets))
@@ -239,6 +241,8 @@ def plot_recall(path: Path, results: Sequence[MethodResult], random: dict) -> No
     fig = recall_figure(panels, "macro recall@k")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+    with SummaryWriter(str(tensorboard)) as writer:
+        writer.add_figure("test/recall_at_k", fig, close=False)
     plt.close(fig)
 
 

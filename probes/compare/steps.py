@@ -10,11 +10,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from jsonargparse import Namespace
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from probes.compare.config import PairConfig
 from probes.compare.results import MethodResult, as_float32, check_labels
 from probes.data.hops import HopsData
+from probes.progress import progress_bar
 
 
 def build_methods(cfg: Namespace) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
@@ -191,7 +191,7 @@ def score_rows(methods, taken: dict, ctx, test: TestSplit, val: dict, quiet: boo
         start = time.perf_counter()
         method, tuned = tune(candidates, lambda m: m.prepare(ctx), **val)
         batches = query_batches(method, test.ids, val["batch_size"])
-        batches = tqdm(batches, desc=label, unit="batch", disable=quiet)
+        batches = progress_bar(batches, desc=label, unit="batch", disable=quiet)
         scores = torch.cat([as_float32(method.score(ids)) for ids in batches])
         results.append(test.result(label, method.hparams(), scores, time.perf_counter() - start, tuned))
     return results

@@ -17,12 +17,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
-from tqdm.auto import tqdm
 
 from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.scoring import logits_at
 from probes.lm.stack import attention_implementation
 from probes.pairs.train import ADAMW, TrainConfig, epoch_batches, param_groups, schedule, token_loss
+from probes.progress import progress_bar
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 
@@ -148,7 +148,7 @@ def train_stacked(
     running = torch.zeros((), device=device)
     with (
         attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
-        tqdm(total=total_run, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar,
+        progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar,
     ):
         for step in range(total_run):
             with autocast:

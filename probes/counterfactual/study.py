@@ -13,7 +13,6 @@ from jsonargparse import Namespace
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from probes.counterfactual.executors import LOCAL, Executor, execute
 from probes.counterfactual.jobs import Job, Plan
@@ -21,6 +20,7 @@ from probes.errors import UserError, one_line
 from probes.files import atomic_path
 from probes.outputs import Output, OutputRefused, claim_output
 from probes.pairs.recipe import pair_recipe
+from probes.progress import progress_bar
 
 PARTS = "parts"  # a run's finished retrains, removed once its results are written
 PLAN = "plan.json"  # the run's settings; a rerun with other settings is refused, the same ones resume
@@ -171,7 +171,7 @@ def run_chunks(
     chunk = job.chunk
     runs = {rows[i]: rows[i : i + chunk] for rows in by_size.values() for i in range(0, len(rows), chunk)}
     chunks = [(first, [plan[r] for r in rows]) for first, rows in runs.items()]
-    with tqdm(total=len(plan), initial=len(done), desc=desc, unit="retrain", dynamic_ncols=True) as bar:
+    with progress_bar(total=len(plan), initial=len(done), desc=desc, unit="retrain") as bar:
         for first, outputs in execute(job, chunks, workers=workers, executor=executor):
             rows = runs[first]
             for row, output in zip(rows, outputs, strict=True):

@@ -41,7 +41,7 @@ class HopsDataModule(HopsData, L.LightningDataModule):
 
     def _set_options(self, options: dict) -> None:
         super()._set_options(options)
-        self.save_hyperparameters(options)
+        self.save_hyperparameters(options, logger=False)  # the DLP logs them with its own (hp_metric)
 
     def prepare_data(self) -> None:
         self.resolve_corpus_path(self.options.corpus_path)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from probes.features.extract import FeatureStep
 from probes.lm.scoring import Tokenized
+from probes.progress import progress_bar
 
 
 class LengthBatches(Dataset):
@@ -87,7 +88,9 @@ class GatherRows(L.Callback):
         total = int(trainer.num_predict_batches[0])
         quiet = not self.progress or not trainer.is_global_zero or total < 4
         self._parts = []
-        self._bar = tqdm(total=total, desc=f"{self.what} features (rank 0)", disable=quiet, leave=False)
+        self._bar = progress_bar(
+            total=total, desc=f"{self.what} features (rank 0)", disable=quiet, leave=False
+        )
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._parts.append(outputs)

@@ -16,7 +16,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from torch.nn.attention import sdpa_kernel
-from tqdm.auto import tqdm
 
 from probes.features.backend import DEFAULT, PassOptions, pass_for
 from probes.features.host_rows import HostRows, check_finite
@@ -24,6 +23,7 @@ from probes.features.losses import check_loss
 from probes.features.pooling import Pooler, check_pooling
 from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.scoring import ATTENTION_BACKENDS, Tokenized, collate, length_batches, pad_id, tokenize
+from probes.progress import progress_bar
 
 KINDS = ("hidden", "grad", "attr")
 
@@ -164,7 +164,9 @@ def compute_features(
 
         return distributed_features(step, items, batches, texts, devices, strategy, progress)
     out = HostRows(len(texts))
-    bar = tqdm(batches, desc=f"{spec.what} features", disable=not progress or len(batches) < 4, leave=False)
+    bar = progress_bar(
+        batches, desc=f"{spec.what} features", disable=not progress or len(batches) < 4, leave=False
+    )
     for index in bar:
         out.add(index, step([items[i] for i in index]))
     return out.result(texts, spec.what)

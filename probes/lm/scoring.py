@@ -9,7 +9,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from torch.nn.attention import SDPBackend
-from tqdm.auto import tqdm
+
+from probes.progress import progress_bar
 
 # The attention kernels the project's own passes run (the feature passes, each text's loss): not cuDNN's,
 # PyTorch's first choice on Hopper, which builds a plan per new sequence length, and every length batch has
@@ -235,7 +236,7 @@ def prompt_outputs(
     out = torch.empty(len(prompts), 0)
     batches = length_batches([len(item.ids) for item in items], batch_size)
     with torch.inference_mode():
-        for index in tqdm(batches, desc="prompt logits", disable=len(batches) < 4, leave=False):
+        for index in progress_bar(batches, desc="prompt logits", disable=len(batches) < 4, leave=False):
             # right padding: left padding makes fully masked pad rows, which eager attention in float64 turns
             # into NaN that then leaks into the real rows
             batch = collate([items[i] for i in index], pad_id(tokenizer), "right", device)

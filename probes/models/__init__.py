@@ -2,7 +2,7 @@
 LightningModule, its callbacks, and its compare.py adapter. May import features, lm, pairs, data,
 metrics, methods and the top-level modules; never compare or counterfactual."""
 
-from probes.models.callbacks import BestCheckpoint, CpuThreads
+from probes.models.callbacks import BestCheckpoint, CpuThreads, ProgressBar
 from probes.models.generator import DeepLinear, ProbeGenerator
 from probes.models.heads import Head, InfluenceHead, MultiHotHead, PairwiseHead
 from probes.models.module import ProbeModule
@@ -19,6 +19,7 @@ __all__ = [
     "PairwiseHead",
     "ProbeGenerator",
     "ProbeModule",
+    "ProgressBar",
     "QueryTables",
     "RecallFigure",
     "TestMetricsJson",

@@ -1,16 +1,19 @@
-"""Callbacks of the DLP job: each fit keeps its own checkpoints, found again later; CPU threads."""
+"""Callbacks of the DLP job: each fit keeps its own checkpoints, found again later; CPU threads; bars."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from probes.files import atomic_path
+from probes.progress import FILE_INTERVAL, interactive
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -96,3 +99,21 @@ class CpuThreads(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.strategy.root_device.type == "cpu":
             torch.set_num_threads(self.threads)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars (on stdout), updated every ``refresh_rate`` batches on a terminal; into a file or
+    pipe at most every ``probes.progress.FILE_INTERVAL`` seconds (and at each bar's end), like every other
+    bar of the project. train_probe.py adds it unless the config names a progress bar or disables them."""
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False):
+        super().__init__(refresh_rate, process_position, leave)
+        self._last_update = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if interactive(sys.stdout):
+            return super()._should_update(current, total)
+        due = current == total or time.monotonic() - self._last_update >= FILE_INTERVAL
+        if due:
+            self._last_update = time.monotonic()
+        return self.is_enabled and due

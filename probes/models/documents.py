@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from probes.models.conditioning import ProbeReader
+from probes.progress import progress_bar
 
 
 class DocumentIndex:
@@ -45,7 +45,9 @@ class DocumentIndex:
     def _compute(self, reader: ProbeReader, probes: Float[Tensor, "k m d"]) -> Float[Tensor, "n k r"]:
         order = sorted(range(len(self.texts)), key=lambda i: len(self.texts[i]))
         out = None
-        for start in tqdm(range(0, len(order), self.batch_size), desc="document responses", leave=False):
+        for start in progress_bar(
+            range(0, len(order), self.batch_size), desc="document responses", leave=False
+        ):
             ids = order[start : start + self.batch_size]
             rows = reader(self[ids], probes, as_prompt=False)
             out = rows.new_empty(len(order), *rows.shape[1:]) if out is None else out

@@ -19,6 +19,7 @@ from probes.models.documents import DocumentIndex
 from probes.models.frozen import FrozenLM, frozen_lm, resolve_model_path
 from probes.models.generator import ProbeGenerator
 from probes.models.heads import Head, InfluenceHead, MultiHotHead, check_head_split
+from probes.models.reporting import log_settings
 
 GeneratorFactory = Callable[[int], ProbeGenerator]  # embedding_dim -> generator
 HeadFactory = Callable[[int, int, int], Head]  # (response_dim, num_probes, n_documents) -> head
@@ -76,7 +77,7 @@ class ProbeModule(L.LightningModule):
                 f"n_documents={n_documents}: give the number of training documents (train_probe.py links "
                 "it from data.num_documents)"
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get reporting.settings, with hp_metric
         self._make_generator, self._make_head, self._make_optimizer = generator, head, optimizer
         self.generator: ProbeGenerator | None = None
         self.head: Head | None = None
@@ -84,6 +85,9 @@ class ProbeModule(L.LightningModule):
         self._reader: ProbeReader | None = None  # f_new behind its conditioning (a plain object)
         self.documents: DocumentIndex | None = None
         self.val_metrics: dict[str, float] = {}  # of the last validation outside the sanity check
+        self.best_val_map: float | None = (
+            None  # the best val/macro/map so far (hp_metric), kept in checkpoints
+        )
         self.test_metrics: dict[str, float] = {}  # of the last test
         self.trained_on: dict | None = None  # `provenance.record` of a loaded checkpoint
 
@@ -133,6 +137,7 @@ class ProbeModule(L.LightningModule):
         """What the checkpoint was trained on (written by `provenance.TrainedOn`, read by `DLPMethod`); a
         checkpoint without that record is refused."""
         self.trained_on = checkpoint.get(provenance.KEY)
+        self.best_val_map = checkpoint.get("best_val_map")
         if self.trained_on is None:
             raise provenance.missing(f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip())
 
@@ -179,7 +184,9 @@ class ProbeModule(L.LightningModule):
     on_validation_start = on_fit_start
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """An influence-trained head's targets (folder, kind, loss, SHA-256) go into the checkpoint."""
+        """The best val mAP so far (hp_metric survives a resume) and, for an influence-trained head, its
+        targets (folder, kind, loss, SHA-256)."""
+        checkpoint["best_val_map"] = self.best_val_map
         if isinstance(self.head, InfluenceHead):
             checkpoint[INFLUENCE_KEY] = self.head.describe()
 
@@ -199,6 +206,9 @@ class ProbeModule(L.LightningModule):
         self.log("val/macro/map", metrics["val/macro/map"], prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_metrics = metrics
+            self.best_val_map = max(metrics["val/macro/map"], self.best_val_map or float("-inf"))
+            if self.trainer.is_global_zero:
+                log_settings(self.trainer, self.best_val_map)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_retrieval.update(self.score(batch["prompts"]), batch["relevant"], batch["query_ids"])

@@ -1,15 +1,48 @@
-"""Callbacks that feed ProbeModule the data's query tables and write what a DLP run reports (figure, JSON)."""
+"""What a DLP run reports (settings and hp_metric, recall figure, test_metrics.json) and its query tables."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from probes.metrics import flatten, random_expectation
 from probes.models.plots import log_recall_figure
+
+# not settings a user gives the model: LightningCLI's re-instantiation record, the values linked from the data
+# (its document count and candidate answers, a table of numbers), and the data's own options repeated
+LINKED = ("_instantiator", "n_documents", "candidates", "corpus_path", "split")
+
+
+def settings(model: Mapping, data: Mapping) -> dict[str, float | int | str | bool]:
+    """The run's configuration as flat scalars for HPARAMS: the model's options (a class_path/init_args entry
+    as ``name/class`` and ``name/<arg>``) and the data's."""
+    return _flat("", {**{k: v for k, v in model.items() if k not in LINKED}, **data})
+
+
+def _flat(prefix: str, value) -> dict[str, float | int | str | bool]:
+    if isinstance(value, Mapping):
+        if "class_path" in value:
+            value = {"class": value["class_path"], **(value.get("init_args") or {})}
+        return {k: v for key, item in value.items() for k, v in _flat(f"{prefix}{key}/", item).items()}
+    return {prefix.rstrip("/"): value if isinstance(value, (bool, int, float, str)) else str(value)}
+
+
+def log_settings(trainer: L.Trainer, best: float) -> None:
+    """Every logger gets the run's settings with ``hp_metric`` = ``best`` (the best validation macro mAP so
+    far) at the current step: TensorBoard's HPARAMS row of the run, no placeholder value."""
+    data = trainer.datamodule.hparams if trainer.datamodule is not None else {}
+    params, metric = settings(trainer.lightning_module.hparams, data), {"hp_metric": best}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metric, step=trainer.global_step)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(metric, step=trainer.global_step)
 
 
 def chance(data, split: str, prefix: str, correct=None) -> dict[str, float]:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from probes.lm.scoring import pad_rows
+from probes.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def train(
     curve: list[float] = []
     step, epoch_loss, epoch_n = 0, 0.0, 0
     stream = batch_stream(lengths, cfg.batch_size, generator)
-    with tqdm(total=total_run, desc=desc, unit="step", dynamic_ncols=True, disable=not progress) as bar:
+    with progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar:
         while step < total_run:
             batch = next(stream)
             input_ids, labels = (t.to(device) for t in collate([seqs[i] for i in batch], pad_id))
