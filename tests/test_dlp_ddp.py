@@ -40,4 +40,6 @@ def test_fit_and_test_under_ddp_write_their_files_once(micro_world, in_tmp):
         "last.ckpt",
     ]
     run_cli(micro_world, "test", "--ckpt_path=best", *ddp)
-    assert (runs / "version_1" / "test_metrics.json").is_file()
+    # test joins its fit's run folder (issue 30) instead of making version_1
+    assert (runs / "version_0" / "test_metrics.json").is_file()
+    assert not (runs / "version_1").exists()
