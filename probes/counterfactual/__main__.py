@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _main(argv: list[str] | None) -> Path:
-    from probes.counterfactual import build, ground_truth, oracle, remove
-    from probes.counterfactual.executors import Executor
+    from probes.counterfactual import build, oracle, remove
     from probes.counterfactual.study import claim
 
     cfg = build_parser().parse_args(expand(argv, "counterfactual"))  # a pair overlay: these keys
@@ -174,42 +173,57 @@ def _main(argv: list[str] | None) -> Path:
         shape = f"[{len(manifest['queries']['ids'])}, {manifest['documents']['count']}]"
         print(f"Wrote {', '.join(oracle.FILES)} to {out}/: {shape} in {manifest['seconds']:.0f} s")
     elif cfg.command == "build":
-        from probes.counterfactual.build import build_ground_truth, describe
-
-        gt = build_ground_truth(
-            sub,
-            out,
-            subsets=sub.subsets,
-            fraction=sub.fraction,
-            drop=sub.drop,
-            regime=sub.regime,
-            seeds_per_subset=sub.seeds_per_subset,
-            split=sub.split,
-            seed=sub.seed,
-            stack=sub.stack,
-            workers=sub.workers,
-            overwrite=sub.overwrite,
-            executor=Executor(sub.executor, sub.ray_address),
-        )
-        print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
+        _build(sub, out)
     else:
-        report = remove.remove_documents(
-            sub,
-            out,
-            labels=sub.labels,
-            ks=sub.k,
-            functions=sub.functions,
-            seed=sub.seed,
-            stack=sub.stack,
-            workers=sub.workers,
-            executor=Executor(sub.executor, sub.ray_address),
-            reuse=sub.scores,
-            overwrite=sub.overwrite,
-        )
-        print((out / remove.TABLE).read_text(), end="")
-        sources = ", ".join(sorted(set(report["scores"].values())))
-        print(f"Wrote {remove.RESULT}, {remove.TABLE} to {out}/ (the rows' scores from {sources})")
+        _remove(sub, out)
     return out
+
+
+def _build(sub, out: Path) -> None:
+    """``build``: the ground truth of ``sub``'s regime, written to ``out``."""
+    from probes.counterfactual import ground_truth
+    from probes.counterfactual.build import build_ground_truth, describe
+    from probes.counterfactual.executors import Executor
+
+    gt = build_ground_truth(
+        sub,
+        out,
+        subsets=sub.subsets,
+        fraction=sub.fraction,
+        drop=sub.drop,
+        regime=sub.regime,
+        seeds_per_subset=sub.seeds_per_subset,
+        split=sub.split,
+        seed=sub.seed,
+        stack=sub.stack,
+        workers=sub.workers,
+        overwrite=sub.overwrite,
+        executor=Executor(sub.executor, sub.ray_address),
+    )
+    print(f"Wrote {', '.join(ground_truth.FILES)} to {out}/: {describe(gt)}")
+
+
+def _remove(sub, out: Path) -> None:
+    """``remove``: the removal test of ``sub``'s labels, written to ``out`` and printed."""
+    from probes.counterfactual import remove
+    from probes.counterfactual.executors import Executor
+
+    report = remove.remove_documents(
+        sub,
+        out,
+        labels=sub.labels,
+        ks=sub.k,
+        functions=sub.functions,
+        seed=sub.seed,
+        stack=sub.stack,
+        workers=sub.workers,
+        executor=Executor(sub.executor, sub.ray_address),
+        reuse=sub.scores,
+        overwrite=sub.overwrite,
+    )
+    print((out / remove.TABLE).read_text(), end="")
+    sources = ", ".join(sorted(set(report["scores"].values())))
+    print(f"Wrote {remove.RESULT}, {remove.TABLE} to {out}/ (the rows' scores from {sources})")
 
 
 if __name__ == "__main__":

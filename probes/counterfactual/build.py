@@ -73,19 +73,15 @@ def build_ground_truth(
     job = dataclasses.replace(study.job, in_place=plan.in_place)
     outputs = run_chunks(store, job, plan.plan, workers=workers, desc="ground truth", executor=executor)
     logp = outputs[:, 0].reshape(subsets, plan.seeds_per_subset, -1).float()
-    corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
     manifest = {
         "version": VERSION,
         **plan.manifest,
         **ident,
         "query_split": split,
-        "corpus": {"path": str(corpus_file), "sha256": study.corpus_sha256},
-        "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
-        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **job.describe()},
+        **_provenance(cfg, study, job),
         "accuracy": outputs[:, 1].mean().item(),  # the retrained models' mean test accuracy
         "seconds": round(time.time() - started, 1),
         "workers": workers,
-        "machine": machine(study.job),
         "noise_ceiling": noise_ceiling(logp, study.functions),
     }
     gt = GroundTruth(masks=plan.masks, outputs=logp, manifest=manifest, path=out)
@@ -93,6 +89,17 @@ def build_ground_truth(
     output.record(*FILES)
     store.finish()
     return gt
+
+
+def _provenance(cfg: Namespace, study, job) -> dict:
+    """The manifest's corpus, data split, recipe and machine entries: what the retrains were made from."""
+    corpus_file = study.data.resolve_corpus_path(cfg.data.corpus_path)
+    return {
+        "corpus": {"path": str(corpus_file), "sha256": study.corpus_sha256},
+        "split": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
+        "recipe": {"pair_manifest": str(Path(study.old).parent / "manifest.json"), **job.describe()},
+        "machine": machine(study.job),
+    }
 
 
 def describe(gt: GroundTruth) -> str:

@@ -1,10 +1,8 @@
 """Per-layer pooled hidden states h_l, activation gradients g_l = dL/dh_l and attributions Δh_l ⊙ g_l.
 
-Layer index l runs over what Hugging Face returns with ``output_hidden_states=True``: 0 = the embeddings
-(the first block's input), l = the output of block l, and the last index L = the final hidden state AFTER
-the model's final norm (the tensor the LM head reads; transformers ties ``hidden_states[-1]`` to it).
-`probes.lm.layer_ids.hidden_state_ids` is the one resolver of a layer option into these indices.
-"""
+Layer l indexes Hugging Face's ``output_hidden_states``: 0 = the embeddings, l = block l's output, the last
+= the final hidden state AFTER the final norm (what the LM head reads); `probes.lm.layer_ids.hidden_state_ids`
+is the one resolver of a layer option into these indices."""
 
 from __future__ import annotations
 
