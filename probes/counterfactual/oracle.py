@@ -19,7 +19,6 @@ import torch
 from jsonargparse import Namespace
 from safetensors.torch import save_file
 
-from probes.errors import UserError
 from probes.files import atomic_path
 
 KIND = "python -m probes.counterfactual oracle"  # its output marker's kind
@@ -44,38 +43,25 @@ class Loaded:
 def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 0) -> Loaded:
     """The config's pair, corpus and recipe as a `baselines.magic.Oracle` (its forward replay done) and the
     split's queries; ``max_steps`` caps the replayed run (benchmarks only: 0 = the recipe's own)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from baselines.magic import Oracle
-    from probes.compare.config import PairConfig
-    from probes.counterfactual.ground_truth import identity, split_queries
-    from probes.data.hops import HopsData
-    from probes.hashing import file_sha256
-    from probes.pairs.recipe import pair_recipe, recipe_autocast
+    from probes.counterfactual.ground_truth import identity
+    from probes.counterfactual.study import load_pair_inputs
+    from probes.pairs.recipe import recipe_autocast
     from probes.pairs.train import encode_texts
 
-    if split not in SPLITS:
-        raise UserError(f"--split={split!r}: give one of train, validation, test")
-    data = HopsData(**cfg.data.as_dict())
-    data.prepare()
-    pair = PairConfig(**cfg.model.as_dict())
-    old, new = pair.paths(cfg.data.corpus_path)
-    corpus_file = data.resolve_corpus_path(cfg.data.corpus_path)
-    corpus_sha256 = file_sha256(corpus_file)
-    recipe, seed = pair_recipe(old, corpus_sha256, cfg.get("recipe"))
-    recipe = dataclasses.replace(recipe, max_steps=max_steps) if max_steps else recipe
-    tokenizer = AutoTokenizer.from_pretrained(old)
-    model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
-    query_ids, query_texts = split_queries(data, SPLITS[split])
-    ident = identity(data.corpus.texts, query_ids, query_texts, model, old, new)  # hashed on the CPU
+    inputs = load_pair_inputs(cfg, split)
+    data, old, new, seed, tokenizer = inputs.data, inputs.old, inputs.new, inputs.seed, inputs.tokenizer
+    recipe = dataclasses.replace(inputs.recipe, max_steps=max_steps) if max_steps else inputs.recipe
+    query_ids, model = inputs.query_ids, inputs.old_model
+    ident = identity(data.corpus.texts, query_ids, inputs.query_texts, model, old, new)  # hashed on the CPU
     seqs = encode_texts(tokenizer, data.corpus.texts, recipe.max_length)
     oracle = Oracle(
-        model.to(pair.device), tokenizer, seqs, recipe, seed, every, recipe_autocast(old, cfg.get("recipe"))
+        model.to(inputs.device), tokenizer, seqs, recipe, seed, every, recipe_autocast(old, cfg.get("recipe"))
     )
     manifest = {
         "split": split,
         **ident,
-        "corpus": {"path": str(corpus_file), "sha256": corpus_sha256},
+        "corpus": {"path": str(inputs.corpus_file), "sha256": inputs.corpus_sha256},
         "data": {k: v for k, v in cfg.data.as_dict().items() if k != "corpus_path"},
         "recipe": {
             "pair_manifest": str(Path(old).parent / "manifest.json"),
@@ -83,7 +69,7 @@ def load_oracle(cfg: Namespace, split: str, every: int | None, max_steps: int = 
             "bf16_autocast": oracle.replay.autocast,
             **asdict(recipe),
         },
-        "device": pair.device,
+        "device": inputs.device,
     }
     return Loaded(oracle, [data.queries[i] for i in query_ids], manifest)
 

@@ -46,9 +46,29 @@ class Study:
     recipe_file: dict = field(default_factory=dict)
 
 
-def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
-    """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job, whose
-    queries are ``split``'s (test, validation or train)."""
+@dataclass
+class PairInputs:
+    """What a compare config names, loaded once for a counterfactual command: the prepared data, the
+    resolved pair and its device, the corpus file and its SHA-256, the fine-tune recipe and its data-order
+    seed, f_old's tokenizer and f_old (CPU, float32, for its weights hash), a split's query ids and texts."""
+
+    data: object
+    old: str
+    new: str
+    device: str
+    corpus_file: Path
+    corpus_sha256: str
+    recipe: object
+    seed: int
+    tokenizer: object
+    old_model: torch.nn.Module
+    query_ids: list[int]
+    query_texts: list[str]
+
+
+def load_pair_inputs(cfg: Namespace, split: str) -> PairInputs:
+    """`PairInputs` of ``cfg`` for ``split`` (train, validation or test); an unknown split is refused
+    first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.compare.config import PairConfig
@@ -56,8 +76,9 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
     from probes.counterfactual.oracle import SPLITS
     from probes.data.hops import HopsData
     from probes.hashing import file_sha256
-    from probes.lm.scoring import answer_token_ids
 
+    if split not in SPLITS:
+        raise UserError(f"--split={split!r}: give one of train, validation, test")
     data = HopsData(**cfg.data.as_dict())
     data.prepare()
     pair = PairConfig(**cfg.model.as_dict())
@@ -67,9 +88,31 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
     recipe, seed = pair_recipe(old, corpus_sha256, cfg.get("recipe"))
     tokenizer = AutoTokenizer.from_pretrained(old)
     old_model = AutoModelForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
-    if split not in SPLITS:
-        raise UserError(f"--split={split!r}: give one of train, validation, test")
     query_ids, query_texts = split_queries(data, SPLITS[split])
+    return PairInputs(
+        data,
+        old,
+        new,
+        pair.device,
+        corpus_file,
+        corpus_sha256,
+        recipe,
+        seed,
+        tokenizer,
+        old_model,
+        query_ids,
+        query_texts,
+    )
+
+
+def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
+    """Load what a compare config names (f_old on the CPU for its weights hash) and the retrain job, whose
+    queries are ``split``'s (test, validation or train)."""
+    from probes.lm.scoring import answer_token_ids
+
+    inputs = load_pair_inputs(cfg, split)
+    data, old, new, recipe, seed = inputs.data, inputs.old, inputs.new, inputs.recipe, inputs.seed
+    tokenizer, query_ids = inputs.tokenizer, inputs.query_ids
     queries = [data.queries[i] for i in query_ids]
     candidates = answer_token_ids(tokenizer, data.candidates)
     answers = answer_token_ids(tokenizer, [q.constant for q in queries])
@@ -80,13 +123,23 @@ def load_study(cfg: Namespace, *, stack: int, split: str = "test") -> Study:
         answers=tuple(answers.tolist()),
         candidates=tuple(candidates.tolist()),
         recipe=recipe,
-        device=pair.device,
+        device=inputs.device,
         stack=stack,
     )
     functions = [data.query_functions[i] for i in query_ids]
     pinned = {"recipe_file": {"seed": seed, **asdict(recipe)}} if cfg.get("recipe") else {}
     return Study(
-        data, corpus_sha256, old, new, old_model, query_ids, query_texts, functions, seed, job, pinned
+        data,
+        inputs.corpus_sha256,
+        old,
+        new,
+        inputs.old_model,
+        query_ids,
+        inputs.query_texts,
+        functions,
+        seed,
+        job,
+        pinned,
     )
 
 
