@@ -98,13 +98,14 @@ def test_checkpoint_spacing_and_query_subsets_do_not_change_scores(run, monkeypa
     torch.testing.assert_close(one[0], run["scores"][2], rtol=1e-10, atol=1e-12)
 
 
-def test_replay_at_weight_one_is_the_trained_model():
+@pytest.mark.parametrize("betas", [(0.9, 0.98), (0.9, 0.95)])  # the project's, the HOPS upstream recipe's
+def test_replay_at_weight_one_is_the_trained_model(betas):
     """float32, transformers' loss in `train` and the weighted loss at w = 1 in the replay: the same weights
-    to 1e-6 (on a CPU they are the same floats)."""
+    to 1e-6 (on a CPU they are the same floats), with the recipe's AdamW betas."""
     tokenizer = build_tokenizer()
     model = make_micro_model(len(tokenizer))
     seqs = encode_texts(tokenizer, [*TEXTS, "<FN>(4) returns the value 5", "<HN>(8) is 9"] * 3)
-    cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=5, warmup=0.2, weight_decay=0.1)
+    cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=5, warmup=0.2, weight_decay=0.1, betas=betas)
     replay = Replay(model, seqs, cfg, SEED, tokenizer.pad_token_id)
     state = replay.run(replay.initial(), 0, replay.steps, torch.ones(len(seqs)))[-1]
     trained = copy.deepcopy(model)

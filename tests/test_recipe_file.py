@@ -70,6 +70,7 @@ def test_the_upstream_recipe_file_reads_as_its_source_states():
         600,
     )
     assert math.isclose(cfg.lr * cfg.min_lr_ratio, 2e-4) and seed == 42 and autocast
+    assert (cfg.weight_decay, cfg.max_length, cfg.betas) == (0.01, 2048, (0.9, 0.95))
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,8 @@ def test_the_upstream_recipe_file_reads_as_its_source_states():
     [
         ("seed: 1\nsgd_momentum: 0.9\n", "unknown recipe key 'sgd_momentum'"),
         ("seed: 1\noptimizer: sgd\n", "sgd"),
+        ("seed: 1\nbetas: [0.9]\n", "betas must be two numbers"),
+        ("seed: 1\nbetas: [0.9, 1.5]\n", "betas must be two numbers"),
     ],
 )
 def test_a_recipe_the_fine_tune_cannot_run_is_refused(tmp_path, text, match):

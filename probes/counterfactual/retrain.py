@@ -21,7 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.scoring import logits_at
 from probes.lm.stack import attention_implementation
-from probes.pairs.train import ADAMW, TrainConfig, epoch_batches, param_groups, schedule, token_loss
+from probes.pairs.train import ADAM_EPS, TrainConfig, epoch_batches, param_groups, schedule, token_loss
 from probes.progress import progress_bar
 
 Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
@@ -136,7 +136,11 @@ def train_stacked(
     batches = StepBatches(seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device, weights)
     # one fused kernel per parameter group on a GPU (the foreach path launches several per step)
     opt = torch.optim.AdamW(
-        param_groups(fmodel, cfg.weight_decay, params), lr=cfg.lr, fused=device.type == "cuda", **ADAMW
+        param_groups(fmodel, cfg.weight_decay, params),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=ADAM_EPS,
+        fused=device.type == "cuda",
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 

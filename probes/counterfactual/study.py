@@ -166,6 +166,7 @@ class ChunkStore:
 
     def __init__(self, output: Output, settings: dict) -> None:
         self.output, self.parts = output, output.folder / PARTS
+        settings = json.loads(json.dumps(settings))  # as plan.json reads back (tuples become lists)
         plan = output.folder / PLAN
         if plan.is_file():
             recorded = json.loads(output.verify(PLAN).read_text())

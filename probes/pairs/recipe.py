@@ -13,7 +13,7 @@ import yaml
 from probes.errors import UserError
 from probes.pairs.train import TrainConfig
 
-OPTIMIZERS = ("adamw",)  # what `probes.pairs.train.train` runs (betas and eps: its ADAMW)
+OPTIMIZERS = ("adamw",)  # what `probes.pairs.train.train` runs (eps: its ADAM_EPS)
 # a recipe file's keys besides TrainConfig's: where it comes from, the optimiser, the final learning rate
 # (min_lr_ratio = min_lr / lr), the data-order seed, bf16 autocast on a GPU (MAGIC's replay)
 RECIPE_KEYS = {"source", "optimizer", "min_lr", "seed", "autocast"}

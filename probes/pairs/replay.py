@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from probes.lm.causal import EXPLICIT_ATTENTION, explicit_attention
 from probes.lm.stack import attention_implementation
-from probes.pairs.train import ADAMW, TrainConfig, batch_stream, collate, decayed, schedule, token_loss
+from probes.pairs.train import ADAM_EPS, TrainConfig, batch_stream, collate, decayed, schedule, token_loss
 
 State = tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]  # (params, exp_avg, exp_avg_sq)
 MAX_GRAD_NORM = 1.0  # train's clip_grad_norm_(..., 1.0)
@@ -113,7 +113,8 @@ class Replay:
                 grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
         coef = (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0)
-        return adamw(state, {n: g * coef for n, g in grads.items()}, self.lrs[t], t + 1, self.decay)
+        clipped = {n: g * coef for n, g in grads.items()}
+        return adamw(state, clipped, self.lrs[t], t + 1, self.decay, self.cfg.betas)
 
     def run(self, state: State, start: int, stop: int, weights: Float[Tensor, " n"]) -> list[State]:
         """The states after steps ``start .. stop - 1`` from ``state`` (the state before step ``start``),
@@ -129,10 +130,17 @@ class Replay:
         return weights[torch.tensor(self.batches[t], device=weights.device)].to(self.device)
 
 
-def adamw(state: State, grads: dict[str, Tensor], lr: float, step: int, decay: dict[str, float]) -> State:
+def adamw(
+    state: State,
+    grads: dict[str, Tensor],
+    lr: float,
+    step: int,
+    decay: dict[str, float],
+    betas: tuple[float, float],
+) -> State:
     """torch's single-tensor AdamW (``torch.optim.adam._single_tensor_adam``, decoupled weight decay) out of
     place: the same operations in the same order, so the same floats."""
-    (beta1, beta2), eps = ADAMW["betas"], ADAMW["eps"]
+    (beta1, beta2), eps = betas, ADAM_EPS
     bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
     step_size, bias_correction2_sqrt = lr / bias_correction1, bias_correction2**0.5
     params, exp_avg, exp_avg_sq = state

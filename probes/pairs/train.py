@@ -32,6 +32,7 @@ class TrainConfig:
         warmup_steps: warm-up steps (0: ``warmup`` as a fraction of the steps instead).
         constant_steps: steps at the peak learning rate between the warm-up and the cosine decay.
         max_length: tokens kept of each training sequence (None: whole; `encode_texts`).
+        betas: AdamW's (beta1, beta2); eps is `ADAM_EPS`.
     """
 
     epochs: int | float = 10
@@ -44,6 +45,12 @@ class TrainConfig:
     warmup_steps: int = 0
     constant_steps: int = 0
     max_length: int | None = None
+    betas: Sequence[float] = (0.9, 0.98)  # a tuple once made (a recipe file gives a list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # a YAML or JSON list
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 def encode_texts(
@@ -108,7 +115,7 @@ def token_loss(
     return total / (targets != -100).sum()
 
 
-ADAMW = dict(betas=(0.9, 0.98), eps=1e-8)  # the AdamW settings besides lr and weight decay
+ADAM_EPS = 1e-8  # AdamW's eps (its betas: TrainConfig.betas)
 
 
 def decayed(model: torch.nn.Module) -> dict[str, bool]:
@@ -182,7 +189,7 @@ def train(
     lengths = [len(s) for s in seqs]
     steps_per_epoch = math.ceil(len(seqs) / cfg.batch_size)
     total_run, lr_at = schedule(cfg, len(seqs))
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, **ADAMW)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=ADAM_EPS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     device = next(model.parameters()).device
     # bf16 autocast on a GPU (weights and optimiser state stay fp32); plain fp32 on a CPU
