@@ -5,6 +5,7 @@ are refused, and compare.py --counterfactual reads what build wrote."""
 from __future__ import annotations
 
 import json
+import multiprocessing.pool
 
 import counterfactual_fixtures as fixtures
 import pytest
@@ -98,6 +99,39 @@ def test_a_killed_build_resumes_without_rerunning_finished_retrains(
     build(counterfactual_world["config"], tmp_path / "whole", *settings)
     resumed, whole = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("gt", "whole"))
     assert all(torch.equal(resumed[key], whole[key]) for key in whole)
+
+
+def test_a_build_on_worker_processes_equals_one_in_this_process_and_its_workers_exit_cleanly(
+    counterfactual_world, tmp_path, monkeypatch
+):
+    """--workers 2 (a spawned process pool) writes this process's ground truth, and its workers have exited
+    by themselves (exit code 0) before the pool is torn down: terminated workers leave their progress bars'
+    semaphores behind, and Python warns of "leaked semaphore objects" at shutdown."""
+    exit_codes, leave = [], multiprocessing.pool.Pool.__exit__
+
+    def recorded(pool, *exc):
+        exit_codes.extend(worker.exitcode for worker in pool._pool)
+        return leave(pool, *exc)
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "__exit__", recorded)
+    settings = ("--subsets", "3", "--seeds-per-subset", "1")
+    build(counterfactual_world["config"], tmp_path / "here", *settings)
+    main(
+        [
+            "build",
+            "--config",
+            str(counterfactual_world["config"]),
+            "--out",
+            str(tmp_path / "pool"),
+            *settings,
+            "--workers",
+            "2",
+            "--debug",
+        ]
+    )
+    assert exit_codes == [0, 0]
+    here, pool = (load_file(str(tmp_path / name / TENSORS_FILE)) for name in ("here", "pool"))
+    assert all(torch.equal(pool[key], here[key]) for key in here)
 
 
 def test_a_pair_without_a_build_manifest_is_refused(tmp_path, write_jsonl):

@@ -179,6 +179,8 @@ def run_plan(
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(job, per)) as pool:
         yield from pool.imap_unordered(_run_in_worker, chunks)
+        pool.close()  # let the workers exit cleanly: terminating them leaks tqdm's semaphores (a warning)
+        pool.join()
 
 
 def subsets_of(n: int, size: int, count: int, seed: int) -> list[list[int]]:
