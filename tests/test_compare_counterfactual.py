@@ -227,3 +227,15 @@ def test_rows_taken_from_a_finished_comparison_give_what_scoring_them_gives(conf
         return [line.rsplit("|", 2)[0] for line in (tmp_path / folder / "table.md").read_text().splitlines()]
 
     assert without_time("taken") == without_time("scored")
+    compare.main(
+        [*argv, "--model.threads", "3", "--scores", str(tmp_path / "plain"), "--out", str(tmp_path / "t3")]
+    )
+    assert json.loads((tmp_path / "t3" / "metrics.json").read_text())["bm25"]["scores_from"] == str(
+        tmp_path / "plain"
+    )
+    with pytest.warns(
+        UserWarning, match=r"plain: no row taken, model.feature_batch_size is 32 there, 7 here"
+    ):
+        argv = [*argv, "--model.feature_batch_size", "7", "--scores", str(tmp_path / "plain")]
+        compare.main([*argv, "--out", str(tmp_path / "fb7")])
+    assert "scores_from" not in json.loads((tmp_path / "fb7" / "metrics.json").read_text())["bm25"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.compare.reuse import same_rows
+from probes.compare.reuse import difference, same_rows
 
 
 def record(**content) -> dict:
@@ -44,6 +44,22 @@ def test_another_data_model_or_input_gives_no_row(change):
     recorded = record()
     change(recorded)
     assert same_rows(recorded, record(), LABELS) == []
+    assert difference(recorded, record())  # a reason, for the warning of compare.py --scores
+
+
+def test_rows_scored_elsewhere_are_taken():
+    """Where a run computed (a GPU, its threads, its feature cache) is not what it computed."""
+    recorded = record()
+    recorded["config"]["model"].update(device="cuda", devices=2, threads=8, feature_cache=False)
+    assert difference(recorded, record()) is None
+    assert same_rows(recorded, record(), LABELS) == LABELS
+
+
+def test_the_difference_names_the_setting_or_input():
+    recorded = record()
+    recorded["config"]["model"].update(dtype="bf16")
+    assert difference(recorded, record()) == "model.dtype is 'bf16' there, 'float32' here"
+    assert difference(record(new={"new/w": "n2"}), record()) == "another f_new by content"
 
 
 def test_a_row_whose_method_entry_differs_or_is_missing_is_left_out():

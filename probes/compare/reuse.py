@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,13 +68,33 @@ def record(cfg: Namespace, corpus_sha256: str, old: str, new: str) -> dict:
     }
 
 
+# model keys that say where and how fast a run computed, not what: rows scored on a GPU are taken on a CPU
+WHERE = ("device", "devices", "threads", "feature_cache")
+
+
+def _what(section: dict, key: str) -> dict:
+    return {k: v for k, v in section.items() if key != "model" or k not in WHERE}
+
+
+def difference(recorded: dict, wanted: dict) -> str | None:
+    """Why no row of a run recorded as ``recorded`` is one a run recorded as ``wanted`` would score (the first
+    differing data or model setting, or input by content), or None when its rows may be taken."""
+    for key in ("data", "model"):
+        there, here = (_what(r["config"][key], key) for r in (recorded, wanted))
+        for name in sorted(set(there) | set(here)):
+            if there.get(name) != here.get(name):
+                return f"{key}.{name} is {there.get(name)!r} there, {here.get(name)!r} here"
+    for key in ("corpus", "old", "new"):
+        if recorded["content"][key] != wanted["content"][key]:
+            return f"another {'corpus' if key == 'corpus' else 'f_' + key} by content"
+    return None
+
+
 def same_rows(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
     """The ``labels`` that a run recorded as ``recorded`` scored exactly as a run recorded as ``wanted``
-    would: the same data and model config, the same inputs by content, the same method entry (for the DLP
-    row, the same checkpoint)."""
-    if any(recorded["config"][key] != wanted["config"][key] for key in ("data", "model")):
-        return []
-    if any(recorded["content"][key] != wanted["content"][key] for key in ("corpus", "old", "new")):
+    would: the same data and model config (but `WHERE` it ran), the same inputs by content, the same method
+    entry (for the DLP row, the same checkpoint)."""
+    if difference(recorded, wanted):
         return []
     had, want = ({e["label"]: e for e in r["config"]["methods"]} for r in (recorded, wanted))
     dlp = wanted["content"]["dlp"]
@@ -106,7 +127,8 @@ def take_rows(
     """``{label: Row}`` for each of ``labels`` that a finished comparison among ``folders`` (the first that
     has it) computed as a run recorded as ``wanted`` would. A folder that does not exist is refused; one
     without a finished comparison is passed over (metrics.json is written last, so a folder that has it holds
-    every file). Every file read is checked against the checksums its output marker records, the test
+    every file); one whose data, model or inputs differ is passed over with a warning that names the
+    difference. Every file read is checked against the checksums its output marker records, the test
     queries against ``query_ids`` and each row's shape against ``[q, documents]``."""
     rows: dict[str, Row] = {}
     for folder in map(Path, folders):
@@ -115,9 +137,13 @@ def take_rows(
         if not ((folder / "metrics.json").is_file() and (folder / INPUTS).is_file()):
             continue
         output = owned(folder, KIND)
-        same = same_rows(
-            json.loads(output.verify(INPUTS).read_text()), wanted, [x for x in labels if x not in rows]
-        )
+        recorded = json.loads(output.verify(INPUTS).read_text())
+        if reason := difference(recorded, wanted):
+            warnings.warn(
+                f"--scores {folder}: no row taken, {reason}: its rows are scored again", stacklevel=2
+            )
+            continue
+        same = same_rows(recorded, wanted, [x for x in labels if x not in rows])
         if not same:
             continue
         with output.verify("queries.csv").open(newline="") as handle:
