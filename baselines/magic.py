@@ -26,7 +26,9 @@ class Magic(Method):
     batch's labelled tokens counted unweighted, so w_d = 0 drops d in place, as the fixed-order regime of
     ``python -m probes.counterfactual build`` does). Higher = the document helps the answer: dropping it
     changes the answer's log-probability by about ``-score`` (to first order; Adam's first steps make the
-    run far from linear in w, so a whole drop is only approximated).
+    run far from linear in w, so a whole drop is only approximated: on the embedded tiny pair, whose fine-tune
+    saturates, the run is linear only within ~1e-6 of w = 1 and the scores predict no removal, measured in
+    docs/RESULTS.md, "MAGIC on the tiny pair").
 
     The fine-tune is replayed from f_old with the recipe in the pair's build manifest (its batches for the
     seed, schedule, clipping, AdamW groups; `probes.pairs.replay`) and differentiated in reverse through every
