@@ -1,0 +1,59 @@
+"""The LDS of one row averaged over several finished comparisons (e.g. the DLP of three seeds), beside each
+run's own.
+
+Each run's ``[q, n]`` scores of the row are standardised per query (mean 0, sd 1, so that no run weighs more
+for its scale) and averaged; the LDS is `probes.metrics.lds.lds` against a ground truth, as compare.py
+computes it (mean over queries, 95% interval with subsets and queries resampled). The runs must list the same
+test queries.
+
+    python scripts/ensemble_lds.py GT RUN1 RUN2 RUN3 [--label dlp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from probes.counterfactual.ground_truth import TENSORS_FILE
+from probes.metrics.lds import lds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("truth", type=Path, help="a ground truth folder (probes.counterfactual build)")
+    parser.add_argument("runs", type=Path, nargs="+", help="compare.py output folders holding the row")
+    parser.add_argument("--label", default="dlp", help="the row's label in the runs' scores")
+    args = parser.parse_args()
+    truth = load_file(str(args.truth / TENSORS_FILE))
+    masks, outputs = truth["masks"].bool(), truth["outputs"].double()
+    outputs = outputs if outputs.dim() == 2 else outputs.mean(1)  # the seed mean, [M, q]
+    functions, standardised = None, []
+    print("| scores | LDS | 95% interval |\n|---|---|---|")
+    for run in args.runs:
+        with open(run / "queries.csv", newline="", encoding="utf-8") as handle:
+            these = [row["func"] for row in csv.DictReader(handle)]
+        if functions is not None and these != functions:
+            raise SystemExit(f"{run}/queries.csv lists other test queries than {args.runs[0]}")
+        functions = these
+        scores = load_file(str(run / "scores.safetensors"))[args.label].double()
+        print(row(str(run), lds(scores, masks, outputs, functions)[1]))
+        standardised.append(
+            (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(1e-12)
+        )
+    mean = torch.stack(standardised).mean(0)
+    print(row(f"mean of the {len(args.runs)} standardised", lds(mean, masks, outputs, functions)[1]))
+
+
+def row(name: str, metric: dict) -> str:
+    low, high = metric["ci95"]
+    return f"| {name} | {metric['mean']:.3f} | [{low:.3f}, {high:.3f}] |"
+
+
+if __name__ == "__main__":
+    main()
