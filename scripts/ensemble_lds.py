@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from probes.counterfactual.ground_truth import TENSORS_FILE
+from probes.counterfactual.ground_truth import load_ground_truth
 from probes.metrics.lds import lds
 
 
@@ -30,9 +30,8 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="compare.py output folders holding the row")
     parser.add_argument("--label", default="dlp", help="the row's label in the runs' scores")
     args = parser.parse_args()
-    truth = load_file(str(args.truth / TENSORS_FILE))
-    masks, outputs = truth["masks"].bool(), truth["outputs"].double()
-    outputs = outputs if outputs.dim() == 2 else outputs.mean(1)  # the seed mean, [M, q]
+    truth = load_ground_truth(args.truth)  # validated and checksummed, as compare.py reads it
+    masks, outputs = truth.masks, truth.seed_mean
     functions, standardised = None, []
     print("| scores | LDS | 95% interval |\n|---|---|---|")
     for run in args.runs:

@@ -72,15 +72,14 @@ def record(cfg: Namespace, corpus_sha256: str, old: str, new: str) -> dict:
 WHERE = ("device", "devices", "threads", "feature_cache")
 
 
-def _what(section: dict, key: str) -> dict:
-    return {k: v for k, v in section.items() if key != "model" or k not in WHERE}
-
-
 def difference(recorded: dict, wanted: dict) -> str | None:
     """Why no row of a run recorded as ``recorded`` is one a run recorded as ``wanted`` would score (the first
     differing data or model setting, or input by content), or None when its rows may be taken."""
     for key in ("data", "model"):
-        there, here = (_what(r["config"][key], key) for r in (recorded, wanted))
+        there, here = (
+            {k: v for k, v in r["config"][key].items() if key != "model" or k not in WHERE}
+            for r in (recorded, wanted)
+        )
         for name in sorted(set(there) | set(here)):
             if there.get(name) != here.get(name):
                 return f"{key}.{name} is {there.get(name)!r} there, {here.get(name)!r} here"
@@ -94,8 +93,11 @@ def same_rows(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
     """The ``labels`` that a run recorded as ``recorded`` scored exactly as a run recorded as ``wanted``
     would: the same data and model config (but `WHERE` it ran), the same inputs by content, the same method
     entry (for the DLP row, the same checkpoint)."""
-    if difference(recorded, wanted):
-        return []
+    return [] if difference(recorded, wanted) else _same_entries(recorded, wanted, labels)
+
+
+def _same_entries(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
+    """The ``labels`` whose method entry (for the DLP row, checkpoint) is the same in both records."""
     had, want = ({e["label"]: e for e in r["config"]["methods"]} for r in (recorded, wanted))
     dlp = wanted["content"]["dlp"]
 
@@ -143,7 +145,7 @@ def take_rows(
                 f"--scores {folder}: no row taken, {reason}: its rows are scored again", stacklevel=2
             )
             continue
-        same = same_rows(recorded, wanted, [x for x in labels if x not in rows])
+        same = _same_entries(recorded, wanted, [x for x in labels if x not in rows])
         if not same:
             continue
         with output.verify("queries.csv").open(newline="") as handle:
