@@ -93,11 +93,8 @@ def same_rows(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
     """The ``labels`` that a run recorded as ``recorded`` scored exactly as a run recorded as ``wanted``
     would: the same data and model config (but `WHERE` it ran), the same inputs by content, the same method
     entry (for the DLP row, the same checkpoint)."""
-    return [] if difference(recorded, wanted) else _same_entries(recorded, wanted, labels)
-
-
-def _same_entries(recorded: dict, wanted: dict, labels: Sequence[str]) -> list[str]:
-    """The ``labels`` whose method entry (for the DLP row, checkpoint) is the same in both records."""
+    if difference(recorded, wanted):
+        return []
     had, want = ({e["label"]: e for e in r["config"]["methods"]} for r in (recorded, wanted))
     dlp = wanted["content"]["dlp"]
 
@@ -140,13 +137,12 @@ def take_rows(
             continue
         output = owned(folder, KIND)
         recorded = json.loads(output.verify(INPUTS).read_text())
-        if reason := difference(recorded, wanted):
-            warnings.warn(
-                f"--scores {folder}: no row taken, {reason}: its rows are scored again", stacklevel=2
-            )
-            continue
-        same = _same_entries(recorded, wanted, [x for x in labels if x not in rows])
+        same = same_rows(recorded, wanted, [x for x in labels if x not in rows])
         if not same:
+            if reason := difference(recorded, wanted):
+                warnings.warn(
+                    f"--scores {folder}: no row taken, {reason}: its rows are scored again", stacklevel=2
+                )
             continue
         with output.verify("queries.csv").open(newline="") as handle:
             if [int(row["query_id"]) for row in csv.DictReader(handle)] != list(query_ids):
