@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from probes.compare.reuse import KIND
 from probes.counterfactual.ground_truth import load_ground_truth
 from probes.metrics.lds import lds
+from probes.outputs import owned
 
 
 def main() -> None:
@@ -35,12 +37,13 @@ def main() -> None:
     functions, standardised = None, []
     print("| scores | LDS | 95% interval |\n|---|---|---|")
     for run in args.runs:
-        with open(run / "queries.csv", newline="", encoding="utf-8") as handle:
+        output = owned(run, KIND)  # its files read only where their checksums hold, as --scores reads them
+        with output.verify("queries.csv").open(newline="", encoding="utf-8") as handle:
             these = [row["func"] for row in csv.DictReader(handle)]
         if functions is not None and these != functions:
             raise SystemExit(f"{run}/queries.csv lists other test queries than {args.runs[0]}")
         functions = these
-        scores = load_file(str(run / "scores.safetensors"))[args.label].double()
+        scores = load_file(str(output.verify("scores.safetensors")))[args.label].double()
         print(row(str(run), lds(scores, masks, outputs, functions)[1]))
         standardised.append(
             (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(1e-12)
