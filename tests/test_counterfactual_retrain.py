@@ -10,13 +10,8 @@ import torch
 from lm_fixtures import TEXTS, build_tokenizer, exact_float64, make_micro_model
 
 from probes.counterfactual.jobs import Job, Runner
-from probes.counterfactual.retrain import (
-    STACKED_ATTENTION,
-    causal_attention,
-    stacked_logits_at,
-    train_stacked,
-    unstack,
-)
+from probes.counterfactual.retrain import stacked_logits_at, train_stacked, unstack
+from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.scoring import prompt_outputs
 from probes.lm.stack import attention_implementation
 from probes.pairs.train import TrainConfig, encode_texts, train

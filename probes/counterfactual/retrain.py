@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from probes.lm.causal import STACKED_ATTENTION, causal_attention
+from probes.lm.causal import EXPLICIT_ATTENTION, explicit_attention
 from probes.lm.scoring import logits_at
 from probes.lm.stack import attention_implementation
 from probes.pairs.train import ADAM_EPS, TrainConfig, epoch_batches, param_groups, schedule, token_loss
@@ -150,8 +150,10 @@ def train_stacked(
     grad_fn = vmap(grad_and_value(loss))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     running = torch.zeros((), device=device)
+    # Explicit scores, not SDPA: no fused attention backward has a vmap batching rule, so under vmap SDPA's
+    # backward loops over the K models (BENCHMARKS.md: 14% slower at stack 16 on an H100, 12 GiB less memory).
     with (
-        attention_implementation(fmodel, STACKED_ATTENTION, causal_attention),
+        attention_implementation(fmodel, EXPLICIT_ATTENTION, explicit_attention),
         progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar,
     ):
         for step in range(total_run):

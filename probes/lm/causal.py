@@ -1,5 +1,6 @@
 """Causal attention without a mask for right-padded batches, as a transformers attention implementation:
-one that vmap can batch (stacked retrains) and one that is twice differentiable (metagradients)."""
+one for forwards of models stacked under vmap (the stacked models' outputs), and one from explicit scores
+whose backward vmap also batches and which differentiates twice (stacked retrains, metagradients)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ EXPLICIT_ATTENTION = "probes_explicit_causal"
 
 
 def causal_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
-    """Causal attention for models stacked under vmap (transformers passes no mask to an implementation it
-    does not know, and none is needed: batches are right-padded, so a real token never sees a pad).
+    """Causal attention for forwards of models stacked under vmap (transformers passes no mask to an
+    implementation it does not know, and none is needed: batches are right-padded, so a real token never sees
+    a pad).
 
     On a GPU, scaled_dot_product_attention, whose CUDA kernels fold vmap's dimension into the batch; on a CPU
-    its fused kernel has no batching rule (vmap would loop over the models), so `explicit_attention`."""
+    its fused kernel has no batching rule (vmap would loop over the models), so `explicit_attention`. No
+    fused backward has one on any device, so training under vmap takes `explicit_attention` throughout."""
     if not query.is_cuda:
         return explicit_attention(module, query, key, value, attention_mask, scaling)
     groups = query.shape[1] // key.shape[1]
