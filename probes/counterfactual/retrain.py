@@ -150,8 +150,6 @@ def train_stacked(
     grad_fn = vmap(grad_and_value(loss))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     running = torch.zeros((), device=device)
-    # Explicit scores, not SDPA: no fused attention backward has a vmap batching rule, so under vmap SDPA's
-    # backward loops over the K models (BENCHMARKS.md: 14% slower at stack 16 on an H100, 12 GiB less memory).
     with (
         attention_implementation(fmodel, EXPLICIT_ATTENTION, explicit_attention),
         progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar,
