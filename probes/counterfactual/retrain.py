@@ -5,7 +5,9 @@ the K models of one chunk share each kernel: their parameters are stacked on a l
 ``torch.func.vmap`` of the loss gradient runs every model on its own batch. Each model follows
 `probes.pairs.train.train` exactly (same batches for its seed, schedule, AdamW, per-model gradient clipping,
 bf16 autocast on a GPU), which tests/test_counterfactual_retrain.py checks in float64 against ``train`` run
-alone. AdamW is elementwise, so one optimiser over the stacked tensors is K independent optimisers.
+alone. AdamW is elementwise, so one optimiser over the stacked tensors is K independent optimisers. The
+models attend with `probes.lm.causal.explicit_attention`: no fused attention backward has a vmap batching rule
+(SDPA's looped over the K models, 14% slower on an H100; BENCHMARKS.md).
 """
 
 from __future__ import annotations
