@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probes.counterfactual.ground_truth import load_ground_truth
+from probes.counterfactual.ground_truth import data_problems, load_ground_truth, split_queries
+from probes.counterfactual.oracle import SPLITS
 from probes.data.hops import HopsData
 from probes.errors import UserError, cli_main
-from probes.hashing import content_hash
 from probes.metrics.lds import lds
 
 
@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> None:
         truth = load_ground_truth(folder)  # validated and checksummed, as compare.py reads it
         manifest = truth.manifest
         data = HopsData(corpus_path=args.corpus or manifest["corpus"]["path"], **manifest["split"]).prepare()
-        ids = [int(i) for i in manifest["queries"]["ids"]]
-        query_texts = [data.queries[i].prompt + data.queries[i].answer for i in ids]
-        recorded = manifest["documents"]["texts"], manifest["queries"]["texts"]
-        if recorded != (content_hash(data.corpus.texts), content_hash(query_texts)):
+        ids, query_texts = split_queries(data, SPLITS[manifest["query_split"]])
+        problems = data_problems(truth, texts=data.corpus.texts, query_ids=ids, query_texts=query_texts)
+        if problems:
             raise UserError(
-                f"{truth.where}: the corpus {data.options.corpus_path} and its split options do not give the "
-                "documents and queries it was built for; pass the corpus it was built on with --corpus"
+                f"{truth.where}: the corpus {data.options.corpus_path} with its recorded split options "
+                f"does not give what it was built for: {'; and '.join(problems)}. Pass the corpus it was "
+                "built on with --corpus"
             )
         _, summary = lds(
             data.relevant[ids].float(),

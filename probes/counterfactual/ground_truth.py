@@ -128,8 +128,23 @@ def check_matches(
 ) -> None:
     """Raise a UserError (a ValueError) naming the folder and what differs when the ground truth was not
     computed for these documents (in this order), these test queries (in this order) and this f_old."""
+    problems = data_problems(gt, texts=texts, query_ids=query_ids, query_texts=query_texts)
     recorded = gt.manifest
-    documents, queries = recorded["documents"], recorded["queries"]
+    if recorded["pair"]["old_weights"] != weights_hash(old_model):
+        problems.append(f"f_old has other weights than {recorded['pair'].get('old', 'the recorded f_old')}")
+    if problems:
+        raise UserError(
+            f"{gt.where} does not belong to this run: {'; and '.join(problems)}. Use the corpus, data split "
+            "options and pair it was built with, or build one for these"
+        )
+
+
+def data_problems(
+    gt: GroundTruth, *, texts: Sequence[str], query_ids: Sequence[int], query_texts: Sequence[str]
+) -> list[str]:
+    """What differs between the documents and queries the ground truth was computed for and these (each in
+    order); empty when they match. The data half of `check_matches`, for readers that load no f_old."""
+    documents, queries = gt.manifest["documents"], gt.manifest["queries"]
     problems = []
     if documents.get("texts") != content_hash(list(texts)):
         if documents.get("texts_sorted") == content_hash(sorted(texts)):
@@ -148,13 +163,7 @@ def check_matches(
         )
     elif queries.get("texts") != content_hash(list(query_texts)):
         problems.append("the test queries' texts (prompt + answer) differ")
-    if recorded["pair"]["old_weights"] != weights_hash(old_model):
-        problems.append(f"f_old has other weights than {recorded['pair'].get('old', 'the recorded f_old')}")
-    if problems:
-        raise UserError(
-            f"{gt.where} does not belong to this run: {'; and '.join(problems)}. Use the corpus, data split "
-            "options and pair it was built with, or build one for these"
-        )
+    return problems
 
 
 def save_ground_truth(out: Path, gt: GroundTruth) -> None:
