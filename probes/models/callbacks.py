@@ -30,7 +30,10 @@ class BestCheckpoint(ModelCheckpoint):
     Args:
         monitor: the logged metric that picks the best checkpoint.
         mode: "max" (higher monitor is better) or "min".
-        save_last: also keep ``last.ckpt`` after every epoch, for resuming.
+        save_last: also keep ``last.ckpt`` after every epoch, for resuming. Lightning 2.6 writes it only
+            at a step that also wrote a top-k checkpoint, so with ``save_top_k=1`` it was a copy of the best,
+            and ``--ckpt_path last`` resumed from the best epoch, losing the epochs after it; this callback
+            writes it at every save point (`_save_last_every_epoch`).
     """
 
     def __init__(
@@ -67,6 +70,21 @@ class BestCheckpoint(ModelCheckpoint):
                 "run `python train_probe.py fit` with this config first, or give --ckpt_path PATH"
             )
         self.best_model_path = str(link.resolve())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` at a save point where Lightning wrote no checkpoint (none was in the top k)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
         link = self.runs_folder(trainer) / "last.ckpt"
