@@ -160,8 +160,14 @@ def main(argv: list[str] | None = None) -> None:
 
         def _run(chunks, workers, runner) -> int:
             if runner is None:  # worker processes: their start and model loading count
-                return sum(len(out) for _, out in run_plan(job, chunks, workers=workers))
-            return sum(len(runner.run(plan_)) for _, plan_ in chunks)
+                outputs = [out for _, out in run_plan(job, chunks, workers=workers)]
+            else:
+                outputs = [runner.run(plan_) for _, plan_ in chunks]
+            # a fast path that trains to NaN is no result (one did: BENCHMARKS.md, the autograd backward)
+            broken = sum(int((~out.isfinite()).flatten(1).any(1).sum()) for out in outputs)
+            if broken:
+                raise SystemExit(f"{broken} retrains ended with NaN or inf outputs: their timing is not kept")
+            return sum(len(out) for out in outputs)
 
         if args.device.startswith("cuda"):
             runner = Runner(job)
