@@ -3,16 +3,20 @@ metagradients through the whole fine-tune that made f_new (an oracle for pairs w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from baselines.ops.metagrad import Metagradients, answer_logprobs
-from probes.hashing import file_sha256
+from probes.errors import UserError
+from probes.hashing import content_hash, file_sha256, weights_hash
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.methods import AttributionContext, Method, register
+from probes.models.influence import InfluenceTarget
 from probes.pairs.recipe import pair_recipe, recipe_autocast
 from probes.pairs.replay import Replay
 from probes.pairs.train import encode_texts
@@ -39,7 +43,9 @@ class Magic(Method):
     reverse pass, so it cannot replay this recipe to f_new's weights nor give a score per query.
 
     A pair without a recipe (a hub pair, or one fine-tuned on another corpus) is refused unless ``recipe``
-    names a recipe file.
+    names a recipe file. ``oracle`` reads the scores from a folder of ``python -m probes.counterfactual
+    oracle`` instead of computing them (a long oracle runs there, resumable, e.g. over several device
+    sessions): it must have been computed for this f_old, corpus, recipe and these queries, or is refused.
 
     Args:
         query_batch: queries per reverse pass (each keeps three parameter-sized cotangents).
@@ -48,6 +54,7 @@ class Magic(Method):
             manifest says it trained on a GPU, float32 otherwise, wherever the replay runs; or the recipe
             file's ``autocast``).
         recipe: a recipe YAML (`probes.pairs.recipe.read_recipe`) for a pair without a build manifest.
+        oracle: a finished ``probes.counterfactual oracle`` folder whose rows to read instead.
     """
 
     batches_queries = True
@@ -58,10 +65,13 @@ class Magic(Method):
         every: int | None = None,
         autocast: bool | None = None,
         recipe: str | None = None,
+        oracle: str | None = None,
     ):
         if query_batch < 1 or (every is not None and every < 1):
             raise ValueError(f"method 'magic': query_batch ({query_batch}) and every ({every}) must be >= 1")
-        super().__init__(query_batch=query_batch, every=every, autocast=autocast, recipe=recipe)
+        super().__init__(
+            query_batch=query_batch, every=every, autocast=autocast, recipe=recipe, oracle=oracle
+        )
 
     def prepare(self, ctx: AttributionContext) -> None:
         pair = ctx.require("pair", self.name)
@@ -77,15 +87,53 @@ class Magic(Method):
         recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path), s["recipe"])
         seqs = encode_texts(pair.tokenizer, ctx.corpus.texts, recipe.max_length)
         autocast = recipe_autocast(pair.old_path, s["recipe"]) if s["autocast"] is None else s["autocast"]
-        self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], autocast)
         self.queries, self.cache = ctx.queries, {}
+        if s["oracle"] is not None:
+            self.cache = stored_rows(s["oracle"], pair.old, ctx, recipe, seed, autocast)
+            self.oracle = None
+        else:
+            self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], autocast)
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
         new = [i for i in dict.fromkeys(query_ids.tolist()) if i not in self.cache]
+        if new and self.oracle is None:
+            raise UserError(
+                f"method 'magic': the oracle {self.settings['oracle']} has no rows for {len(new)} of the "
+                "queries asked for (computed for another split?); compute them with `python -m "
+                "probes.counterfactual oracle --split ...`"
+            )
         if new:
             rows = self.oracle.scores([self.queries[i] for i in new], self.settings["query_batch"])
             self.cache.update(zip(new, rows.float().cpu(), strict=True))
         return torch.stack([self.cache[i] for i in query_ids.tolist()])
+
+
+def stored_rows(folder: str, old, ctx: AttributionContext, recipe, seed: int, autocast: bool) -> dict:
+    """{query id: its [n] scores} of a finished oracle folder, refused (UserError) unless it was computed for
+    this f_old (its weights), these documents, this recipe and seed and these queries (their texts)."""
+    target = InfluenceTarget(folder)
+    if target.kind != "oracle":
+        raise UserError(f"method 'magic': {folder} is not a `probes.counterfactual oracle` folder")
+    target.check_documents(ctx.corpus.texts)
+    manifest, problems = target.manifest, []
+    if manifest["pair"]["old_weights"] != weights_hash(old):
+        problems.append(f"f_old has other weights than {manifest['pair']['old']}")
+    recorded = {
+        k: v for k, v in manifest["recipe"].items() if k not in ("pair_manifest", "seed", "bf16_autocast")
+    }
+    if recorded != json.loads(json.dumps(asdict(recipe))) or manifest["recipe"]["seed"] != seed:
+        problems.append("the recipe or its seed differs")
+    if manifest["recipe"]["bf16_autocast"] != autocast:
+        problems.append(f"bf16 autocast was {manifest['recipe']['bf16_autocast']}, here {autocast}")
+    ids = manifest["queries"]["ids"]
+    texts = [ctx.queries[i].prompt + ctx.queries[i].answer for i in ids if i < len(ctx.queries)]
+    if len(texts) != len(ids) or content_hash(texts) != manifest["queries"]["texts"]:
+        problems.append("its queries' texts (prompt + answer) differ from these")
+    if problems:
+        raise UserError(
+            f"method 'magic': the oracle {folder} does not belong to this run: {'; and '.join(problems)}"
+        )
+    return {q: target.scores[row].float() for q, row in target.rows.items()}
 
 
 class Oracle:
@@ -99,12 +147,15 @@ class Oracle:
 
     def scores(self, queries: Sequence, query_batch: int) -> Float[Tensor, "q n"]:
         """``[q, n]`` for queries with ``prompt`` and ``constant``, ``query_batch`` per reverse pass."""
+        return torch.cat([rows for _, rows in self.passes(queries, query_batch)])
+
+    def passes(self, queries: Sequence, query_batch: int) -> Iterator[tuple[int, Float[Tensor, "b n"]]]:
+        """(the first query's position, the pass's ``[b, n]`` scores) for each reverse pass of
+        ``query_batch`` queries, as each finishes (a caller may keep each pass before the next begins)."""
         prompts = [item.ids for item in tokenize(self.tokenizer, [q.prompt for q in queries], as_prompt=True)]
         answers = answer_token_ids(self.tokenizer, [q.constant for q in queries]).tolist()
-        rows = []
         chunks = range(0, len(queries), query_batch)
         for start in progress_bar(chunks, desc="magic queries", disable=len(chunks) < 2):
             end = min(start + query_batch, len(queries))
             outputs = answer_logprobs(self.replay, prompts[start:end], answers[start:end])
-            rows.append(self.metagradients(outputs, end - start).cpu())
-        return torch.cat(rows)
+            yield start, self.metagradients(outputs, end - start).cpu()

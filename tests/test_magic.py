@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -167,3 +168,65 @@ def test_magic_refuses_a_pair_without_a_recipe(tmp_path, write_jsonl, capsys):
         compare.main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
     assert stop.value.code == 2
     assert "has no build manifest" in capsys.readouterr().err
+
+
+def test_oracle_resumes_and_the_magic_row_reads_it(counterfactual_world, tmp_path, monkeypatch, capsys):
+    """An oracle run stopped after its first reverse pass keeps that pass's rows; started again (another
+    query_batch) it computes only the rest and writes what an uninterrupted run writes. compare.py's ``magic``
+    row with ``oracle`` reads those rows instead of computing them, and refuses an oracle of other queries."""
+    world = counterfactual_world
+    cfg = yaml.safe_load(world["config"].read_text())
+    cfg["methods"] = [{"label": "magic", "method": "magic", "options": {"query_batch": 2}}]
+    config = tmp_path / "magic.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    base = ["oracle", "--config", str(config), "--split", "test"]
+    whole = load_file(
+        str(counterfactual_main([*base, "--out", str(tmp_path / "whole")]) / "oracle.safetensors")
+    )
+    validation = counterfactual_main([*base[:3], "--split", "validation", "--out", str(tmp_path / "val")])
+    computed, passes = [], Oracle.passes
+
+    def stop_after_one(self, queries, query_batch):
+        for i, (start, rows) in enumerate(passes(self, queries, query_batch)):
+            computed.append(len(rows))
+            if i == 1:
+                raise KeyboardInterrupt  # the second pass never finishes
+            yield start, rows
+
+    monkeypatch.setattr(Oracle, "passes", stop_after_one)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        counterfactual_main([*base, "--out", str(out), "--query_batch", "1"])
+    assert len(list((out / "parts").glob("row-*.safetensors"))) == 1 and not (out / "manifest.json").exists()
+    computed.clear()
+    counterfactual_main([*base, "--out", str(out), "--query_batch", "3"])
+    q = whole["scores"].shape[0]
+    assert sum(computed) == q - 1 and max(computed) <= 3  # only the missing queries, 3 a pass
+    assert f"1 of {q} queries' rows found" in capsys.readouterr().out
+    resumed = load_file(str(out / "oracle.safetensors"))
+    torch.testing.assert_close(resumed["scores"], whole["scores"], rtol=1e-5, atol=1e-8)  # passes of 1, 3
+    assert torch.equal(resumed["query_ids"], whole["query_ids"]) and not (out / "parts").exists()
+
+    monkeypatch.setattr(Oracle, "passes", lambda *_: pytest.fail("the row must read the oracle, not compute"))
+    cfg["methods"][0]["options"] = {"oracle": str(out)}
+    config.write_text(yaml.safe_dump(cfg))
+    run = compare.main(["--config", str(config), "--out", str(tmp_path / "cmp")])
+    torch.testing.assert_close(load_file(str(run / "scores.safetensors"))["magic"], whole["scores"])
+
+    cfg["methods"][0]["options"] = {"oracle": str(validation)}
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--config", str(config), "--out", str(tmp_path / "cmp-val")])
+    assert stop.value.code == 2 and "has no rows for" in capsys.readouterr().err
+
+    # an oracle of another f_old (its manifest says so) is refused, naming what differs
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["pair"]["old_weights"] = "0" * 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    cfg["methods"][0]["options"] = {"oracle": str(other)}
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit):
+        compare.main(["--config", str(config), "--out", str(tmp_path / "cmp-other")])
+    assert "does not belong to this run: f_old has other weights" in capsys.readouterr().err

@@ -161,7 +161,7 @@ def _main(argv: list[str] | None) -> Path:
     kind, own = {
         "build": (build.KIND, build.OWN),
         "remove": (remove.KIND, remove.FILES),
-        "oracle": (oracle.KIND, oracle.FILES),
+        "oracle": (oracle.KIND, oracle.OWN),
     }[cfg.command]
     claim(sub, out, kind, own, overwrite=sub.overwrite, settings={}, write=False)  # the marker: later
     if sub.model.threads and sub.model.device == "cpu":

@@ -5,6 +5,8 @@ on (e.g. the DLP's pairwise head on measured influence), with a manifest naming 
 f_new's recorded fine-tune, documents in corpus order; higher = the document helps the answer, dropping it
 changes the log-probability by about -score) and ``query_ids`` (int64 [q], the split's query ids in order).
 ``OUT/manifest.json`` (written last) records the pair, corpus, recipe, queries and the tensors' SHA-256.
+Resumable: each reverse pass's rows are kept under ``OUT/parts/`` as the pass finishes, so a run stopped
+(a time limit, a lost machine) and started again with the same settings computes only the queries it lacks.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import torch
 from jsonargparse import Namespace
 from safetensors.torch import save_file
 
+from probes.counterfactual.study import PARTS, PLAN
 from probes.files import atomic_path
 
 KIND = "python -m probes.counterfactual oracle"  # its output marker's kind
 TENSORS_FILE = "oracle.safetensors"
 MANIFEST_FILE = "manifest.json"
 FILES = (TENSORS_FILE, MANIFEST_FILE)
+OWN = (*FILES, f"{PARTS}/", PLAN)  # what it writes into its folder (parts/ and plan.json go at the end)
 SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 SIGN = (
     "d log p(answer | prompt) under f_new / d w_doc at w = 1; higher helps; dropping changes it by ~ -score"
@@ -79,19 +83,31 @@ def write_oracle(
 ) -> dict:
     """Compute the split's influence matrix and write ``out/oracle.safetensors`` then ``out/manifest.json``
     (``out`` claimed as `probes.outputs.claim_output` does, the files recorded in its marker); returns the
-    manifest."""
-    from probes.counterfactual.study import claim, machine_name
+    manifest. Each pass's rows are saved as it finishes, and a rerun of the same settings into ``out``
+    computes only the queries it lacks (``query_batch`` may differ: it does not change the scores)."""
+    from probes.counterfactual.study import ChunkStore, claim, machine_name
     from probes.hashing import file_sha256
 
     started = time.time()
-    settings = {"split": split, "query_batch": query_batch, "every": every}
-    output = claim(cfg, out, KIND, FILES, overwrite=overwrite, settings=settings)
+    settings = {"split": split, "every": every}
+    output = claim(cfg, out, KIND, OWN, overwrite=overwrite, settings=settings)
     loaded = load_oracle(cfg, split, every)
-    scores = loaded.oracle.scores(loaded.queries, query_batch)
+    store = ChunkStore(output, {**settings, **{k: v for k, v in loaded.manifest.items() if k != "device"}})
+    rows = store.done()
+    missing = [i for i in range(len(loaded.queries)) if i not in rows]
+    if rows:
+        print(
+            f"probes: {len(rows)} of {len(loaded.queries)} queries' rows found in {out}; computing the rest"
+        )
+    for start, scores in loaded.oracle.passes([loaded.queries[i] for i in missing], query_batch):
+        for offset, row in enumerate(scores):
+            store.save(missing[start + offset], row.float())
+            rows[missing[start + offset]] = row.float()
+    scores = torch.stack([rows[i] for i in range(len(loaded.queries))])
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     query_ids = torch.tensor([q.index for q in loaded.queries], dtype=torch.long)
     with atomic_path(out / TENSORS_FILE) as tmp:
-        save_file({"scores": scores.float().contiguous(), "query_ids": query_ids}, str(tmp))
+        save_file({"scores": scores.contiguous(), "query_ids": query_ids}, str(tmp))
     device = loaded.manifest.pop("device")
     manifest = {
         "version": 1,
@@ -110,4 +126,5 @@ def write_oracle(
     with atomic_path(out / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     output.record(*FILES)
+    store.finish()
     return manifest
