@@ -16,7 +16,6 @@ from probes.errors import UserError
 from probes.hashing import content_hash, file_sha256, weights_hash
 from probes.lm.scoring import answer_token_ids, tokenize
 from probes.methods import AttributionContext, Method, register
-from probes.models.influence import InfluenceTarget
 from probes.pairs.recipe import pair_recipe, recipe_autocast
 from probes.pairs.replay import Replay
 from probes.pairs.train import encode_texts
@@ -111,6 +110,9 @@ class Magic(Method):
 def stored_rows(folder: str, old, ctx: AttributionContext, recipe, seed: int, autocast: bool) -> dict:
     """{query id: its [n] scores} of a finished oracle folder, refused (UserError) unless it was computed for
     this f_old (its weights), these documents, this recipe and seed and these queries (their texts)."""
+    # the oracle folder's reader, imported here: probes.models imports Lightning
+    from probes.models.influence import InfluenceTarget
+
     target = InfluenceTarget(folder)
     if target.kind != "oracle":
         raise UserError(f"method 'magic': {folder} is not a `probes.counterfactual oracle` folder")
