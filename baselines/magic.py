@@ -15,6 +15,7 @@ from baselines.ops.metagrad import Metagradients, answer_logprobs
 from probes.errors import UserError
 from probes.hashing import content_hash, file_sha256, weights_hash
 from probes.lm.scoring import answer_token_ids, tokenize
+from probes.measured import read_oracle
 from probes.methods import AttributionContext, Method, register
 from probes.pairs.recipe import pair_recipe, recipe_autocast
 from probes.pairs.replay import Replay
@@ -110,19 +111,15 @@ class Magic(Method):
 def stored_rows(folder: str, old, ctx: AttributionContext, recipe, seed: int, autocast: bool) -> dict:
     """{query id: its [n] scores} of a finished oracle folder, refused (UserError) unless it was computed for
     this f_old (its weights), these documents, this recipe and seed and these queries (their texts)."""
-    # the oracle folder's reader, imported here: probes.models imports Lightning
-    from probes.models.influence import InfluenceTarget
-
-    target = InfluenceTarget(folder)
-    if target.kind != "oracle":
-        raise UserError(f"method 'magic': {folder} is not a `probes.counterfactual oracle` folder")
-    target.check_documents(ctx.corpus.texts)
-    manifest, problems = target.manifest, []
+    manifest, scores, query_ids = read_oracle(folder, "method 'magic': the oracle")
+    problems, texts = [], list(ctx.corpus.texts)
+    documents = manifest["documents"]
+    if documents["count"] != len(texts) or documents["texts"] != content_hash(texts):
+        problems.append(f"its documents differ ({documents['count']} there, {len(texts)} here)")
     if manifest["pair"]["old_weights"] != weights_hash(old):
         problems.append(f"f_old has other weights than {manifest['pair']['old']}")
-    recorded = {
-        k: v for k, v in manifest["recipe"].items() if k not in ("pair_manifest", "seed", "bf16_autocast")
-    }
+    recipe_keys = ("pair_manifest", "seed", "bf16_autocast")
+    recorded = {k: v for k, v in manifest["recipe"].items() if k not in recipe_keys}
     if recorded != json.loads(json.dumps(asdict(recipe))) or manifest["recipe"]["seed"] != seed:
         problems.append("the recipe or its seed differs")
     if manifest["recipe"]["bf16_autocast"] != autocast:
@@ -135,7 +132,7 @@ def stored_rows(folder: str, old, ctx: AttributionContext, recipe, seed: int, au
         raise UserError(
             f"method 'magic': the oracle {folder} does not belong to this run: {'; and '.join(problems)}"
         )
-    return {q: target.scores[row].float() for q, row in target.rows.items()}
+    return {int(q): scores[row].float() for row, q in enumerate(query_ids)}
 
 
 class Oracle:

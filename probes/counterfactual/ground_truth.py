@@ -28,10 +28,10 @@ from torch import Tensor
 from probes.errors import UserError
 from probes.files import atomic_path
 from probes.hashing import content_hash, failed_files, file_checksums, weights_hash
+from probes.measured import GROUND_TRUTH_FILE, MANIFEST_FILE
 
 VERSION = 2
-TENSORS_FILE = "ground_truth.safetensors"
-MANIFEST_FILE = "manifest.json"
+TENSORS_FILE = GROUND_TRUTH_FILE  # the folder's format is probes.measured's
 FILES = (TENSORS_FILE, MANIFEST_FILE)
 TENSORS = {1: ("masks", "outputs", "repeat_index", "repeat_outputs"), 2: ("masks", "outputs")}
 REGIMES = ("stochastic", "fixed-order")

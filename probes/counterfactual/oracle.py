@@ -23,10 +23,10 @@ from safetensors.torch import save_file
 
 from probes.counterfactual.study import PARTS, PLAN
 from probes.files import atomic_path
+from probes.measured import MANIFEST_FILE, ORACLE_FILE
 
 KIND = "python -m probes.counterfactual oracle"  # its output marker's kind
-TENSORS_FILE = "oracle.safetensors"
-MANIFEST_FILE = "manifest.json"
+TENSORS_FILE = ORACLE_FILE  # the folder's format is probes.measured's
 FILES = (TENSORS_FILE, MANIFEST_FILE)
 OWN = (*FILES, f"{PARTS}/", PLAN)  # what it writes into its folder (parts/ and plan.json go at the end)
 SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}

@@ -14,7 +14,6 @@ manifest). Both give a loss of the head's scores for the queries they cover, on 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +23,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from probes.errors import UserError
-from probes.hashing import content_hash, failed_files, file_sha256
-
-ORACLE_FILE, GROUND_TRUTH_FILE = "oracle.safetensors", "ground_truth.safetensors"
-MANIFEST_FILE = "manifest.json"
+from probes.hashing import content_hash, file_sha256
+from probes.measured import GROUND_TRUTH_FILE, ORACLE_FILE, checked_manifest, read_oracle
 
 
 def pearson(x: Float[Tensor, "b m"], y: Float[Tensor, "b m"]) -> Float[Tensor, " b"]:
@@ -41,31 +38,20 @@ class InfluenceTarget:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise UserError(
-                f"influence target {self.folder}: no {MANIFEST_FILE} (give a folder written by `python -m "
-                "probes.counterfactual oracle` or `build`, finished)"
-            )
-        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        recorded = self.manifest.get("sha256") or self.manifest.get("files") or {}
-        if bad := failed_files(self.folder, recorded):
-            raise UserError(
-                f"influence target {self.folder}: {', '.join(bad)} differ from its manifest's SHA-256"
-            )
+        what = "influence target"
         if (self.folder / ORACLE_FILE).is_file():
-            self.kind, tensors = "oracle", load_file(str(self.folder / ORACLE_FILE))
-            self.scores: Tensor = tensors["scores"].double()
-            ids = tensors["query_ids"].tolist()
-        elif (self.folder / GROUND_TRUTH_FILE).is_file():
+            self.manifest, scores, ids = read_oracle(self.folder, what)
+            self.kind, self.scores = "oracle", scores.double()
+        else:
+            self.manifest = checked_manifest(self.folder, what)
+            if not (self.folder / GROUND_TRUTH_FILE).is_file():
+                raise UserError(f"{what} {self.folder}: neither {ORACLE_FILE} nor {GROUND_TRUTH_FILE}")
             self.kind, tensors = "counterfactual", load_file(str(self.folder / GROUND_TRUTH_FILE))
             self.masks: Tensor = tensors["masks"].double()
             outputs = tensors["outputs"].double()  # [M, K, q] (version 1: [M, q], one seed)
             outputs = outputs if outputs.dim() == 2 else outputs.mean(1)  # the seed mean, [M, q]
             self.outputs: Tensor = outputs.T.contiguous()  # [q, M]
             ids = self.manifest["queries"]["ids"]
-        else:
-            raise UserError(f"influence target {self.folder}: neither {ORACLE_FILE} nor {GROUND_TRUTH_FILE}")
         self.rows = {int(q): i for i, q in enumerate(ids)}
 
     def check_documents(self, texts: Sequence[str]) -> None:
