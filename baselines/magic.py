@@ -15,7 +15,7 @@ from baselines.ops.metagrad import Metagradients, answer_logprobs
 from probes.errors import UserError
 from probes.hashing import content_hash, file_sha256, weights_hash
 from probes.lm.scoring import answer_token_ids, tokenize
-from probes.measured import read_oracle
+from probes.measured import document_problems, read_oracle
 from probes.methods import AttributionContext, Method, register
 from probes.pairs.recipe import pair_recipe, recipe_autocast
 from probes.pairs.replay import Replay
@@ -85,13 +85,13 @@ class Magic(Method):
             )
         s = self.settings
         recipe, seed = pair_recipe(pair.old_path, file_sha256(ctx.corpus.path), s["recipe"])
-        seqs = encode_texts(pair.tokenizer, ctx.corpus.texts, recipe.max_length)
         autocast = recipe_autocast(pair.old_path, s["recipe"]) if s["autocast"] is None else s["autocast"]
         self.queries, self.cache = ctx.queries, {}
         if s["oracle"] is not None:
             self.cache = stored_rows(s["oracle"], pair.old, ctx, recipe, seed, autocast)
             self.oracle = None
         else:
+            seqs = encode_texts(pair.tokenizer, ctx.corpus.texts, recipe.max_length)
             self.oracle = Oracle(pair.old, pair.tokenizer, seqs, recipe, seed, s["every"], autocast)
 
     def score(self, query_ids: Int[Tensor, "q"]) -> Float[Tensor, "q n"]:
@@ -112,10 +112,7 @@ def stored_rows(folder: str, old, ctx: AttributionContext, recipe, seed: int, au
     """{query id: its [n] scores} of a finished oracle folder, refused (UserError) unless it was computed for
     this f_old (its weights), these documents, this recipe and seed and these queries (their texts)."""
     manifest, scores, query_ids = read_oracle(folder, "method 'magic': the oracle")
-    problems, texts = [], list(ctx.corpus.texts)
-    documents = manifest["documents"]
-    if documents["count"] != len(texts) or documents["texts"] != content_hash(texts):
-        problems.append(f"its documents differ ({documents['count']} there, {len(texts)} here)")
+    problems = document_problems(manifest["documents"], ctx.corpus.texts)
     if manifest["pair"]["old_weights"] != weights_hash(old):
         problems.append(f"f_old has other weights than {manifest['pair']['old']}")
     recipe_keys = ("pair_manifest", "seed", "bf16_autocast")

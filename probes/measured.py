@@ -6,13 +6,14 @@ only the top-level modules."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors.torch import load_file
 from torch import Tensor
 
 from probes.errors import UserError
-from probes.hashing import failed_files
+from probes.hashing import content_hash, failed_files
 
 ORACLE_FILE, GROUND_TRUTH_FILE = "oracle.safetensors", "ground_truth.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -42,3 +43,13 @@ def read_oracle(folder: str | Path, what: str) -> tuple[dict, Tensor, list[int]]
         raise UserError(f"{what} {folder}: no {ORACLE_FILE} (not a `probes.counterfactual oracle` folder)")
     tensors = load_file(str(folder / ORACLE_FILE))
     return manifest, tensors["scores"], tensors["query_ids"].tolist()
+
+
+def document_problems(documents: dict, texts: Sequence[str]) -> list[str]:
+    """What differs between the documents a folder was computed for (its manifest's ``documents``: count,
+    hash of the texts in order and sorted) and these texts, in order; empty when they match."""
+    if documents.get("texts") == content_hash(list(texts)):
+        return []
+    if documents.get("texts_sorted") == content_hash(sorted(texts)):
+        return [f"the corpus holds the same {len(texts)} documents in another row order"]
+    return [f"the corpus's document texts differ ({documents['count']} documents there, {len(texts)} now)"]

@@ -28,7 +28,7 @@ from torch import Tensor
 from probes.errors import UserError
 from probes.files import atomic_path
 from probes.hashing import content_hash, failed_files, file_checksums, weights_hash
-from probes.measured import GROUND_TRUTH_FILE, MANIFEST_FILE
+from probes.measured import GROUND_TRUTH_FILE, MANIFEST_FILE, document_problems
 
 VERSION = 2
 TENSORS_FILE = GROUND_TRUTH_FILE  # the folder's format is probes.measured's
@@ -144,15 +144,8 @@ def data_problems(
 ) -> list[str]:
     """What differs between the documents and queries the ground truth was computed for and these (each in
     order); empty when they match. The data half of `check_matches`, for readers that load no f_old."""
-    documents, queries = gt.manifest["documents"], gt.manifest["queries"]
-    problems = []
-    if documents.get("texts") != content_hash(list(texts)):
-        if documents.get("texts_sorted") == content_hash(sorted(texts)):
-            problems.append(f"the corpus holds the same {len(texts)} documents in another row order")
-        else:
-            problems.append(
-                f"the corpus's document texts differ ({documents['count']} documents there, {len(texts)} now)"
-            )
+    queries = gt.manifest["queries"]
+    problems = document_problems(gt.manifest["documents"], texts)
     ids = [int(i) for i in query_ids]
     if queries["ids"] != ids:
         same = sorted(queries["ids"]) == sorted(ids)
