@@ -72,6 +72,29 @@ def test_oracle_loss_is_one_minus_the_pearson_of_each_covered_querys_row(tmp_pat
     assert exact.abs().max() < 1e-6
 
 
+def test_the_labels_term_adds_the_weighted_infonce_of_the_drawn_documents(tmp_path):
+    """InfluenceHead(labels=w): its batch loss is the influence loss plus w times -log(softmax mass on each
+    query's relevant drawn documents), by hand; labels=0 leaves the influence loss alone."""
+    from probes.models.heads import InfluenceHead
+
+    torch.manual_seed(0)
+    folder = write_oracle(tmp_path / "o", torch.randn(2, 6), [10, 11])
+    scores, docs = torch.randn(2, 3), torch.tensor([0, 2, 5])
+    relevant = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 1]], dtype=torch.bool)
+    batch = {"query_ids": torch.tensor([10, 11]), "relevant": relevant}
+    heads = [InfluenceHead(8, 2, 6, [str(folder)], labels=w) for w in (0.0, 0.5)]
+    for head in heads:
+        head.targets([f"d{i}" for i in range(6)])
+    alone, mixed = (head.batch_loss(scores, batch, docs).item() for head in heads)
+    infonce = []
+    # drawn documents 0, 2, 5: query 0 holds 0 and 2 (columns 0, 1), query 1 holds 5 (column 2)
+    for q, positives in ((0, [0, 1]), (1, [2])):
+        total = sum(math.exp(v) for v in scores[q].tolist())
+        infonce.append(-math.log(sum(math.exp(scores[q, j].item()) for j in positives) / total))
+    assert mixed == pytest.approx(alone + 0.5 * sum(infonce) / 2, abs=1e-6)
+    assert alone == pytest.approx(influence_loss(heads[0]._targets, scores, [10, 11], docs).item(), abs=1e-7)
+
+
 def test_counterfactual_loss_correlates_subset_sums_with_the_seed_mean(tmp_path):
     torch.manual_seed(1)
     masks = torch.rand(6, 5) > 0.5

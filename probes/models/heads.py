@@ -181,6 +181,9 @@ class InfluenceHead(PairwiseHead):
         dropout: dropout on the concatenated projections.
         temperature: scale of the normalised bilinear score (the correlation losses ignore it).
         documents: documents drawn per step (all of them when n is smaller).
+        labels: weight of the structural labels' multi-positive InfoNCE (`PairwiseHead.loss`) on the same
+            drawn documents, added to the influence loss; 0 (the default) trains on measured influence only.
+            An ablation: does anchoring the head to the query's function help it on functions it never saw?
     """
 
     def __init__(
@@ -193,13 +196,15 @@ class InfluenceHead(PairwiseHead):
         dropout: float = 0.1,
         temperature: float = 0.1,
         documents: int = 256,
+        labels: float = 0.0,
     ):
         super().__init__(response_dim, num_probes, n_documents, projection_dim, dropout, temperature, 1, 0)
-        if not target or documents < 2:
+        if not target or documents < 2 or labels < 0:
             raise ValueError(
-                f"influence head: target={target} must name a folder; documents={documents} >= 2"
+                f"influence head: target={target} must name a folder; documents={documents} >= 2; "
+                f"labels={labels} >= 0"
             )
-        self.target_folders, self.documents_per_step = list(target), documents
+        self.target_folders, self.documents_per_step, self.labels = list(target), documents, labels
         self._targets: list | None = None
 
     def targets(self, texts: Sequence[str]) -> list:
@@ -230,4 +235,6 @@ class InfluenceHead(PairwiseHead):
                 "build it on this data config's training and validation splits (`--split train`, "
                 "`--split validation`)"
             )
+        if self.labels:
+            loss = loss + self.labels * self.loss(scores, batch["relevant"][:, documents])
         return loss
