@@ -100,9 +100,10 @@ def write_oracle(
             f"probes: {len(rows)} of {len(loaded.queries)} queries' rows found in {out}; computing the rest"
         )
     for start, scores in loaded.oracle.passes([loaded.queries[i] for i in missing], query_batch):
-        for offset, row in enumerate(scores):
-            store.save(missing[start + offset], row.float())
-            rows[missing[start + offset]] = row.float()
+        for offset, row in enumerate(scores.float()):
+            query = missing[start + offset]
+            store.save(query, row)
+            rows[query] = row
     scores = torch.stack([rows[i] for i in range(len(loaded.queries))])
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     query_ids = torch.tensor([q.index for q in loaded.queries], dtype=torch.long)
