@@ -2,7 +2,7 @@
 
     python bench/retrain.py [--pair default | --preset small --corpus .data/hops/20hops.jsonl
         | --arch olmo2-1b --corpus C --recipe configs/recipes/hops-upstream.yaml] [--retrains 16]
-        [--seeds-per-subset 1] [--fraction 0.5] [--stack 25 50] [--workers 2]
+        [--seeds-per-subset 1] [--fraction 0.5] [--stack 25 50] [--width-groups 1 4] [--workers 2]
         [--device cpu|cuda] [--max-steps N] [--prompts 400]
 
 ``--pair default`` retrains the embedded tiny pair's f_old with its recipe; ``--preset P --corpus C`` builds a
@@ -12,11 +12,12 @@ bench/archs.py (float32 weights, trained under bf16 autocast on a GPU as every r
 ``--recipe FILE`` replaces the recipe (`probes.pairs.recipe.read_recipe`). ``--seeds-per-subset K`` draws
 retrains / K subsets, each retrained with K data-order seeds, as ``build`` plans them. On a GPU every
 ``--stack`` value runs the retrains in chunks of that many models stacked under vmap, after one retrain alone
-(`train_lm.train`, the serial reference); on a CPU the retrains are spread over ``--workers`` processes (one
-thread each). ``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall time then covers
-fewer steps). Every timing includes reading the retrained models' answers to ``--prompts`` test prompts.
-Prints a table: setting, retrains, steps each, seconds, seconds per retrain, retrains per minute, peak GPU
-memory.
+(`train_lm.train`, the serial reference), once for each ``--width-groups`` value (each step's models split
+into at most that many groups of similar batch width); on a CPU the retrains are spread over ``--workers``
+processes (one thread each). ``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall
+time then covers fewer steps). Every timing includes reading the retrained models' answers to ``--prompts``
+test prompts. Prints a table: setting, retrains, steps each, seconds, seconds per retrain, retrains per
+minute, peak GPU memory.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from archs import ARCHS  # noqa: E402
 
+from probes.counterfactual import retrain  # noqa: E402
 from probes.counterfactual.jobs import Job, Runner, run_plan  # noqa: E402
 from probes.counterfactual.regimes import stochastic  # noqa: E402
 from probes.data.corpus import load_corpus  # noqa: E402
@@ -89,6 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=400, help="test prompts read after each retrain")
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--stack", type=int, nargs="+", default=[25])
+    parser.add_argument(
+        "--width-groups",
+        type=int,
+        nargs="+",
+        default=[retrain.WIDTH_GROUPS],
+        help="at most this many vmapped forwards a step (probes.counterfactual.retrain.WIDTH_GROUPS)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-steps", type=int, default=0)
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(args.prompts)
         )
         job = Job(old, tuple(corpus.texts), prompts, (0,) * len(prompts), (0,), recipe, args.device)
-        rows = []
+        rows, padding = [], {}
         header = "| setting | retrains | steps each | seconds | s/retrain | retrains/min | peak GiB |"
         print(header, flush=True)
 
@@ -174,8 +183,13 @@ def main(argv: list[str] | None = None) -> None:
             runner.run(plan[:2])  # warm-up: CUDA context, kernels of both paths
             runner.run(plan[:1])
             timed("one alone (train)", [(0, plan[:1])], 1, runner)
-            for k in args.stack:
-                timed(f"stack {k}", [(i, plan[i : i + k]) for i in range(0, len(plan), k)], 1, runner)
+            for groups in args.width_groups:
+                retrain.WIDTH_GROUPS = groups
+                for k in args.stack:
+                    chunks = [(i, plan[i : i + k]) for i in range(0, len(plan), k)]
+                    padded = _padded_tokens(runner, recipe, steps, chunks, groups)
+                    padding[k, groups] = padded / _padded_tokens(runner, recipe, steps, chunks, 1)
+                    timed(f"stack {k}, width groups {groups}", chunks, 1, runner)
         else:
             chunks = [(i, plan[i : i + 1]) for i in range(len(plan))]
             timed(f"{args.workers} workers x 1 thread", chunks, args.workers)
@@ -185,11 +199,32 @@ def main(argv: list[str] | None = None) -> None:
         else f"CPU, {torch.get_num_threads()} threads"
     )
     print(f"\n{name}; {corpus_path} ({n} documents, subsets of {size}); {device}\n")
+    for (k, groups), share in padding.items():
+        print(f"stack {k}, width groups {groups}: {share:.3f} of one block's tokens (batch rows x width)")
+    print()
     print(header)
     print("|---|---|---|---|---|---|---|")
     for label, count, steps_, seconds, rate, peak in rows:
         per = seconds / count if count else float("nan")
         print(f"| {label} | {count} | {steps_} | {seconds:.1f} | {per:.2f} | {rate:.1f} | {peak:.1f} |")
+
+
+def _padded_tokens(runner, recipe, steps: int, chunks, groups: int) -> int:
+    """Batch rows x width summed over every step of every chunk, its models split into ``groups`` width
+    groups as `train_stacked` splits them (what a stacked retrain computes on, padding included)."""
+    total = 0
+    for _, chunk in chunks:
+        subsets, seeds = [list(s) for s, _ in chunk], [seed for _, seed in chunk]
+        batches = retrain.StepBatches(
+            runner.seqs, subsets, recipe, seeds, steps, runner.pad, "cpu", groups=groups
+        )
+        rows = batches.index.shape[2]
+        total += sum(
+            rows * size * width
+            for _, sizes, widths in batches.plans
+            for size, width in zip(sizes, widths, strict=True)
+        )
+    return total
 
 
 if __name__ == "__main__":

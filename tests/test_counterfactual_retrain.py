@@ -1,16 +1,20 @@
 """The batched retrain equals each subset model trained alone with `train_lm.train` (float64, micro Llama),
-and the stacked models' outputs read at once equal each model's read alone."""
+its steps split by batch width pad least and change nothing, and the stacked models' outputs read at once
+equal each model's read alone."""
 
 from __future__ import annotations
 
 import copy
+import itertools
+import random
 
 import pytest
 import torch
 from lm_fixtures import TEXTS, build_tokenizer, exact_float64, make_micro_model
 
+from probes.counterfactual import retrain
 from probes.counterfactual.jobs import Job, Runner
-from probes.counterfactual.retrain import stacked_logits_at, train_stacked, unstack
+from probes.counterfactual.retrain import StepBatches, stacked_logits_at, train_stacked, unstack, width_groups
 from probes.lm.causal import STACKED_ATTENTION, causal_attention
 from probes.lm.scoring import prompt_outputs
 from probes.lm.stack import attention_implementation
@@ -54,6 +58,57 @@ def test_stacked_equals_alone(setup):
         assert moved > 1e-3  # training moved the weights, so equality below is not trivial
         for name, p in alone.named_parameters():
             torch.testing.assert_close(got[name], p.detach(), rtol=1e-9, atol=1e-11, msg=name)
+
+
+def _partitions(items):
+    """Every partition of ``items`` into non-empty groups."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first], *part]
+        for g in range(len(part)):
+            yield [*part[:g], [first, *part[g]], *part[g + 1 :]]
+
+
+def test_width_groups_pad_least():
+    """Against every partition of up to 7 models into at most G groups: the split pads fewest tokens, covers
+    every model once, and each group's width is its widest model's."""
+    rng = random.Random(0)
+    for _ in range(60):
+        k, groups = rng.randint(1, 7), rng.randint(1, 4)
+        widths = [rng.randint(1, 9) for _ in range(k)]
+        order, sizes, group_widths = width_groups(widths, groups)
+        models = list(range(k)) if order is None else order
+        assert sorted(models) == list(range(k)) and sum(sizes) == k and len(sizes) <= groups
+        bounds = list(itertools.accumulate(sizes, initial=0))
+        members = [models[a:b] for a, b in itertools.pairwise(bounds)]
+        assert group_widths == [max(widths[m] for m in g) for g in members]
+        cost = sum(len(g) * w for g, w in zip(members, group_widths, strict=True))
+        best = min(
+            sum(len(g) * max(widths[m] for m in g) for g in part)
+            for part in _partitions(list(range(k)))
+            if len(part) <= groups
+        )
+        assert cost == best, (widths, groups)
+
+
+def test_width_groups_change_nothing(setup, monkeypatch):
+    """The stacked models trained in width groups equal them trained as one block as wide as the widest
+    (float64, each model's documents with loss weights of its own), on a setup whose steps do split."""
+    model, seqs, pad, _ = setup
+    subsets, seeds = [[0, 1, 2, 3, 4], [7, 6, 5, 4, 3], [0, 2, 4, 6, 7], [1, 3, 5, 7, 0]], [3, 4, 3, 5]
+    weights = torch.rand(len(subsets), 5, generator=torch.Generator().manual_seed(0)).tolist()
+    steps = 6
+    plans = StepBatches(seqs, subsets, CFG, seeds, steps, pad, "cpu", groups=retrain.WIDTH_GROUPS).plans
+    assert any(len(sizes) > 1 for _, sizes, _ in plans)
+    kw = {"pad_id": pad, "progress": False, "weights": weights}
+    grouped = train_stacked(model, seqs, subsets, seeds, CFG, **kw)
+    monkeypatch.setattr(retrain, "WIDTH_GROUPS", 1)
+    one_block = train_stacked(model, seqs, subsets, seeds, CFG, **kw)
+    for name, p in one_block.items():
+        torch.testing.assert_close(grouped[name], p, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_subset_and_seed_change_the_model(setup):

@@ -8,6 +8,13 @@ bf16 autocast on a GPU), which tests/test_counterfactual_retrain.py checks in fl
 alone. AdamW is elementwise, so one optimiser over the stacked tensors is K independent optimisers. The
 models attend with `probes.lm.causal.explicit_attention`: no fused attention backward has a vmap batching rule
 (SDPA's looped over the K models, 14% slower on an H100; BENCHMARKS.md).
+
+The recipe sorts each model's batches by length (`epoch_batches`), so at one step the K models' batches have
+very different widths, and one block as wide as the widest would spend much of a step on padding (at α = 0.5
+on 20hops with 32 models, 1.6 times the tokens of the models' own widths; BENCHMARKS.md). So each step
+splits the models into up to ``WIDTH_GROUPS`` groups of similar width (the split that pads least), and each
+group's gradients come from one vmapped call as wide as its own longest sequence; the parameters are gathered
+in group order once per step and the gradients put back in model order.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 
 
 SHOW_EVERY = 50  # steps between the progress bar's loss readings
+WIDTH_GROUPS = 4  # at most this many vmapped forwards a step, each over models of similar batch width
 
 
 def stack(model: torch.nn.Module, k: int) -> Stacked:
@@ -64,9 +72,15 @@ class StepBatches:
     causal attention never lets a real token see the pad after it, and padded positions carry no loss. A
     model with fewer rows in a step gets rows of padding (the table's last row, length 0). Each row's loss
     weight is model k's ``weights[k][j]`` for document ``subsets[k][j]`` (1 without weights, 0 for padding),
-    read from a [K, n + 1] table on the device."""
+    read from a [K, n + 1] table on the device.
 
-    def __init__(self, seqs, subsets, cfg: TrainConfig, seeds, steps: int, pad_id: int, device, weights=None):
+    A step's models come in up to ``groups`` groups of similar width (`width_groups`), each group its own
+    block as wide as its own longest sequence: ``batches[step]`` is (the models in group order, or None for
+    one group in model order; the group sizes; each group's (input_ids, labels, row weights))."""
+
+    def __init__(
+        self, seqs, subsets, cfg: TrainConfig, seeds, steps: int, pad_id: int, device, weights=None, groups=1
+    ):
         order = _order(seqs, subsets, cfg, seeds, steps)
         weight = torch.ones(len(subsets), len(seqs) + 1, dtype=torch.float64)
         weight[:, -1] = 0.0
@@ -78,23 +92,66 @@ class StepBatches:
         for t, step in enumerate(order):
             for m, batch in enumerate(step):
                 index[t, m, : len(batch)] = torch.tensor(batch)
-        self.widths = [max(len(seqs[i]) for batch in step for i in batch) for step in order]
-        table = torch.full((len(seqs) + 1, max(self.widths)), pad_id, dtype=torch.long)
+        widths = [[max((len(seqs[i]) for i in batch), default=0) for batch in step] for step in order]
+        self.plans = [width_groups(w, groups) for w in widths]
+        self.orders = [
+            None if models is None else torch.tensor(models, device=device) for models, _, _ in self.plans
+        ]
+        table = torch.full((len(seqs) + 1, max(map(max, widths))), pad_id, dtype=torch.long)
         for row, seq in enumerate(seqs):  # a document longer than every batch's width is never read
             kept = seq[: table.shape[1]]
             table[row, : len(kept)] = torch.tensor(kept)
         length = torch.tensor([len(s) for s in seqs] + [0])
         self.table, self.length, self.index = table.to(device), length.to(device), index.to(device)
 
-    def __getitem__(
-        self, step: int
+    def __getitem__(self, step: int) -> tuple[Tensor | None, list[int], list[tuple[Tensor, Tensor, Tensor]]]:
+        """Step ``step``'s models in group order (None: one group, model order), its group sizes, and each
+        group's (input_ids, labels, row weights), as `collate` pads one batch."""
+        _, sizes, widths = self.plans[step]
+        order = self.orders[step]
+        models = torch.arange(self.index.shape[1], device=self.index.device) if order is None else order
+        blocks, start = [], 0
+        for size, width in zip(sizes, widths, strict=True):
+            m = models[start : start + size]
+            blocks.append(self._block(self.index[step, m], m, width))
+            start += size
+        return order, sizes, blocks
+
+    def _block(
+        self, rows: Int[Tensor, "k b"], models: Int[Tensor, " k"], width: int
     ) -> tuple[Int[Tensor, "k b s"], Int[Tensor, "k b s"], Float[Tensor, "k b"]]:
-        """Step ``step``'s (input_ids, labels, row weights) of every model, as `collate` pads one batch."""
-        rows, width = self.index[step], self.widths[step]
         ids = self.table[rows, :width]
         real = torch.arange(width, device=ids.device) < self.length[rows][..., None]
-        models = torch.arange(len(rows), device=ids.device)[:, None]
-        return ids, torch.where(real, ids, -100), self.weight[models, rows]
+        return ids, torch.where(real, ids, -100), self.weight[models[:, None], rows]
+
+
+def width_groups(widths: Sequence[int], groups: int) -> tuple[list[int] | None, list[int], list[int]]:
+    """Split models of batch widths ``widths`` into at most ``groups`` groups, each padded to its widest, so
+    that the padded tokens (sum of group size x group width) are fewest: contiguous runs of the models sorted
+    by width (an exact dynamic programme). Returns (the models in group order, or None when one group in
+    model order suffices; the group sizes; the group widths)."""
+    k = len(widths)
+    if groups <= 1 or len(set(widths)) == 1:
+        return None, [k], [max(widths)]
+    order = sorted(range(k), key=lambda m: widths[m])
+    w = [widths[m] for m in order]
+    # cost[g][j]: fewest padded tokens, first j sorted models in g groups; cut[g][j]: where the last begins
+    inf = float("inf")
+    cost = [[0.0] + [inf] * k] + [[inf] * (k + 1) for _ in range(groups)]
+    cut = [[0] * (k + 1) for _ in range(groups + 1)]
+    for g in range(1, groups + 1):
+        for j in range(1, k + 1):
+            for i in range(g - 1, j):
+                c = cost[g - 1][i] + (j - i) * w[j - 1]
+                if c < cost[g][j]:
+                    cost[g][j], cut[g][j] = c, i
+    g = min(range(1, groups + 1), key=lambda n: (cost[n][k], n))
+    bounds, j = [], k
+    for n in range(g, 0, -1):
+        bounds.append((cut[n][j], j))
+        j = cut[n][j]
+    bounds.reverse()
+    return order, [b - a for a, b in bounds], [w[b - 1] for a, b in bounds]
 
 
 def _order(seqs, subsets, cfg: TrainConfig, seeds, steps: int) -> list[list[list[int]]]:
@@ -135,7 +192,9 @@ def train_stacked(
     params = stack(fmodel, k)
     buffers = dict(fmodel.named_buffers())
     total_run, lr_at = schedule(cfg, size)
-    batches = StepBatches(seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device, weights)
+    batches = StepBatches(
+        seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device, weights, WIDTH_GROUPS
+    )
     # one fused kernel per parameter group on a GPU (the foreach path launches several per step)
     opt = torch.optim.AdamW(
         param_groups(fmodel, cfg.weight_decay, params),
@@ -157,8 +216,13 @@ def train_stacked(
         progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar,
     ):
         for step in range(total_run):
+            order, sizes, blocks = batches[step]
             with autocast:
-                grads, loss_k = grad_fn(params, *batches[step])
+                parts = [
+                    grad_fn(p, *block)
+                    for p, block in zip(_grouped(params, order, sizes), blocks, strict=True)
+                ]
+            grads, loss_k = _joined([g for g, _ in parts], order), torch.cat([v for _, v in parts])
             _clip_per_model(grads, max_norm=1.0)
             for name, p in params.items():
                 p.grad = grads[name]
@@ -171,6 +235,25 @@ def train_stacked(
                 bar.set_postfix(loss=f"{running.item() / SHOW_EVERY:.3f}", models=k)
                 running.zero_()
     return {name: p.detach() for name, p in params.items()}
+
+
+def _grouped(params: Stacked, order: Tensor | None, sizes: list[int]) -> list[Stacked]:
+    """The stacked parameters of each group of models: one gather in group order (None: as they are)."""
+    if order is None:
+        return [params]
+    parts = {name: p.index_select(0, order).split(sizes) for name, p in params.items()}
+    return [{name: part[g] for name, part in parts.items()} for g in range(len(sizes))]
+
+
+def _joined(parts: list[Stacked], order: Tensor | None) -> Stacked:
+    """The groups' gradients back in model order, one stacked tensor per parameter."""
+    if order is None:
+        return parts[0]
+    joined = {}
+    for name in parts[0]:
+        grouped = torch.cat([part[name] for part in parts])
+        joined[name] = torch.empty_like(grouped).index_copy_(0, order, grouped)
+    return joined
 
 
 def _subset_size(subsets: Sequence[Sequence[int]], seeds: Sequence[int]) -> int:
