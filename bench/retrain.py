@@ -14,10 +14,12 @@ retrains / K subsets, each retrained with K data-order seeds, as ``build`` plans
 ``--stack`` value runs the retrains in chunks of that many models stacked under vmap, after one retrain alone
 (`train_lm.train`, the serial reference), once for each ``--width-groups`` value (each step's models split
 into at most that many groups of similar batch width); on a CPU the retrains are spread over ``--workers``
-processes (one thread each). ``--max-steps`` caps each retrain (a quick estimate: the rates hold, the wall
-time then covers fewer steps). Every timing includes reading the retrained models' answers to ``--prompts``
-test prompts. Prints a table: setting, retrains, steps each, seconds, seconds per retrain, retrains per
-minute, peak GPU memory.
+processes (one thread each), as ``build`` runs them there. On either device it prints, for every ``--stack``
+and ``--width-groups`` value, the share of one block's tokens that the stacked steps compute on (over the
+recipe's whole run, whatever ``--max-steps``). ``--max-steps`` caps each retrain (a quick estimate: the rates
+hold, the wall time then covers fewer steps). Every timing includes reading the retrained models' answers to
+``--prompts`` test prompts. Prints a table: setting, retrains, steps each, seconds, seconds per retrain,
+retrains per minute, peak GPU memory.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             name += f", recipe {args.recipe}"
         if recipe is None:
             raise SystemExit("--arch needs --recipe FILE (a random architecture has no recipe of its own)")
+        full = recipe, schedule(recipe, round(args.fraction * len(corpus.texts)))[0]  # for the token shares
         if args.max_steps:
             recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
         n = len(corpus.texts)
@@ -178,17 +181,20 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"{broken} retrains ended with NaN or inf outputs: their timing is not kept")
             return sum(len(out) for out in outputs)
 
+        runner = Runner(job)
+        stacked = [(k, [(i, plan[i : i + k]) for i in range(0, len(plan), k)]) for k in args.stack]
+        for groups in args.width_groups:
+            for k, chunks in stacked:
+                padding[k, groups] = _padded_tokens(runner, *full, chunks, groups) / _padded_tokens(
+                    runner, *full, chunks, 1
+                )
         if args.device.startswith("cuda"):
-            runner = Runner(job)
             runner.run(plan[:2])  # warm-up: CUDA context, kernels of both paths
             runner.run(plan[:1])
             timed("one alone (train)", [(0, plan[:1])], 1, runner)
             for groups in args.width_groups:
                 retrain.WIDTH_GROUPS = groups
-                for k in args.stack:
-                    chunks = [(i, plan[i : i + k]) for i in range(0, len(plan), k)]
-                    padded = _padded_tokens(runner, recipe, steps, chunks, groups)
-                    padding[k, groups] = padded / _padded_tokens(runner, recipe, steps, chunks, 1)
+                for k, chunks in stacked:
                     timed(f"stack {k}, width groups {groups}", chunks, 1, runner)
         else:
             chunks = [(i, plan[i : i + 1]) for i in range(len(plan))]
