@@ -195,15 +195,7 @@ def train_stacked(
     batches = StepBatches(
         seqs, [list(s) for s in subsets], cfg, seeds, total_run, pad_id, device, weights, WIDTH_GROUPS
     )
-    # one fused kernel per parameter group on a GPU (the foreach path launches several per step)
-    opt = torch.optim.AdamW(
-        param_groups(fmodel, cfg.weight_decay, params),
-        lr=cfg.lr,
-        betas=cfg.betas,
-        eps=ADAM_EPS,
-        fused=device.type == "cuda",
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = _optimizer(fmodel, params, cfg, lr_at)
 
     def loss(p, i, y, w):  # the recipe's own loss (w ignored) unless there are weights
         return _token_loss(fmodel, buffers, p, i, y, None if weights is None else w)
@@ -216,13 +208,8 @@ def train_stacked(
         progress_bar(total=total_run, desc=desc, unit="step", disable=not progress) as bar,
     ):
         for step in range(total_run):
-            order, sizes, blocks = batches[step]
             with autocast:
-                parts = [
-                    grad_fn(p, *block)
-                    for p, block in zip(_grouped(params, order, sizes), blocks, strict=True)
-                ]
-            grads, loss_k = _joined([g for g, _ in parts], order), torch.cat([v for _, v in parts])
+                grads, loss_k = _grouped_grads(grad_fn, params, *batches[step])
             _clip_per_model(grads, max_norm=1.0)
             for name, p in params.items():
                 p.grad = grads[name]
@@ -235,6 +222,26 @@ def train_stacked(
                 bar.set_postfix(loss=f"{running.item() / SHOW_EVERY:.3f}", models=k)
                 running.zero_()
     return {name: p.detach() for name, p in params.items()}
+
+
+def _optimizer(fmodel: torch.nn.Module, params: Stacked, cfg: TrainConfig, lr_at):
+    """The recipe's AdamW over the stacked parameters (one fused kernel per parameter group on a GPU: the
+    foreach path launches several per step) and its learning-rate schedule."""
+    opt = torch.optim.AdamW(
+        param_groups(fmodel, cfg.weight_decay, params),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=ADAM_EPS,
+        fused=next(iter(params.values())).is_cuda,
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def _grouped_grads(grad_fn, params: Stacked, order: Tensor | None, sizes: list[int], blocks) -> tuple:
+    """One step's (gradients, losses) of every model: each width group's from one vmapped ``grad_fn`` on its
+    own block, the gradients put back in model order."""
+    parts = [grad_fn(p, *block) for p, block in zip(_grouped(params, order, sizes), blocks, strict=True)]
+    return _joined([grads for grads, _ in parts], order), torch.cat([losses for _, losses in parts])
 
 
 def _grouped(params: Stacked, order: Tensor | None, sizes: list[int]) -> list[Stacked]:
