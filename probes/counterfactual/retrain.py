@@ -37,7 +37,7 @@ Stacked = dict[str, Tensor]  # parameter name -> [K, *shape]
 
 
 SHOW_EVERY = 50  # steps between the progress bar's loss readings
-WIDTH_GROUPS = 4  # at most this many vmapped forwards a step, each over models of similar batch width
+WIDTH_GROUPS = 4  # at most this many vmapped calls a step, each over models of similar batch width
 
 
 def stack(model: torch.nn.Module, k: int) -> Stacked:
