@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[retrain.WIDTH_GROUPS],
-        help="at most this many vmapped forwards a step (probes.counterfactual.retrain.WIDTH_GROUPS)",
+        help="at most this many vmapped calls a step (probes.counterfactual.retrain.WIDTH_GROUPS)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> None:
             name += f", recipe {args.recipe}"
         if recipe is None:
             raise SystemExit("--arch needs --recipe FILE (a random architecture has no recipe of its own)")
-        full = recipe, schedule(recipe, round(args.fraction * len(corpus.texts)))[0]  # for the token shares
-        if args.max_steps:
-            recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
         n = len(corpus.texts)
         size = round(args.fraction * n)
+        full = recipe, schedule(recipe, size)[0]  # the whole run, for the token shares
+        if args.max_steps:
+            recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
         steps = schedule(recipe, size)[0]
         seed = 1
         k = args.seeds_per_subset
@@ -183,11 +183,10 @@ def main(argv: list[str] | None = None) -> None:
 
         runner = Runner(job)
         stacked = [(k, [(i, plan[i : i + k]) for i in range(0, len(plan), k)]) for k in args.stack]
-        for groups in args.width_groups:
-            for k, chunks in stacked:
-                padding[k, groups] = _padded_tokens(runner, *full, chunks, groups) / _padded_tokens(
-                    runner, *full, chunks, 1
-                )
+        for k, chunks in stacked:
+            one_block = _padded_tokens(runner, *full, chunks, 1)
+            for groups in args.width_groups:
+                padding[k, groups] = _padded_tokens(runner, *full, chunks, groups) / one_block
         if args.device.startswith("cuda"):
             runner.run(plan[:2])  # warm-up: CUDA context, kernels of both paths
             runner.run(plan[:1])

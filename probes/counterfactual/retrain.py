@@ -103,13 +103,14 @@ class StepBatches:
             table[row, : len(kept)] = torch.tensor(kept)
         length = torch.tensor([len(s) for s in seqs] + [0])
         self.table, self.length, self.index = table.to(device), length.to(device), index.to(device)
+        self.models = torch.arange(len(subsets), device=device)  # model order, for steps of one group
 
     def __getitem__(self, step: int) -> tuple[Tensor | None, list[int], list[tuple[Tensor, Tensor, Tensor]]]:
         """Step ``step``'s models in group order (None: one group, model order), its group sizes, and each
         group's (input_ids, labels, row weights), as `collate` pads one batch."""
         _, sizes, widths = self.plans[step]
         order = self.orders[step]
-        models = torch.arange(self.index.shape[1], device=self.index.device) if order is None else order
+        models = self.models if order is None else order
         blocks, start = [], 0
         for size, width in zip(sizes, widths, strict=True):
             m = models[start : start + size]
