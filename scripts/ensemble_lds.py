@@ -2,9 +2,10 @@
 run's own.
 
 Each run's ``[q, n]`` scores of the row are standardised per query (mean 0, sd 1, so that no run weighs more
-for its scale) and averaged; the LDS is `probes.metrics.lds.lds` against a ground truth, as compare.py
-computes it (mean over queries, 95% interval with subsets and queries resampled). The runs must list the same
-test queries.
+for its scale) and averaged, as the DLP row of ``compare.py --dlp_checkpoint '[A, B, C]'`` averages its
+checkpoints' scores (`probes.models.method.standardised_mean`); the LDS is `probes.metrics.lds.lds` against a
+ground truth, as compare.py computes it (mean over queries, 95% interval with subsets and queries resampled).
+The runs must list the same test queries.
 
     python scripts/ensemble_lds.py GT RUN1 RUN2 RUN3 [--label dlp]
 """
@@ -15,12 +16,12 @@ import argparse
 import csv
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from probes.compare.reuse import KIND
 from probes.counterfactual.ground_truth import load_ground_truth
 from probes.metrics.lds import lds
+from probes.models.method import standardised_mean
 from probes.outputs import owned
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     truth = load_ground_truth(args.truth)  # validated and checksummed, as compare.py reads it
     masks, outputs = truth.masks, truth.seed_mean
-    functions, standardised = None, []
+    functions, runs = None, []
     print("| scores | LDS | 95% interval |\n|---|---|---|")
     for run in args.runs:
         output = owned(run, KIND)  # its files read only where their checksums hold, as --scores reads them
@@ -45,10 +46,8 @@ def main() -> None:
         functions = these
         scores = load_file(str(output.verify("scores.safetensors")))[args.label].double()
         print(row(str(run), lds(scores, masks, outputs, functions)[1]))
-        standardised.append(
-            (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(1e-12)
-        )
-    mean = torch.stack(standardised).mean(0)
+        runs.append(scores)
+    mean = standardised_mean(runs)
     print(row(f"mean of the {len(args.runs)} standardised", lds(mean, masks, outputs, functions)[1]))
 
 

@@ -13,7 +13,7 @@ from lm_fixtures import perturb
 from probes.data.datamodule import HopsDataModule
 from probes.lm.load import load_pair
 from probes.methods import AttributionContext, build_method
-from probes.models.method import DLPMethod
+from probes.models.method import DLPMethod, standardised_mean
 
 
 def context(dm, pair=None) -> AttributionContext:
@@ -27,7 +27,7 @@ def check_method_scores_match_the_module(cli, checkpoint, world):
     assert isinstance(method, DLPMethod)
     pair = load_pair(world.old, world.new)
     method.prepare(context(dm, pair))
-    assert method.module.reader.lm is pair.new  # the context's f_new, not a second copy
+    assert method.modules[0].reader.lm is pair.new  # the context's f_new, not a second copy
     ids = dm.split_ids["test"]
     scores = method.score(ids)
     assert scores.shape == (len(ids), world.n_documents)
@@ -48,6 +48,44 @@ def test_pairwise_method_scores_match_the_module(micro_world, in_tmp):
     cli = run_cli(micro_world, "fit", *FAST, config="configs/dlp-heldout-functions.yaml")
     checkpoint = in_tmp / "lightning_logs" / "dlp-heldout-functions" / "best.ckpt"
     check_method_scores_match_the_module(cli, checkpoint, micro_world)
+
+
+def test_a_seed_ensemble_averages_its_checkpoints_standardised_scores(micro_world, fitted_dlp, tmp_path):
+    best = str(fitted_dlp.root / "lightning_logs" / "dlp" / "best.ckpt")
+    saved = torch.load(best, weights_only=False)  # a second fit: the same checkpoint, other weights
+    torch.manual_seed(0)
+    for value in saved["state_dict"].values():
+        if value.is_floating_point():
+            value.add_(torch.randn_like(value) * 0.5 * value.std().nan_to_num())
+    last = str(tmp_path / "other.ckpt")
+    torch.save(saved, last)
+    dm = fitted_dlp.cli.datamodule
+    pair = load_pair(micro_world.old, micro_world.new)
+    ids = dm.split_ids["test"]
+
+    def scored(checkpoint):
+        method = DLPMethod(checkpoint, batch_size=2)
+        method.prepare(context(dm, pair))
+        return method, method.score(ids)
+
+    alone = [scored(best)[1], scored(last)[1]]
+    assert not torch.allclose(alone[0], alone[1])  # two different fits: the average is not either one
+    method, ensemble = scored([best, last])
+    assert len(method.modules) == 2 and all(m.reader.lm is pair.new for m in method.modules)  # f_new once
+    # independent reference: each run's scores standardised per query by hand, then averaged
+    by_hand = sum((s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True) for s in alone) / 2
+    torch.testing.assert_close(ensemble, by_hand, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="empty list"):
+        DLPMethod([])
+
+
+def test_standardised_mean_ignores_each_runs_scale_and_offset():
+    a, b = torch.randn(3, 7, generator=torch.Generator().manual_seed(0)), torch.randn(3, 7)
+    scaled = 5.0 * b + torch.tensor([[1.0], [-2.0], [30.0]])  # another scale and offset per query
+    torch.testing.assert_close(standardised_mean([a, scaled]), standardised_mean([a, b]))
+    alone = standardised_mean([a])
+    torch.testing.assert_close(alone.mean(1), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone.std(1), torch.ones(3))
 
 
 def corpus_module(write_jsonl, rows, name: str) -> HopsDataModule:

@@ -123,5 +123,9 @@ def add_study_arguments(parser) -> None:
     parser.add_class_arguments(PairConfig, "model")
     parser.add_argument("--methods", type=list[MethodEntry], default=[], help="the methods, in table order")
     parser.add_argument(
-        "--dlp_checkpoint", type=str | None, default=None, help="a DLP checkpoint to add as 'dlp'"
+        "--dlp_checkpoint",
+        type=str | list[str] | None,
+        default=None,
+        help="a DLP checkpoint to add as 'dlp', or a list of them (the fits of several seeds), whose "
+        "per-query standardised scores are averaged into the one row",
     )

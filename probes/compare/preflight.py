@@ -42,14 +42,15 @@ def check_layers(label: str, settings: dict, layers: int) -> None:
 
 def _checkpoints(entries) -> list[tuple[str, str]]:
     """(where, path) of every DLP checkpoint among method entries ``(label, method, options, ...)``."""
-    return [
-        (
-            f"methods entry {label!r}: checkpoint" if label != "dlp" else "dlp_checkpoint",
-            options["checkpoint"],
-        )
-        for label, name, options, *_ in entries
-        if name == "dlp" and isinstance(options.get("checkpoint"), str)
-    ]
+    found = []
+    for label, name, options, *_ in entries:
+        paths = options.get("checkpoint") if name == "dlp" else None
+        where = f"methods entry {label!r}: checkpoint" if label != "dlp" else "dlp_checkpoint"
+        if isinstance(paths, str):
+            found.append((where, paths))
+        elif isinstance(paths, list | tuple):  # a seed ensemble
+            found += [(where, path) for path in paths if isinstance(path, str)]
+    return found
 
 
 def check_checkpoints(entries) -> None:

@@ -44,7 +44,13 @@ def model_files(path: str) -> dict[str, str] | str:
 def input_paths(cfg: Namespace) -> list[str | None]:
     """The files a comparison of ``cfg`` reads, which its output must never replace."""
     truths = cfg.get("counterfactual") or []  # compare.py's ground-truth folders (a list)
-    return [cfg.data.corpus_path, cfg.model.old, cfg.model.new, cfg.dlp_checkpoint, *truths]
+    return [cfg.data.corpus_path, cfg.model.old, cfg.model.new, *dlp_checkpoints(cfg), *truths]
+
+
+def dlp_checkpoints(cfg: Namespace) -> list[str]:
+    """The DLP checkpoints of ``dlp_checkpoint`` (none, one, or a list: a seed ensemble)."""
+    checkpoint = cfg.dlp_checkpoint
+    return [] if not checkpoint else [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
 
 
 def settings(cfg: Namespace) -> dict:
@@ -56,14 +62,15 @@ def record(cfg: Namespace, corpus_sha256: str, old: str, new: str) -> dict:
     """The inputs.json of a run of ``cfg`` (compare.py's config) on the corpus file of that SHA-256 and the
     resolved pair ``old``/``new``: the ``data``, ``model``, ``methods`` and ``dlp_checkpoint`` keys as given,
     and by content the corpus file, f_old's and f_new's files and the DLP checkpoint's bytes."""
-    checkpoint = cfg.dlp_checkpoint
+    checkpoints = [file_sha256(path) for path in dlp_checkpoints(cfg)]
     return {
         "config": settings(cfg),
         "content": {
             "corpus": corpus_sha256,
             "old": model_files(old),
             "new": model_files(new),
-            "dlp": file_sha256(checkpoint) if checkpoint else None,
+            # one checkpoint's hash; a seed ensemble's, a list of them
+            "dlp": checkpoints[0] if isinstance(cfg.dlp_checkpoint, str) else checkpoints or None,
         },
     }
 
