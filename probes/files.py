@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from probes.errors import check_writable_folder
+
+
+def path_list(value: str | Sequence[str] | None) -> list[str]:
+    """A setting that takes one path or a list of them (or None), as a list."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def cache_dir() -> Path:

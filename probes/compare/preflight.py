@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from probes.errors import UserError, check_checkpoint
+from probes.files import path_list
 from probes.lm.layer_ids import hidden_state_ids
 from probes.lm.load import ModelPair
 
@@ -44,12 +45,9 @@ def _checkpoints(entries) -> list[tuple[str, str]]:
     """(where, path) of every DLP checkpoint among method entries ``(label, method, options, ...)``."""
     found = []
     for label, name, options, *_ in entries:
-        paths = options.get("checkpoint") if name == "dlp" else None
+        paths = path_list(options.get("checkpoint")) if name == "dlp" else []  # a list: a seed ensemble
         where = f"methods entry {label!r}: checkpoint" if label != "dlp" else "dlp_checkpoint"
-        if isinstance(paths, str):
-            found.append((where, paths))
-        elif isinstance(paths, list | tuple):  # a seed ensemble
-            found += [(where, path) for path in paths if isinstance(path, str)]
+        found += [(where, path) for path in paths if isinstance(path, str)]
     return found
 
 

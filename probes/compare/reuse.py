@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from probes.errors import UserError
+from probes.files import path_list
 from probes.hashing import file_checksums, file_sha256
 from probes.outputs import owned
 
@@ -49,8 +50,7 @@ def input_paths(cfg: Namespace) -> list[str | None]:
 
 def dlp_checkpoints(cfg: Namespace) -> list[str]:
     """The DLP checkpoints of ``dlp_checkpoint`` (none, one, or a list: a seed ensemble)."""
-    checkpoint = cfg.dlp_checkpoint
-    return [] if not checkpoint else [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    return path_list(cfg.dlp_checkpoint or None)
 
 
 def settings(cfg: Namespace) -> dict:

@@ -93,9 +93,9 @@ class StepBatches:
             for m, batch in enumerate(step):
                 index[t, m, : len(batch)] = torch.tensor(batch)
         widths = [[max((len(seqs[i]) for i in batch), default=0) for batch in step] for step in order]
-        self.plans = [width_groups(w, groups) for w in widths]
-        self.orders = [
-            None if models is None else torch.tensor(models, device=device) for models, _, _ in self.plans
+        self.plans = [  # per step: (its models in group order, or None; group sizes; group widths)
+            (None if models is None else torch.tensor(models, device=device), sizes, group_widths)
+            for models, sizes, group_widths in (width_groups(w, groups) for w in widths)
         ]
         table = torch.full((len(seqs) + 1, max(map(max, widths))), pad_id, dtype=torch.long)
         for row, seq in enumerate(seqs):  # a document longer than every batch's width is never read
@@ -108,8 +108,7 @@ class StepBatches:
     def __getitem__(self, step: int) -> tuple[Tensor | None, list[int], list[tuple[Tensor, Tensor, Tensor]]]:
         """Step ``step``'s models in group order (None: one group, model order), its group sizes, and each
         group's (input_ids, labels, row weights), as `collate` pads one batch."""
-        _, sizes, widths = self.plans[step]
-        order = self.orders[step]
+        order, sizes, widths = self.plans[step]
         models = self.models if order is None else order
         blocks, start = [], 0
         for size, width in zip(sizes, widths, strict=True):

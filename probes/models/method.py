@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.errors import refuse_pickle
+from probes.files import path_list
 from probes.methods import AttributionContext, Method, register
 from probes.models import provenance
 from probes.models.frozen import preloaded
@@ -34,7 +35,7 @@ class DLPMethod(Method):
     """
 
     def __init__(self, checkpoint: str | list[str], batch_size: int = 32, device: str = "cpu"):
-        paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+        paths = path_list(checkpoint)
         if not paths:
             raise ValueError("method 'dlp': checkpoint is an empty list; give one checkpoint or several")
         for path in paths:
